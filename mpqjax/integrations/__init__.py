@@ -1,0 +1,1 @@
+"""Plug k-means TPE into other optimisation libraries (optuna, hyperopt)."""
