@@ -1,0 +1,176 @@
+"""Uniform fake-quantisation with a straight-through estimator; the bit-width is a traced array.
+
+Weights are quantised symmetrically with one scale per output channel (the last axis of a kernel):
+``scale = max|w| / (2^(b-1) - 1)``, ``q = round(w / scale) * scale``. Activations are quantised with one clipping
+value per tensor: unsigned inputs (after a ReLU) on ``[0, clip]`` with ``2^b - 1`` steps, signed inputs on
+``[-clip, clip]`` with ``2^(b-1) - 1`` steps each side. Rounding is to nearest, ties to even (``jnp.round``).
+
+The bit-width is an array, so one compiled function serves every bit-width and configurations can be vmapped.
+Bit-widths of `PASS_THROUGH_BITS` (16) and above leave values unchanged; `FLOAT_BITS` (32) is the conventional
+"float" sentinel. Supported bit-widths are the integers in [`MIN_BITS`, `FLOAT_BITS`].
+
+The activation clipping value is either calibrated (a constant found from a few batches: `calibration_stats`
+gives max, percentile and MSE-optimal candidates) or learned by gradient descent: ``"pact"`` (gradient only from
+clipped values, Choi et al. 2018) or ``"lsq"`` (the rounding residual also reaches the clip, as LSQ's step-size
+gradient, Esser et al. 2020). `experiments/bench_quant.py` compares them at 2-3 bits.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MIN_BITS = 2
+PASS_THROUGH_BITS = 16
+FLOAT_BITS = 32
+CLIPPING_MODES = ("calibrated", "pact", "lsq")
+CALIBRATION_METHODS = ("max", "percentile", "mse")
+
+# Smallest scale or clip: keeps all-zero channels (masked or pruned) from dividing by zero.
+_TINY = 1e-8
+
+
+def round_ste(x):
+    """Round to nearest (ties to even) with a straight-through gradient (d round(x)/dx := 1)."""
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
+def signed_levels(bits):
+    """Positive levels of a symmetric signed quantiser: 2^(b-1) - 1 (1 at 2 bits, 127 at 8 bits)."""
+    return jnp.exp2(jnp.asarray(bits, jnp.float32) - 1.0) - 1.0
+
+
+def unsigned_levels(bits):
+    """Levels above zero of an unsigned quantiser: 2^b - 1 (3 at 2 bits, 255 at 8 bits)."""
+    return jnp.exp2(jnp.asarray(bits, jnp.float32)) - 1.0
+
+
+def is_pass_through(bits):
+    """Whether ``bits`` means full precision (>= `PASS_THROUGH_BITS`)."""
+    return jnp.asarray(bits) >= PASS_THROUGH_BITS
+
+
+def quantize_weights(kernel, bits):
+    """Symmetric per-output-channel fake-quantisation of a kernel whose last axis is the output channel.
+
+    The scale is treated as a constant in the backward pass, so the gradient is exactly the identity (STE).
+
+    Args:
+        kernel: weights, any shape ``(..., out_channels)``.
+        bits: scalar bit-width (traced or concrete); >= 16 returns ``kernel`` unchanged.
+
+    Returns:
+        The quantised kernel, same shape and dtype.
+
+    Example:
+        >>> quantize_weights(jnp.array([[1.0], [0.4], [-0.6]]), 2).ravel().tolist()
+        [1.0, 0.0, -1.0]
+    """
+    reduce_axes = tuple(range(kernel.ndim - 1))
+    levels = signed_levels(bits)
+    max_abs = jnp.max(jnp.abs(kernel), axis=reduce_axes, keepdims=True)
+    scale = jax.lax.stop_gradient(jnp.maximum(max_abs, _TINY) / levels)
+    units = jnp.clip(kernel / scale, -levels, levels)
+    quantized = (round_ste(units) * scale).astype(kernel.dtype)
+    return jnp.where(is_pass_through(bits), kernel, quantized)
+
+
+def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated"):
+    """Per-tensor fake-quantisation of activations on ``[0, clip]`` (unsigned) or ``[-clip, clip]`` (signed).
+
+    Args:
+        x: activations.
+        bits: scalar bit-width (traced or concrete); >= 16 returns ``x`` unchanged.
+        clip: scalar clipping value (> 0).
+        signed: keyword-only structural switch; False for inputs known to be non-negative (after a ReLU).
+        mode: ``"calibrated"`` (clip is a constant: no gradient reaches it), ``"pact"`` (the clip gets the PACT
+            gradient: 1 where x is clipped above, -1 where clipped below, 0 inside) or ``"lsq"`` (PACT's gradient
+            plus the rounding residual ``(round(u) - u) / levels`` inside the range, LSQ's step-size gradient).
+
+    Returns:
+        The quantised activations. The gradient with respect to ``x`` is 1 inside the clipping range, 0 outside.
+
+    Example:
+        >>> quantize_activations(jnp.array([0.2, 0.5, 1.7]), 2, 1.5, signed=False).tolist()
+        [0.0, 0.5, 1.5]
+    """
+    if mode not in CLIPPING_MODES:
+        raise ValueError(f"activation clipping mode must be one of {CLIPPING_MODES}, got {mode!r}")
+    if mode == "calibrated":
+        clip = jax.lax.stop_gradient(clip)
+    clip = jnp.maximum(clip, _TINY)
+    levels = signed_levels(bits) if signed else unsigned_levels(bits)
+    lower = -clip if signed else jnp.zeros_like(clip)
+    clipped = jnp.clip(x, lower, clip)
+    step = clip / levels
+    units = clipped / step
+    residual = jnp.round(units) - units
+    if mode == "lsq":
+        quantized = clipped + jax.lax.stop_gradient(residual) * step
+    else:
+        quantized = clipped + jax.lax.stop_gradient(residual * step)
+    return jnp.where(is_pass_through(bits), x, quantized.astype(x.dtype))
+
+
+def calibration_stats(x, bits, *, signed: bool, channel_mask=None, percentile: float = 99.99,
+                      max_samples: int = 16384, mse_grid: int = 64):
+    """Candidate clipping values for one batch of a layer's input: ``[max, percentile, mse_optimal]``.
+
+    ``mse_optimal`` minimises the mean squared quantisation error at ``bits`` over a grid of ``mse_grid``
+    fractions of the max. A strided subset of at most ``max_samples`` positions keeps the cost flat in the batch
+    size. Channels where ``channel_mask`` is False (masked widths) are left out.
+
+    Args:
+        x: the layer's input activations ``(..., channels)``.
+        bits: scalar bit-width used for the MSE search (float bit-widths give the max).
+        signed: whether the input is signed (clips |x|) or non-negative.
+        channel_mask: optional boolean ``(channels,)``.
+        percentile: the percentile of |x| reported second.
+        max_samples: at most this many positions (rows of ``channels`` values) are used.
+        mse_grid: number of candidate clips for the MSE search.
+
+    Returns:
+        float32 array of shape (3,).
+    """
+    channels = x.shape[-1]
+    rows = x.reshape(-1, channels)
+    stride = max(1, rows.shape[0] * channels // max_samples)
+    rows = rows[::stride]
+    values = jnp.abs(rows) if signed else jnp.maximum(rows, 0.0)
+    weights = jnp.ones_like(values) if channel_mask is None else jnp.broadcast_to(channel_mask, values.shape)
+    weights = weights.astype(jnp.float32)
+    values = values.reshape(-1)
+    weights = weights.reshape(-1)
+    max_value = jnp.max(values * weights)
+    order = jnp.argsort(values)
+    sorted_values = values[order]
+    cumulative = jnp.cumsum(weights[order])
+    rank = jnp.searchsorted(cumulative, cumulative[-1] * percentile / 100.0)
+    percentile_value = sorted_values[jnp.clip(rank, 0, values.shape[0] - 1)]
+    candidates = max_value * jnp.arange(1, mse_grid + 1, dtype=jnp.float32) / mse_grid
+    quantize_bits = jnp.minimum(bits, PASS_THROUGH_BITS - 1)
+
+    def squared_error(clip):
+        quantized = quantize_activations(values, quantize_bits, clip, signed=False)
+        return jnp.sum(weights * (quantized - values) ** 2)
+
+    errors = jax.vmap(squared_error)(candidates)
+    mse_value = jnp.where(is_pass_through(bits), max_value, candidates[jnp.argmin(errors)])
+    return jnp.stack([max_value, percentile_value, mse_value]).astype(jnp.float32)
+
+
+def check_bits(bits, names) -> np.ndarray:
+    """Validate concrete per-layer bit-widths; returns them as an int array.
+
+    Raises:
+        ValueError: naming the first layer whose bit-width is not an integer in [`MIN_BITS`, `FLOAT_BITS`].
+    """
+    values = np.asarray(bits, dtype=np.float64).reshape(-1)
+    for name, value in zip(names, values, strict=True):
+        if not (np.isfinite(value) and value == np.round(value) and MIN_BITS <= value <= FLOAT_BITS):
+            raise ValueError(
+                f"layer {name!r}: bit-width must be an integer in [{MIN_BITS}, {FLOAT_BITS}] "
+                f"(>= {PASS_THROUGH_BITS} means float), got {value:g}"
+            )
+    return values.astype(np.int32)
