@@ -1,0 +1,363 @@
+"""Search spaces: named dimensions, their numeric encoding, random sampling and validation.
+
+A `SearchSpace` is an ordered list of dimensions. A configuration is a ``dict`` of Python values
+(``{"bits/conv1": 4, "width/stage1": 0.875}``); the optimiser works on its *encoding*, a fixed-length float vector
+with one entry per dimension:
+
+| kind | constructor | encoded value |
+| --- | --- | --- |
+| ordinal | `ordinal(name, choices)` | index of the choice (choices keep their order) |
+| categorical | `categorical(name, choices)` | index of the choice (no order) |
+| integer | `integer(name, low, high, step=1)` | grid index ``(value - low) / step`` |
+| integer, log | `integer(name, low, high, log=True)` | ``log(value)`` |
+| float | `real(name, low, high)` | value |
+| float, stepped | `real(name, low, high, step=s)` | grid index ``(value - low) / s`` |
+| float, log | `real(name, low, high, log=True)` | ``log(value)`` |
+
+`SearchSpace.spec()` gives the static arrays the optimiser is compiled with; `SearchSpace.values(x)` maps encoded
+vectors to numeric values (bit-widths, multipliers, ...) inside jitted code, for feasibility functions.
+
+Example:
+    >>> space = SearchSpace([ordinal("bits", (2, 3, 4, 6, 8)), real("lr", 1e-4, 1e-1, log=True)])
+    >>> x = space.encode({"bits": 4, "lr": 0.01})
+    >>> space.decode(x)["bits"]
+    4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Kinds of dimension, as the optimiser sees them.
+ORDINAL, CATEGORICAL, INTEGER, REAL = "ordinal", "categorical", "integer", "real"
+
+# How the optimiser models a dimension on its encoded scale.
+TABLE = 0  # finite set of indices, kernels as (index x index) probability tables
+GRID = 1  # indices 0..n-1 too many to tabulate: truncated Gaussian, integrated over each index's bin
+LOG_INT = 2  # integers on a log scale: truncated Gaussian on log(value), integrated over [log(v - .5), log(v + .5)]
+CONTINUOUS = 3  # truncated Gaussian density
+
+MAX_TABLE_CHOICES = 64  # grids with more values than this are modelled as GRID instead of TABLE
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One named dimension of a search space; build with `ordinal`, `categorical`, `integer` or `real`."""
+
+    name: str
+    kind: str
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def num_choices(self) -> int | None:
+        """Number of distinct values (None for a continuous dimension)."""
+        if self.kind in (ORDINAL, CATEGORICAL):
+            return len(self.choices)
+        if self.step is not None:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        if self.kind == INTEGER:  # log integers
+            return int(self.high - self.low) + 1
+        return None
+
+    @property
+    def model(self) -> int:
+        """How the optimiser models this dimension (TABLE, GRID, LOG_INT or CONTINUOUS)."""
+        if self.kind == CATEGORICAL:
+            return TABLE
+        if self.kind == ORDINAL or self.step is not None:
+            return TABLE if self.num_choices <= MAX_TABLE_CHOICES else GRID
+        return LOG_INT if self.kind == INTEGER else CONTINUOUS
+
+    def encode(self, value: Any) -> float:
+        """Encoded scalar of ``value``; raises ValueError when the value is not in the dimension."""
+        if self.kind in (ORDINAL, CATEGORICAL):
+            for index, choice in enumerate(self.choices):
+                if _same_choice(choice, value):
+                    return float(index)
+            raise ValueError(f"dimension {self.name!r}: {value!r} is not among the choices {list(self.choices)}")
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"dimension {self.name!r}: expected a finite number, got {value!r}")
+        if self.kind == INTEGER and float(value) != int(value):
+            raise ValueError(f"dimension {self.name!r}: expected an integer, got {value!r}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"dimension {self.name!r}: {value!r} is outside [{self.low}, {self.high}]")
+        if self.step is not None:
+            index = (value - self.low) / self.step
+            if abs(index - round(index)) > 1e-6:
+                raise ValueError(f"dimension {self.name!r}: {value!r} is not on the grid {self.low} + k * {self.step}")
+            return float(round(index))
+        return math.log(value) if self.log else float(value)
+
+    def decode(self, encoded: float) -> Any:
+        """Python value of an encoded scalar (snapped to the nearest valid value)."""
+        if self.kind in (ORDINAL, CATEGORICAL):
+            return self.choices[int(np.clip(round(float(encoded)), 0, len(self.choices) - 1))]
+        if self.step is not None:
+            index = int(np.clip(round(float(encoded)), 0, self.num_choices - 1))
+            value = self.low + index * self.step
+            return int(round(value)) if self.kind == INTEGER else float(min(round(value, 12), self.high))
+        value = math.exp(encoded) if self.log else float(encoded)
+        if self.kind == INTEGER:
+            return int(np.clip(round(value), self.low, self.high))
+        return float(np.clip(value, self.low, self.high))
+
+
+def _same_choice(choice: Any, value: Any) -> bool:
+    if isinstance(choice, numbers.Number) and isinstance(value, numbers.Number):
+        return not isinstance(value, bool) and choice == value
+    return type(choice) is type(value) and choice == value
+
+
+def ordinal(name: str, choices: Sequence[float]) -> Dimension:
+    """An ordered set of numeric choices, e.g. bit-widths ``(2, 3, 4, 6, 8)`` or widths ``(0.75, ..., 1.25)``.
+
+    Choices are sorted ascending; neighbours on that order are treated as similar by the optimiser.
+    """
+    choices = tuple(choices)
+    if not choices:
+        raise ValueError(f"dimension {name!r}: an ordinal dimension needs at least one choice")
+    for choice in choices:
+        if not isinstance(choice, numbers.Real) or isinstance(choice, bool) or not math.isfinite(choice):
+            raise ValueError(f"dimension {name!r}: ordinal choices must be finite numbers, got {choice!r}")
+    if len(set(choices)) != len(choices):
+        raise ValueError(f"dimension {name!r}: choices must be distinct, got {list(choices)}")
+    return Dimension(name, ORDINAL, choices=tuple(sorted(choices)))
+
+
+def categorical(name: str, choices: Sequence[Any]) -> Dimension:
+    """An unordered set of choices (strings, numbers, None, booleans: anything hashable)."""
+    choices = tuple(choices)
+    if not choices:
+        raise ValueError(f"dimension {name!r}: a categorical dimension needs at least one choice")
+    if len({(type(c), c) for c in choices}) != len(choices):
+        raise ValueError(f"dimension {name!r}: choices must be distinct, got {list(choices)}")
+    return Dimension(name, CATEGORICAL, choices=choices)
+
+
+def integer(name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Dimension:
+    """Integers in ``[low, high]`` on a grid of ``step``, or on a log scale (``log=True``, step 1 only)."""
+    for bound in (low, high, step):
+        if not isinstance(bound, numbers.Integral) or isinstance(bound, bool):
+            raise ValueError(f"dimension {name!r}: integer bounds and step must be integers, got {bound!r}")
+    _check_range(name, low, high, log)
+    if step < 1:
+        raise ValueError(f"dimension {name!r}: step must be >= 1, got {step}")
+    if log and step != 1:
+        raise ValueError(f"dimension {name!r}: a log-scaled integer dimension needs step 1")
+    return Dimension(name, INTEGER, low=int(low), high=int(high), step=None if log else int(step), log=log)
+
+
+def real(name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> Dimension:
+    """Floats in ``[low, high]``: continuous, on a grid of ``step``, or continuous on a log scale."""
+    for bound in (low, high):
+        if not isinstance(bound, numbers.Real) or isinstance(bound, bool) or not math.isfinite(bound):
+            raise ValueError(f"dimension {name!r}: bounds must be finite numbers, got {bound!r}")
+    _check_range(name, low, high, log)
+    if step is not None and (log or not step > 0):
+        raise ValueError(f"dimension {name!r}: step must be > 0 and cannot be combined with log")
+    return Dimension(name, REAL, low=float(low), high=float(high), step=step, log=log)
+
+
+def _check_range(name: str, low: float, high: float, log: bool) -> None:
+    if low > high:
+        raise ValueError(f"dimension {name!r}: low {low} is above high {high}")
+    if log and low <= 0:
+        raise ValueError(f"dimension {name!r}: a log-scaled dimension needs low > 0, got {low}")
+
+
+class SpaceSpec(NamedTuple):
+    """Static description of a space's encoding, as arrays (one entry per dimension) for the optimiser.
+
+    Attributes:
+        model: TABLE, GRID, LOG_INT or CONTINUOUS per dimension.
+        num_choices: number of indices for TABLE and GRID dimensions (0 otherwise).
+        ordered: True for dimensions whose indices are ordered (all but categorical).
+        low, high: bounds of the encoded scale (index range for TABLE/GRID, log or linear bounds otherwise).
+        values: [D, max_choices] numeric value of each index of TABLE dimensions (NaN beyond the dimension's
+            choices; the index itself for categorical dimensions), used by `SearchSpace.values`.
+        value_low, value_high: bounds on the natural scale (integer bounds of LOG_INT dimensions).
+        step: grid step of GRID dimensions (0 otherwise); value = value_low + step * index.
+        log: True where the encoded value is the log of the natural value.
+    """
+
+    model: np.ndarray
+    num_choices: np.ndarray
+    ordered: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    values: np.ndarray
+    value_low: np.ndarray
+    value_high: np.ndarray
+    step: np.ndarray
+    log: np.ndarray
+
+
+class SearchSpace:
+    """An ordered collection of named dimensions with a fixed-length numeric encoding.
+
+    Args:
+        dimensions: the dimensions, built with `ordinal`, `categorical`, `integer` and `real`.
+
+    Raises:
+        ValueError: for an empty space or duplicate names.
+    """
+
+    def __init__(self, dimensions: Sequence[Dimension]):
+        dimensions = tuple(dimensions)
+        if not dimensions:
+            raise ValueError("a search space needs at least one dimension")
+        for dimension in dimensions:
+            if not isinstance(dimension, Dimension):
+                raise ValueError(f"expected Dimension objects (ordinal, categorical, integer, real), got {dimension!r}")
+        names = [d.name for d in dimensions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate dimension names: {duplicates}")
+        self.dimensions = dimensions
+        self._index = {d.name: i for i, d in enumerate(dimensions)}
+        self._spec = self._build_spec()
+        self._values = jax.jit(functools.partial(encoded_values, self._spec))
+
+    def __len__(self) -> int:
+        return len(self.dimensions)
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({[d.name for d in self.dimensions]})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SearchSpace) and self.dimensions == other.dimensions
+
+    def __hash__(self) -> int:
+        return hash(self.dimensions)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.dimensions)
+
+    def __getitem__(self, name: str) -> Dimension:
+        return self.dimensions[self._index[name]]
+
+    def log10_size(self) -> float:
+        """log10 of the number of configurations (inf when a dimension is continuous)."""
+        sizes = [d.num_choices for d in self.dimensions]
+        return math.inf if any(s is None for s in sizes) else float(sum(math.log10(s) for s in sizes))
+
+    def validate(self, config: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the problem unless ``config`` names every dimension once with a valid value."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"a configuration must be a mapping from dimension name to value, got {type(config)}")
+        unknown = sorted(set(config) - set(self._index))
+        if unknown:
+            raise ValueError(f"unknown dimension names: {unknown}")
+        missing = [n for n in self.names if n not in config]
+        if missing:
+            raise ValueError(f"configuration is missing dimensions: {missing}")
+        for dimension in self.dimensions:
+            dimension.encode(config[dimension.name])
+
+    def encode(self, config: Mapping[str, Any]) -> np.ndarray:
+        """Encoded float32 vector of a configuration (validated)."""
+        self.validate(config)
+        return np.asarray([d.encode(config[d.name]) for d in self.dimensions], dtype=np.float32)
+
+    def decode(self, encoded) -> dict[str, Any]:
+        """Configuration (name -> Python value) of one encoded vector."""
+        encoded = np.asarray(encoded, dtype=np.float64)
+        if encoded.shape != (len(self),):
+            raise ValueError(f"expected an encoded vector of shape ({len(self)},), got {encoded.shape}")
+        return {d.name: d.decode(v) for d, v in zip(self.dimensions, encoded, strict=True)}
+
+    def decode_batch(self, encoded) -> list[dict[str, Any]]:
+        """Configurations of a batch of encoded vectors, shape [n, len(space)]."""
+        encoded = np.asarray(encoded)
+        if encoded.ndim != 2:
+            raise ValueError(f"expected a batch of encoded vectors [n, {len(self)}], got shape {encoded.shape}")
+        return [self.decode(row) for row in encoded]
+
+    def spec(self) -> SpaceSpec:
+        """Static arrays describing the encoding (see `SpaceSpec`)."""
+        return self._spec
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` uniformly random encoded configurations, shape [n, len(space)] (jittable, ``n`` static).
+
+        Log-scaled dimensions are uniform on the log scale; index dimensions uniform over their indices.
+        """
+        return sample_uniform(key, self._spec, n)
+
+    def values(self, encoded: jax.Array) -> jax.Array:
+        """Numeric value of every dimension of encoded vectors [..., D] (jittable).
+
+        Ordinal choices give their value (a bit-width, a multiplier), categorical ones their index, integers and
+        floats their value.
+        """
+        return self._values(jnp.asarray(encoded, jnp.float32))
+
+    def _build_spec(self) -> SpaceSpec:
+        dims = self.dimensions
+        max_values = max([d.num_choices for d in dims if d.model == TABLE] + [1])
+        values = np.full((len(dims), max_values), np.nan, dtype=np.float32)
+        low, high = np.zeros(len(dims)), np.zeros(len(dims))
+        for i, d in enumerate(dims):
+            if d.model in (TABLE, GRID):
+                low[i], high[i] = -0.5, d.num_choices - 0.5
+            elif d.model == LOG_INT:
+                low[i], high[i] = math.log(d.low - 0.5) if d.low > 0.5 else math.log(0.5), math.log(d.high + 0.5)
+            else:
+                low[i], high[i] = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
+            if d.model == TABLE:
+                if d.kind == ORDINAL:
+                    values[i, : len(d.choices)] = d.choices
+                elif d.kind == CATEGORICAL:
+                    values[i, : len(d.choices)] = np.arange(len(d.choices))
+                else:
+                    values[i, : d.num_choices] = d.low + d.step * np.arange(d.num_choices)
+        return SpaceSpec(
+            model=np.asarray([d.model for d in dims], dtype=np.int32),
+            num_choices=np.asarray([d.num_choices if d.model in (TABLE, GRID) else 0 for d in dims], dtype=np.int32),
+            ordered=np.asarray([d.kind != CATEGORICAL for d in dims]),
+            low=low.astype(np.float32),
+            high=high.astype(np.float32),
+            values=values,
+            value_low=np.asarray([d.low for d in dims], dtype=np.float32),
+            value_high=np.asarray([d.high for d in dims], dtype=np.float32),
+            step=np.asarray([d.step if d.model == GRID else 0.0 for d in dims], dtype=np.float32),
+            log=np.asarray([d.log and d.model in (LOG_INT, CONTINUOUS) for d in dims]),
+        )
+
+
+def snap(spec: SpaceSpec, encoded: jax.Array) -> jax.Array:
+    """Snap encoded vectors [..., D] to valid values: indices rounded and clipped, log-integers to integers."""
+    index = jnp.clip(jnp.round(encoded), 0, jnp.maximum(spec.num_choices - 1, 0))
+    log_int = jnp.log(jnp.clip(jnp.round(jnp.exp(encoded)), spec.value_low, spec.value_high))
+    clipped = jnp.clip(encoded, spec.low, spec.high)
+    return jnp.where(spec.model <= GRID, index, jnp.where(spec.model == LOG_INT, log_int, clipped))
+
+
+def sample_uniform(key: jax.Array, spec: SpaceSpec, n: int) -> jax.Array:
+    """``n`` uniformly random encoded vectors of a space described by ``spec`` (snapped to valid values)."""
+    u = jax.random.uniform(key, (n, len(spec.model)))
+    return snap(spec, spec.low + u * (spec.high - spec.low))
+
+
+def encoded_values(spec: SpaceSpec, encoded: jax.Array) -> jax.Array:
+    """See `SearchSpace.values`."""
+    index = jnp.clip(jnp.round(encoded), 0, spec.values.shape[1] - 1).astype(jnp.int32)
+    table = jnp.broadcast_to(jnp.asarray(spec.values), encoded.shape + spec.values.shape[1:])
+    table_value = jnp.take_along_axis(table, index[..., None], axis=-1)[..., 0]
+    grid_value = spec.value_low + spec.step * encoded
+    natural = jnp.where(spec.log, jnp.exp(encoded), encoded)
+    return jnp.where(spec.model == TABLE, table_value, jnp.where(spec.model == GRID, grid_value, natural))

@@ -1,0 +1,415 @@
+"""k-means TPE: a tree-structured Parzen estimator whose good/bad split comes from k-means on objective values.
+
+Section III.B and Algorithm 1 of Azizi et al. Each model-based step:
+
+1. cluster the observed objective values with 1-D k-means into k clusters (`mpqjax.cluster.kmeans_1d`), sorted by
+   centroid;
+2. fit l(x) to the configurations of the best cluster and g(x) to those of the worst cluster (the middle clusters
+   are left out; failed trials, NaN or infinite, always join g);
+3. draw candidates from l and propose the one maximising l(x) / g(x) (or the q best distinct ones).
+
+The first ``n_initial`` trials are uniformly random. Two schedules anneal the search:
+
+- k grows by one every ``k_interval`` model-based trials, from ``k_initial`` up to ``max_clusters``: the best and
+  worst clusters get tighter, narrowing "desirable" to the very best configurations (the paper's annealing);
+- c, the kernel bandwidth scale (`mpqjax.parzen`), starts at ``bandwidth`` (the paper's c = 0.25) and is multiplied
+  by ``bandwidth_decay`` (the paper's alpha = 0.98) after every model-based trial, down to ``min_bandwidth``: wide
+  kernels explore early, narrow ones refine late. ``experiments/bench_tpe.py --ablation`` compares this choice of
+  c's role with a fixed bandwidth.
+
+The API is pure and functional (evosax style); the static settings (space, capacity, candidate count, k's upper
+bound, joint or independent kernels, feasibility function) live in the object, every number that only changes
+values lives in the state (`TPEParams`), so it can change, or be vmapped over, without recompiling.
+
+Example:
+    >>> space = SearchSpace([ordinal("bits", (2, 3, 4, 6, 8)), real("lr", 1e-4, 1e-1, log=True)])
+    >>> opt = KMeansTPE(space, capacity=64, maximize=True)
+    >>> state = opt.init()
+    >>> x, state = opt.ask(jax.random.key(0), state, n=4)
+    >>> state = opt.tell(state, x, jnp.array([0.1, 0.5, 0.3, 0.2]))
+    >>> config = space.decode(x[0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpqjax import parzen
+from mpqjax.cluster import kmeans_1d
+from mpqjax.space import CONTINUOUS, GRID, LOG_INT, SearchSpace, snap
+
+MAX_ENUMERATED = 4096  # spaces with at most this many configurations are enumerated for the uniform candidates
+
+
+class TPEParams(NamedTuple):
+    """The traced numbers of a k-means TPE (arrays; change them without recompiling).
+
+    Attributes:
+        n_initial: random configurations before the first model-based proposal (the paper's n0).
+        k_initial: clusters at the first model-based step (k0 >= 3).
+        k_interval: model-based trials between two increments of k.
+        bandwidth: initial kernel bandwidth scale c (fraction of each dimension's encoded range).
+        bandwidth_decay: factor alpha applied to c after each model-based trial.
+        min_bandwidth: floor of c.
+        prior_weight: weight of the prior kernel in l and g, relative to one observation.
+    """
+
+    n_initial: jax.Array
+    k_initial: jax.Array
+    k_interval: jax.Array
+    bandwidth: jax.Array
+    bandwidth_decay: jax.Array
+    min_bandwidth: jax.Array
+    prior_weight: jax.Array
+
+
+class TPEState(NamedTuple):
+    """Search state: a fixed-capacity history with a fill count, and the traced parameters.
+
+    Attributes:
+        x: [capacity, D] encoded configurations told so far (rows past ``count`` are unused).
+        y: [capacity] their objective values (NaN/inf for failed trials).
+        hashes: [capacity] uint32 fingerprints of ``x`` for duplicate detection.
+        order: [capacity] trials sorted from worst to best (failed and unused slots last), kept by `tell` so that
+            `ask` never sorts.
+        count: number of trials told (may exceed capacity under jit; extra trials are dropped).
+        params: the `TPEParams`.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    hashes: jax.Array
+    order: jax.Array
+    count: jax.Array
+    params: TPEParams
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KMeansTPE:
+    """k-means tree-structured Parzen estimator over a `SearchSpace` (see the module docstring).
+
+    Args:
+        space: the search space.
+        capacity: history size (static): the most trials one state can hold.
+        maximize: True to maximise the objective, False to minimise it.
+        n_initial: the paper's n0, random trials first (default 20).
+        k_initial: the paper's initial k (>= 3, default 4).
+        max_clusters: upper bound of k (static; default 8).
+        k_interval: model-based trials between increments of k (default 25).
+        bandwidth: the paper's c (default 0.25), initial kernel bandwidth scale.
+        bandwidth_decay: the paper's alpha (default 0.98), decay of c per model-based trial.
+        min_bandwidth: floor of c (default 0.03), so late proposals can still move.
+        prior_weight: prior kernel weight (default 1.0).
+        num_candidates: candidates drawn from l(x) per proposal (static; default 24; a batch ask of q draws
+            ``max(num_candidates, 2 q)``).
+        joint: product kernels per observation (True, default) or independent per-dimension mixtures (False).
+        feasible: optional jittable ``values[D] -> bool`` on `SearchSpace.values` of a candidate; infeasible
+            candidates are never proposed while a feasible one is available.
+        kmeans_iterations: the paper's maxiters (default 100), Lloyd iteration budget.
+
+    Raises:
+        ValueError: k_initial < 3, k_initial > max_clusters, capacity < 1 or < n_initial, other bad settings.
+    """
+
+    space: SearchSpace
+    capacity: int = 1000
+    maximize: bool = False
+    n_initial: int = 20
+    k_initial: int = 4
+    max_clusters: int = 8
+    k_interval: int = 25
+    bandwidth: float = 0.25
+    bandwidth_decay: float = 0.98
+    min_bandwidth: float = 0.03
+    prior_weight: float = 1.0
+    num_candidates: int = 24
+    joint: bool = True
+    feasible: Callable[[jax.Array], jax.Array] | None = None
+    kmeans_iterations: int = 100
+
+    def __post_init__(self):
+        if not isinstance(self.space, SearchSpace):
+            raise ValueError(f"space must be a SearchSpace, got {type(self.space).__name__}")
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {self.capacity}")
+        if self.n_initial < 1:
+            raise ValueError(f"n_initial must be >= 1, got {self.n_initial}")
+        if self.n_initial > self.capacity:
+            raise ValueError(f"capacity {self.capacity} is smaller than n_initial {self.n_initial}")
+        if self.k_initial < 3:
+            raise ValueError(f"k_initial must be >= 3 (the paper's k >= 3), got {self.k_initial}")
+        if self.k_initial > self.max_clusters:
+            raise ValueError(f"k_initial {self.k_initial} exceeds max_clusters {self.max_clusters}")
+        if self.k_interval < 1:
+            raise ValueError(f"k_interval must be >= 1, got {self.k_interval}")
+        if not 0 < self.min_bandwidth <= self.bandwidth:
+            raise ValueError(f"need 0 < min_bandwidth <= bandwidth, got {self.min_bandwidth}, {self.bandwidth}")
+        if not 0 < self.bandwidth_decay <= 1:
+            raise ValueError(f"bandwidth_decay must be in (0, 1], got {self.bandwidth_decay}")
+        if self.prior_weight <= 0:
+            raise ValueError(f"prior_weight must be > 0, got {self.prior_weight}")
+        if self.num_candidates < 1 or self.kmeans_iterations < 1:
+            raise ValueError("num_candidates and kmeans_iterations must be >= 1")
+        layout = parzen.make_layout(self.space.spec())
+        object.__setattr__(self, "_layout", layout)
+        rng = np.random.default_rng(0x5EED)
+        object.__setattr__(self, "_hash_multipliers", rng.integers(1, 2**31, len(self.space), dtype=np.uint32) * 2 + 1)
+        enumeration = None
+        index_encoded = bool(np.all(self.space.spec().model <= GRID))
+        if index_encoded and self.space.log10_size() <= math.log10(MAX_ENUMERATED):
+            grids = np.meshgrid(*[np.arange(d.num_choices) for d in self.space.dimensions], indexing="ij")
+            enumeration = np.stack([g.ravel() for g in grids], axis=1).astype(np.float32)
+        object.__setattr__(self, "_enumeration", enumeration)
+        object.__setattr__(self, "ask", jax.jit(self._ask, static_argnames=("n",)))
+        object.__setattr__(self, "tell", jax.jit(self._tell))
+
+    @property
+    def num_dims(self) -> int:
+        return len(self.space)
+
+    def default_params(self) -> TPEParams:
+        """The object's numeric settings as a `TPEParams`."""
+        return TPEParams(
+            n_initial=jnp.asarray(self.n_initial, jnp.int32),
+            k_initial=jnp.asarray(self.k_initial, jnp.int32),
+            k_interval=jnp.asarray(self.k_interval, jnp.int32),
+            bandwidth=jnp.asarray(self.bandwidth, jnp.float32),
+            bandwidth_decay=jnp.asarray(self.bandwidth_decay, jnp.float32),
+            min_bandwidth=jnp.asarray(self.min_bandwidth, jnp.float32),
+            prior_weight=jnp.asarray(self.prior_weight, jnp.float32),
+        )
+
+    def init(self, key: jax.Array | None = None, params: TPEParams | None = None) -> TPEState:
+        """An empty search state.
+
+        Args:
+            key: accepted for symmetry with other ask/tell optimisers; initialisation draws nothing.
+            params: traced settings (default: `default_params`).
+        """
+        del key
+        return TPEState(
+            x=jnp.zeros((self.capacity, self.num_dims), jnp.float32),
+            y=jnp.full((self.capacity,), jnp.nan, jnp.float32),
+            hashes=jnp.zeros((self.capacity,), jnp.uint32),
+            order=jnp.arange(self.capacity, dtype=jnp.int32),
+            count=jnp.asarray(0, jnp.int32),
+            params=self.default_params() if params is None else params,
+        )
+
+    # -- the schedule ------------------------------------------------------------------------------------------
+
+    def schedule(self, state: TPEState) -> tuple[jax.Array, jax.Array]:
+        """``(k, c)`` in force for the next proposal: clusters and bandwidth scale after the told trials."""
+        p = state.params
+        model_trials = jnp.maximum(state.count - p.n_initial, 0)
+        k = jnp.minimum(p.k_initial + model_trials // p.k_interval, self.max_clusters)
+        c = jnp.maximum(p.bandwidth * p.bandwidth_decay ** model_trials.astype(jnp.float32), p.min_bandwidth)
+        return k, c
+
+    # -- ask ---------------------------------------------------------------------------------------------------
+
+    def _ask(self, key: jax.Array, state: TPEState, n: int = 1) -> tuple[jax.Array, TPEState]:
+        """Propose ``n`` distinct encoded configurations [n, D]; the state is returned unchanged.
+
+        Random while fewer than ``n_initial`` trials are told, model-based afterwards. Candidates already in the
+        history, repeated within the batch, or infeasible are skipped while others are available.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        model_key, fallback_key = jax.random.split(key)
+        # uniform candidates serve both the random phase and the model's fallback (one PRNG call: cheap to compile)
+        fallback, fallback_rank = self._uniform_pool(fallback_key, n)
+        use_model = (state.count >= state.params.n_initial) & (state.count >= 2)
+        x = jax.lax.cond(use_model,
+                         lambda: self._model_proposals(model_key, fallback, fallback_rank, state, n),
+                         lambda: self._select(fallback, fallback_rank, state, n))
+        return x, state
+
+    def _uniform_pool(self, key, n):
+        """Uniform candidates and a random rank for each: every configuration when the space is small enough to
+        enumerate (so a batch never repeats one while unseen ones remain), else ``max(4 n, 32)`` random draws."""
+        if self._enumeration is not None:
+            return self._enumeration, jax.random.uniform(key, (self._enumeration.shape[0],))
+        size = max(4 * n, 32)
+        u = jax.random.uniform(key, (size, self.num_dims))
+        spec = self.space.spec()
+        return snap(spec, spec.low + u * (spec.high - spec.low)), -jnp.arange(size, dtype=jnp.float32)
+
+    def _model_proposals(self, model_key, fallback, fallback_rank, state, n):
+        k, c = self.schedule(state)
+        good, bad = self.split(state, k)
+        kernels = parzen.kernels(self._layout, state.x, c)  # l and g share kernels; only their weights differ
+        l_model = parzen.Parzen(parzen.mixture_log_weights(good, state.params.prior_weight), kernels)
+        g_model = parzen.Parzen(parzen.mixture_log_weights(bad, state.params.prior_weight), kernels)
+        from_l = parzen.sample(model_key, self._layout, l_model, max(self.num_candidates, 2 * n), joint=self.joint)
+        score = self.acquisition(l_model, g_model, from_l)
+        # uniform fallbacks are only used when too few candidates from l(x) are usable
+        pool = jnp.concatenate([from_l, fallback])
+        rank = jnp.concatenate([score, fallback_rank - 1e6 - jnp.max(jnp.abs(fallback_rank))])
+        return self._select(pool, rank, state, n)
+
+    def split(self, state: TPEState, k) -> tuple[jax.Array, jax.Array]:
+        """Masks [capacity] of the best cluster (l's data) and the worst cluster plus failed trials (g's data)."""
+        finite, failed, utility = self._utility(state.y, state.count)
+        clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
+                             iterations=self.kmeans_iterations, order=state.order)
+        good = finite & (clusters.labels == clusters.num_clusters - 1)
+        bad = (finite & (clusters.labels == 0)) | failed
+        return good, bad
+
+    def _utility(self, y, count):
+        """(finite, failed, utility): masks of told finite and failed trials, and values where higher is better."""
+        told = jnp.arange(self.capacity) < count
+        finite = told & jnp.isfinite(y)
+        return finite, told & ~jnp.isfinite(y), y if self.maximize else -y
+
+    def acquisition(self, l_model: parzen.Parzen, g_model: parzen.Parzen, x) -> jax.Array:
+        """log l(x) - log g(x) for encoded candidates [C, D] (l and g must share their kernels)."""
+        if not self.joint:
+            return (parzen.log_prob(self._layout, l_model, x, joint=False)
+                    - parzen.log_prob(self._layout, g_model, x, joint=False))
+        per_component = parzen.component_log_probs(self._layout, l_model.kernels, x)  # computed once for both
+        return (jax.nn.logsumexp(l_model.log_weights[None] + per_component, axis=1)
+                - jax.nn.logsumexp(g_model.log_weights[None] + per_component, axis=1))
+
+    def _select(self, pool, score, state, n):
+        """The n best-scoring usable candidates of a pool (usable: new, unique in the pool, feasible)."""
+        pool_hashes = self.fingerprint(pool)
+        told = jnp.arange(self.capacity) < state.count
+        seen = jnp.any((pool_hashes[:, None] == state.hashes[None, :]) & told[None, :], axis=1)
+        earlier = jnp.arange(pool.shape[0])
+        repeated = jnp.any((pool_hashes[:, None] == pool_hashes[None, :]) & (earlier[None, :] < earlier[:, None]),
+                           axis=1)
+        usable = ~seen & ~repeated
+        if self.feasible is not None:
+            feasible = jax.vmap(self.feasible)(self.space.values(pool)).astype(bool)
+            # an infeasible candidate is proposed only when nothing feasible is left (then it ranks lowest)
+            score = score - jnp.where(feasible, 0.0, 1e9)
+        # unusable candidates rank below usable ones but still fill the batch when the space is exhausted
+        score = jnp.where(usable, score, score - 1e12)
+        _, best = jax.lax.top_k(score, n)
+        return pool[best]
+
+    def fingerprint(self, x) -> jax.Array:
+        """uint32 fingerprints [C] of encoded configurations [C, D] (equal configurations, equal fingerprints)."""
+        model = self.space.spec().model
+        codes = jnp.where(model == CONTINUOUS, jax.lax.bitcast_convert_type(x, jnp.uint32),
+                          jnp.where(model == LOG_INT, jnp.round(jnp.exp(x)), x).astype(jnp.int32).astype(jnp.uint32))
+        mixed = codes * jnp.asarray(self._hash_multipliers)
+        mixed = mixed ^ (mixed >> 15)
+        return jnp.sum(mixed * jnp.uint32(0x2C1B3C6D), axis=-1, dtype=jnp.uint32)
+
+    # -- tell --------------------------------------------------------------------------------------------------
+
+    def _tell(self, state: TPEState, x, y) -> TPEState:
+        """Record evaluated configurations ``x`` [q, D] (or [D]) and their objective values ``y`` [q] (or scalar).
+
+        NaN or infinite values mark failed trials (they join g(x)). Trials past the capacity are dropped; the
+        eager `check_capacity` (used by `run`) refuses them before they are evaluated.
+        """
+        x = jnp.asarray(x, jnp.float32)
+        y = jnp.asarray(y, jnp.float32)
+        if x.ndim == 1:
+            x = x[None]
+        if y.ndim == 0:
+            y = y[None]
+        if x.ndim != 2 or x.shape[1] != self.num_dims:
+            raise ValueError(f"tell: x must have shape [q, {self.num_dims}], got {x.shape}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"tell: y must have shape ({x.shape[0]},) to match x, got {y.shape}")
+        x = snap(self.space.spec(), x)
+        slots = state.count + jnp.arange(x.shape[0])
+        all_y = state.y.at[slots].set(y, mode="drop")
+        count = state.count + x.shape[0]
+        finite, _, utility = self._utility(all_y, count)
+        return state._replace(
+            x=state.x.at[slots].set(x, mode="drop"),
+            y=all_y,
+            hashes=state.hashes.at[slots].set(self.fingerprint(x), mode="drop"),
+            order=jnp.argsort(jnp.where(finite, utility, jnp.inf)).astype(jnp.int32),
+            count=count,
+        )
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def check_capacity(self, state: TPEState, extra: int) -> None:
+        """Raise ValueError if ``extra`` more trials would not fit in the state's history (eager only)."""
+        if int(state.count) + extra > self.capacity:
+            raise ValueError(f"capacity {self.capacity} is smaller than the requested trials "
+                             f"({int(state.count)} told + {extra} more)")
+
+    def best(self, state: TPEState) -> tuple[jax.Array, jax.Array]:
+        """The best finite trial so far: ``(x [D], y)`` (y is NaN before any finite trial)."""
+        told = (jnp.arange(self.capacity) < state.count) & jnp.isfinite(state.y)
+        utility = jnp.where(told, state.y if self.maximize else -state.y, -jnp.inf)
+        index = jnp.argmax(utility)
+        return state.x[index], jnp.where(jnp.any(told), state.y[index], jnp.nan)
+
+
+def run(opt: KMeansTPE, key: jax.Array, objective: Callable[[jax.Array], jax.Array], num_trials: int, *,
+        batch_size: int = 1, state: TPEState | None = None) -> TPEState:
+    """Run ask -> evaluate -> tell until ``num_trials`` trials are told (continuing ``state`` if given).
+
+    The key of each round is ``fold_in(key, count)``, so a search resumed from a saved state makes exactly the
+    proposals of an uninterrupted one.
+
+    Args:
+        opt: the optimiser.
+        key: PRNG key of the whole search.
+        objective: maps encoded configurations [q, D] to values [q] (use ``opt.space.decode`` inside for dicts).
+        num_trials: total trials the returned state holds.
+        batch_size: configurations per ask (q).
+        state: a state to continue (default: a fresh one).
+
+    Returns:
+        The final state.
+    """
+    state = opt.init() if state is None else state
+    if num_trials < 1 or batch_size < 1:
+        raise ValueError(f"num_trials and batch_size must be >= 1, got {num_trials}, {batch_size}")
+    opt.check_capacity(state, num_trials - int(state.count))
+    while int(state.count) < num_trials:
+        q = min(batch_size, num_trials - int(state.count))
+        x, state = opt.ask(jax.random.fold_in(key, int(state.count)), state, n=q)
+        state = opt.tell(state, x, jnp.asarray(objective(x), jnp.float32).reshape(q))
+    return state
+
+
+def save_state(path: str | os.PathLike, state: TPEState) -> None:
+    """Write a state to ``path`` (.npz) atomically: a temporary file in the same folder, then a rename."""
+    path = os.fspath(path)
+    arrays = {name: np.asarray(value) for name, value in state._asdict().items() if name != "params"}
+    arrays.update({f"params.{name}": np.asarray(value) for name, value in state.params._asdict().items()})
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def load_state(path: str | os.PathLike) -> TPEState:
+    """Read a state written by `save_state`; raises ValueError for a file that is not one."""
+    try:
+        with np.load(os.fspath(path)) as data:
+            arrays = {name: jnp.asarray(data[name]) for name in data.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read a TPE state from {os.fspath(path)!r}: {error}") from None
+    try:
+        params = TPEParams(**{name: arrays.pop(f"params.{name}") for name in TPEParams._fields})
+        return TPEState(params=params, **{name: arrays[name] for name in TPEState._fields if name != "params"})
+    except KeyError as error:
+        raise ValueError(f"{os.fspath(path)!r} is not a TPE state file (missing {error})") from None
