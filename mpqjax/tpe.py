@@ -42,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import ndtri
 
 from mpqjax import parzen
 from mpqjax.cluster import kmeans_1d
@@ -107,14 +108,21 @@ class KMeansTPE:
         k_interval: model-based trials between increments of k (default 25).
         bandwidth: the paper's c (default 0.25), initial kernel bandwidth scale.
         bandwidth_decay: the paper's alpha (default 0.98), decay of c per model-based trial.
-        min_bandwidth: floor of c (default 0.03), so late proposals can still move.
+        min_bandwidth: floor of c (default 0.08), so late proposals can still move.
         prior_weight: prior kernel weight (default 1.0).
         num_candidates: candidates drawn from l(x) per proposal (static; default 24; a batch ask of q draws
             ``max(num_candidates, 2 q)``).
-        joint: product kernels per observation (True, default) or independent per-dimension mixtures (False).
+        joint: product kernels per observation (True) or independent per-dimension mixtures (False, default:
+            better on the 40-dimension benchmark, see ``experiments/bench_tpe.py --ablation``).
         feasible: optional jittable ``values[D] -> bool`` on `SearchSpace.values` of a candidate; infeasible
             candidates are never proposed while a feasible one is available.
         kmeans_iterations: the paper's maxiters (default 100), Lloyd iteration budget.
+        cluster_on: what k-means clusters: ``"normal_scores"`` (default), the normal scores of the objective's
+            ranks, or ``"values"``, the raw objective values as in the paper. Raw values let a single outlier
+            (a diverged run, a heavy penalty) form the worst cluster alone and leave almost every trial in the
+            best one; normal scores keep the clusters' shape (small tail clusters, large middle ones) whatever the
+            objective's scale, and are invariant to monotone transforms of it. ``bench_tpe.py --ablation``
+            compares the two.
 
     Raises:
         ValueError: k_initial < 3, k_initial > max_clusters, capacity < 1 or < n_initial, other bad settings.
@@ -129,12 +137,13 @@ class KMeansTPE:
     k_interval: int = 25
     bandwidth: float = 0.25
     bandwidth_decay: float = 0.98
-    min_bandwidth: float = 0.03
+    min_bandwidth: float = 0.08
     prior_weight: float = 1.0
     num_candidates: int = 24
-    joint: bool = True
+    joint: bool = False
     feasible: Callable[[jax.Array], jax.Array] | None = None
     kmeans_iterations: int = 100
+    cluster_on: str = "normal_scores"
 
     def __post_init__(self):
         if not isinstance(self.space, SearchSpace):
@@ -157,6 +166,8 @@ class KMeansTPE:
             raise ValueError(f"bandwidth_decay must be in (0, 1], got {self.bandwidth_decay}")
         if self.prior_weight <= 0:
             raise ValueError(f"prior_weight must be > 0, got {self.prior_weight}")
+        if self.cluster_on not in ("normal_scores", "values"):
+            raise ValueError(f"cluster_on must be 'normal_scores' or 'values', got {self.cluster_on!r}")
         if self.num_candidates < 1 or self.kmeans_iterations < 1:
             raise ValueError("num_candidates and kmeans_iterations must be >= 1")
         layout = parzen.make_layout(self.space.spec())
@@ -260,6 +271,12 @@ class KMeansTPE:
     def split(self, state: TPEState, k) -> tuple[jax.Array, jax.Array]:
         """Masks [capacity] of the best cluster (l's data) and the worst cluster plus failed trials (g's data)."""
         finite, failed, utility = self._utility(state.y, state.count)
+        if self.cluster_on == "normal_scores":
+            # rank-based Gaussianisation: the i-th worst of m finite values scores ndtri((i + 1/2) / m), so one
+            # outlier cannot claim a cluster of its own and the best cluster shrinks steadily as k grows
+            num_finite = jnp.maximum(jnp.sum(finite), 1)
+            rank = jnp.zeros(self.capacity).at[state.order].set(jnp.arange(self.capacity, dtype=jnp.float32))
+            utility = ndtri(jnp.clip((rank + 0.5) / num_finite, 1e-6, 1 - 1e-6))
         clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
                              iterations=self.kmeans_iterations, order=state.order)
         good = finite & (clusters.labels == clusters.num_clusters - 1)
@@ -283,6 +300,7 @@ class KMeansTPE:
 
     def _select(self, pool, score, state, n):
         """The n best-scoring usable candidates of a pool (usable: new, unique in the pool, feasible)."""
+        pool = jnp.asarray(pool)
         pool_hashes = self.fingerprint(pool)
         told = jnp.arange(self.capacity) < state.count
         seen = jnp.any((pool_hashes[:, None] == state.hashes[None, :]) & told[None, :], axis=1)
