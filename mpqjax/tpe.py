@@ -45,7 +45,7 @@ import numpy as np
 from jax.scipy.special import ndtri
 
 from mpqjax import parzen
-from mpqjax.cluster import kmeans_1d
+from mpqjax.cluster import NUM_STARTS, kmeans_1d
 from mpqjax.space import CONTINUOUS, GRID, LOG_INT, SearchSpace, snap
 
 MAX_ENUMERATED = 4096  # spaces with at most this many configurations are enumerated for the uniform candidates
@@ -277,8 +277,10 @@ class KMeansTPE:
             num_finite = jnp.maximum(jnp.sum(finite), 1)
             rank = jnp.zeros(self.capacity).at[state.order].set(jnp.arange(self.capacity, dtype=jnp.float32))
             utility = ndtri(jnp.clip((rank + 0.5) / num_finite, 1e-6, 1 - 1e-6))
+        # normal scores are never heavy-tailed: the equal-count start alone finds the clusters, and fastest
         clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
-                             iterations=self.kmeans_iterations, order=state.order)
+                             iterations=self.kmeans_iterations, order=state.order,
+                             num_starts=1 if self.cluster_on == "normal_scores" else NUM_STARTS)
         good = finite & (clusters.labels == clusters.num_clusters - 1)
         bad = (finite & (clusters.labels == 0)) | failed
         return good, bad
