@@ -1,0 +1,462 @@
+"""Per-layer Hessian traces by Hutchinson's estimator, with Hessian-vector products by forward-over-reverse.
+
+The sensitivity of a layer is the trace of the diagonal block of the loss Hessian that belongs to the layer's weights
+(Section III.A of the paper). The Hessian is never formed: a Hessian-vector product is the forward-mode derivative
+(`jax.jvp`) of the reverse-mode gradient (`jax.grad`), at a small constant times the cost of one gradient.
+
+One Rademacher probe ``v`` over the weights of all layers and one product ``H v`` give an unbiased estimate of every
+layer's trace at once, ``v_l . (H v)_l``: the cross terms ``v_l^T H_lm v_m`` vanish in expectation because the
+blocks of ``v`` are independent. Parameters that belong to no layer (biases, batch-norm scales by default) get a zero
+probe, which keeps the estimate unbiased and removes their share of the variance.
+
+Sharing has a price: the variance of layer l's estimate includes the cross terms with every other layer. For a layer
+whose own block is small next to its coupling with the others (typically a first convolution) that can take 100x the
+probes for the same standard error (measured on a tiny CNN: 10x the standard deviation). ``probing="per_layer"``
+confines each probe to one layer, one HVP per layer per probe, without those terms. Every estimate comes with its
+standard error, so the caller can see which case it is in.
+
+Example:
+    >>> traces = layer_traces(jax.random.key(0), loss_fn, params, [batch_a, batch_b])
+    >>> dict(zip(traces.names, traces.trace_per_weight))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["PROBINGS", "LayerTraces", "default_chunk_size", "group_leaves", "hvp", "layer_traces", "probe_step"]
+
+PyTree = Any
+LossFn = Callable[[PyTree, Any], jax.Array]
+
+
+def hvp(loss_fn: LossFn, params: PyTree, batch: Any, vector: PyTree) -> PyTree:
+    """Hessian-vector product ``H(params) @ vector`` of ``loss_fn(params, batch)``, without forming the Hessian.
+
+    Forward-over-reverse: the `jax.jvp` of `jax.grad`, whose cost is a small constant times one gradient.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        params: the point at which the Hessian is taken (any PyTree of float arrays).
+        batch: the data passed to ``loss_fn``.
+        vector: a PyTree with the structure, shapes and dtypes of ``params``.
+
+    Returns:
+        ``H @ vector`` with the structure of ``params``.
+
+    Example:
+        >>> hvp(lambda p, b: jnp.sum(p["w"] ** 2), {"w": jnp.ones(3)}, None, {"w": jnp.ones(3)})
+        {'w': Array([2., 2., 2.], dtype=float32)}
+    """
+    gradient = lambda p: jax.grad(loss_fn)(p, batch)
+    return jax.jvp(gradient, (params,), (vector,))[1]
+
+
+def _path_name(path) -> str:
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            parts.append(str(key.name))
+        else:
+            parts.append(str(getattr(key, "key", key)))
+    return "/".join(parts)
+
+
+def _leaf_paths(params: PyTree) -> list[str]:
+    return [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def group_leaves(
+    params: PyTree, prefixes: Sequence[str] | None = None, *, leaf_names: Sequence[str] | None = ("kernel",)
+) -> dict[str, tuple[str, ...]]:
+    """Which parameter leaves make up each layer: ``{layer name: (leaf path, ...)}``, paths joined with '/'.
+
+    By default a layer is the parent module of each ``kernel`` leaf and holds only that kernel: the weights whose
+    bit-width the search chooses. Biases and batch-norm parameters are NOT included (the paper normalises the trace by
+    the number of weights); pass ``leaf_names=("kernel", "bias")`` to include biases, or ``leaf_names=None`` to take
+    every leaf under each prefix.
+
+    Args:
+        params: the model's parameters (the ``params`` collection, not the whole variables dict).
+        prefixes: layer names in the order wanted, each a module path such as ``"stage1/block0/conv1"``; a layer
+            holds the leaves under its prefix. Default: every parent of a leaf named in ``leaf_names``, in the order
+            of ``jax.tree_util`` flattening.
+        leaf_names: the last path component of the leaves to keep; ``None`` keeps all leaves.
+
+    Returns:
+        An ordered dict from layer name to the paths of its leaves.
+
+    Raises:
+        ValueError: a prefix matches no leaf, or no leaf matches at all.
+
+    Example:
+        >>> group_leaves({"Dense_0": {"kernel": w, "bias": b}})
+        {'Dense_0': ('Dense_0/kernel',)}
+    """
+    paths = _leaf_paths(params)
+    keep = lambda path: leaf_names is None or path.rsplit("/", 1)[-1] in leaf_names
+    groups: dict[str, tuple[str, ...]] = {}
+    if prefixes is None:
+        for path in paths:
+            if keep(path) and "/" in path:
+                layer = path.rsplit("/", 1)[0]
+                groups[layer] = groups.get(layer, ()) + (path,)
+            elif keep(path):
+                groups[path] = groups.get(path, ()) + (path,)
+        if not groups:
+            raise ValueError(f"no parameter leaf is named any of {tuple(leaf_names or ())}; pass the layers explicitly")
+        return groups
+    if isinstance(prefixes, str):
+        raise ValueError("prefixes must be a sequence of layer names, not one string")
+    for prefix in prefixes:
+        members = tuple(path for path in paths if (path == prefix or path.startswith(prefix + "/")) and keep(path))
+        if not members:
+            raise ValueError(f"layer {prefix!r} matches no parameter leaf (leaf names {leaf_names})")
+        groups[prefix] = members
+    return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTraces:
+    """Estimated Hessian traces of each layer's diagonal block.
+
+    Attributes:
+        names: layer names, in order.
+        trace: estimated trace per layer (float64).
+        std_error: standard error of each estimate (sample std over probes / sqrt(probes); NaN with one probe).
+        weights: number of weights (probed parameter entries) per layer.
+        probes: probes averaged per layer (the same for all layers: one probe serves every layer).
+        batches: number of data batches the Hessian was averaged over.
+        converged: whether the tolerance was met before the probe budget ran out.
+    """
+
+    names: tuple[str, ...]
+    trace: np.ndarray
+    std_error: np.ndarray
+    weights: np.ndarray
+    probes: np.ndarray
+    batches: int
+    converged: bool
+
+    @property
+    def trace_per_weight(self) -> np.ndarray:
+        """Trace divided by the layer's weight count; 0 for a layer with no weights (its block is empty)."""
+        safe = np.maximum(self.weights, 1)
+        return np.where(self.weights > 0, self.trace / safe, 0.0)
+
+    @property
+    def relative_std_error(self) -> np.ndarray:
+        """Standard error relative to |trace| (inf where the trace is 0 and the error is not)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = self.std_error / np.abs(self.trace)
+        return np.where(self.std_error == 0, 0.0, ratio)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: one row per layer plus the run's totals (non-finite numbers become None)."""
+        finite = lambda x: float(x) if math.isfinite(x) else None
+        rows = [
+            {
+                "name": name,
+                "trace": finite(self.trace[i]),
+                "trace_per_weight": finite(self.trace_per_weight[i]),
+                "std_error": finite(self.std_error[i]),
+                "weights": int(self.weights[i]),
+                "probes": int(self.probes[i]),
+            }
+            for i, name in enumerate(self.names)
+        ]
+        return {"layers": rows, "batches": self.batches, "converged": self.converged}
+
+
+def _batch_size(batch: Any) -> int:
+    leaves = jax.tree_util.tree_leaves(batch)
+    if not leaves:
+        raise ValueError("empty batch: it holds no arrays")
+    sizes = [np.shape(leaf)[0] for leaf in leaves if np.ndim(leaf) >= 1]
+    if any(size == 0 for size in sizes):
+        raise ValueError("empty batch: an array in the batch has zero examples")
+    return sizes[0] if sizes else 1
+
+
+def _resolve_layers(params: PyTree, layers) -> tuple[tuple[str, ...], list[int]]:
+    """Layer names and, for each parameter leaf, the index of its layer (-1: not probed)."""
+    if layers is None:
+        groups = group_leaves(params)
+    elif isinstance(layers, Mapping):
+        groups = {str(name): tuple(members) for name, members in layers.items()}
+    else:
+        groups = group_leaves(params, list(layers))
+    paths = _leaf_paths(params)
+    index_of_path = {path: i for i, path in enumerate(paths)}
+    leaf_layer = [-1] * len(paths)
+    for layer_index, (name, members) in enumerate(groups.items()):
+        if isinstance(members, str):
+            raise ValueError(f"layer {name!r}: give a sequence of leaf paths, not one string")
+        for member in members:
+            if member not in index_of_path:
+                raise ValueError(f"layer {name!r}: no parameter leaf at path {member!r}")
+            leaf = index_of_path[member]
+            if leaf_layer[leaf] != -1:
+                raise ValueError(f"parameter leaf {member!r} belongs to more than one layer")
+            leaf_layer[leaf] = layer_index
+    if not groups:
+        raise ValueError("no layers to estimate")
+    return tuple(groups), leaf_layer
+
+
+def _check_params(params: PyTree) -> None:
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError("params hold no arrays")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise ValueError(f"parameter {_path_name(path)!r} is not a float array (dtype {jnp.result_type(leaf)})")
+        if not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError(f"parameter {_path_name(path)!r} contains NaN or inf")
+
+
+def _check_loss(loss_fn: LossFn, params: PyTree, batch: Any) -> None:
+    out = jax.eval_shape(loss_fn, params, batch)
+    shape = getattr(out, "shape", None)
+    if shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        described = f"shape {shape} dtype {getattr(out, 'dtype', None)}" if shape is not None else type(out).__name__
+        raise ValueError(f"loss must return a float scalar, got {described}")
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_estimator(loss_fn: LossFn, leaf_layer: tuple[int, ...], num_layers: int, chunk_size: int, jit: bool):
+    """``f(params, batch, key, leaf_mask) -> [chunk_size, num_layers]`` estimates ``v_l . (H v)_l`` per probe.
+
+    ``leaf_mask[i]`` (0 or 1) says whether leaf ``i`` is probed; leaves in no layer are never probed. Cached, so that
+    repeated calls with the same loss function and layers (e.g. one per checkpoint) compile once.
+    """
+
+    def one_probe(params, batch, vector):
+        product = hvp(loss_fn, params, batch, vector)
+        pairs = zip(jax.tree_util.tree_leaves(vector), jax.tree_util.tree_leaves(product), strict=True)
+        dots = [jnp.vdot(v, hv) for v, hv in pairs]
+        per_layer = [jnp.zeros((), jnp.float32)] * num_layers
+        for dot, layer in zip(dots, leaf_layer, strict=True):
+            if layer >= 0:
+                per_layer[layer] = per_layer[layer] + dot.astype(jnp.float32)
+        return jnp.stack(per_layer)
+
+    def chunk(params, batch, key, leaf_mask):
+        # One draw for the whole chunk: per-leaf draws under vmap made compilation take seconds.
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        sizes = [leaf.size if layer >= 0 else 0 for leaf, layer in zip(leaves, leaf_layer, strict=True)]
+        signs = jax.random.rademacher(key, (chunk_size, max(sum(sizes), 1)), dtype=jnp.float32)
+        offsets = np.cumsum([0] + sizes)
+        probe_leaves = [
+            (signs[:, offsets[i] : offsets[i + 1]] * leaf_mask[i]).reshape((chunk_size, *leaf.shape)).astype(leaf.dtype)
+            if leaf_layer[i] >= 0
+            else jnp.zeros((chunk_size, *leaf.shape), leaf.dtype)
+            for i, leaf in enumerate(leaves)
+        ]
+        vectors = jax.tree_util.tree_unflatten(treedef, probe_leaves)
+        # vmap over probes with params un-batched: XLA computes the primal forward/backward once per chunk.
+        return jax.vmap(one_probe, in_axes=(None, None, 0))(params, batch, vectors)
+
+    return jax.jit(chunk) if jit else chunk
+
+
+PROBINGS = ("shared", "per_layer")
+
+
+def default_chunk_size() -> int:
+    """Probes per vmapped step when none is given: 1 on CPU, 8 on accelerators.
+
+    Measured on a 2-core CPU (jax 0.10, batch 256): one probe of the digits CNN cost 0.14 s alone and 0.24 s inside a
+    vmapped chunk of 16; ResNet-20 (batch 16) 0.44 s alone and 0.60 s in a chunk of 4. XLA's CPU convolutions with
+    a batch of kernel tangents take a slow path; accelerators gain from the batching.
+    """
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
+def probe_step(
+    loss_fn: LossFn,
+    params: PyTree,
+    *,
+    layers: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    jit: bool = True,
+) -> tuple[tuple[str, ...], Callable]:
+    """The inner step of `layer_traces`: ``chunk_size`` shared probes, one HVP each, per-layer estimates.
+
+    For custom loops and benchmarks; `layer_traces` adds validation, stopping, batches and standard errors.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        params: parameters of the structure the step will be called with.
+        layers: as in `layer_traces`.
+        chunk_size: probes per call (vmapped); default `default_chunk_size()`.
+        jit: return the compiled step.
+
+    Returns:
+        ``(names, step)`` with ``step(params, batch, key) -> [chunk_size, len(names)]`` estimates ``v_l . (H v)_l``
+        (their mean over probes estimates each layer's trace).
+    """
+    names, leaf_layer = _resolve_layers(params, layers)
+    chunk_size = default_chunk_size() if chunk_size is None else chunk_size
+    chunk = _chunk_estimator(loss_fn, tuple(leaf_layer), len(names), int(chunk_size), bool(jit))
+    mask = jnp.asarray(np.asarray(leaf_layer) >= 0, jnp.float32)
+    return names, lambda params, batch, key: chunk(params, batch, key, mask)
+
+
+def layer_traces(
+    key: jax.Array,
+    loss_fn: LossFn,
+    params: PyTree,
+    batches: Any,
+    *,
+    layers: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    max_probes: int = 256,
+    tol: float = 1e-2,
+    std_error_rtol: float | None = None,
+    chunk_size: int | None = None,
+    probing: str = "shared",
+    jit: bool = True,
+) -> LayerTraces:
+    """Hutchinson estimates of the Hessian trace of every layer's diagonal block, from Rademacher probes.
+
+    Probes are drawn ``chunk_size`` at a time (vmapped; ``chunk_size`` fixes a shape, so it is static). After every
+    chunk past the first, the running mean of every layer is compared with the previous one; the estimation stops when
+    each changed by at most ``tol`` relative to its magnitude (and, if ``std_error_rtol`` is given, each standard error
+    is at most that fraction of the trace), or when ``max_probes`` probes have been used. With several batches, each
+    probe's product is the batch-size-weighted mean of the per-batch products, i.e. the Hessian of the mean loss.
+
+    The loss is the caller's: for a Flax model with batch norm, close over ``batch_stats`` and apply the model in
+    inference mode (``train=False``), so the Hessian is taken with respect to ``params`` only.
+
+    Args:
+        key: PRNG key for the probes.
+        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        params: parameters at which the Hessian is taken.
+        batches: one batch, or a Python ``list`` of batches (a tuple is one batch, e.g. ``(images, labels)``);
+            each distinct batch shape compiles the step once.
+        layers: ``None`` (one layer per ``kernel`` leaf, see `group_leaves`), a sequence of layer-name prefixes, or a
+            mapping from layer name to the paths of its leaves (an empty sequence gives a layer with no weights,
+            reported with trace 0).
+        max_probes: probe budget (>= 1).
+        tol: relative change of every layer's running mean at which to stop (> 0).
+        std_error_rtol: optional extra stopping condition on every layer's relative standard error (> 0).
+        chunk_size: probes per vmapped step (default `default_chunk_size()`: 1 on CPU, 8 on accelerators); on an
+            accelerator larger is faster per probe but needs ``chunk_size`` times the memory of one HVP.
+        probing: ``"shared"`` (the paper's estimator: one probe over all layers, one HVP per probe gives every
+            layer's estimate) or ``"per_layer"`` (a probe confined to one layer at a time: one HVP per layer per probe,
+            but without the cross-layer terms ``v_l^T H_lm v_m`` in the variance, which dominate for layers whose
+            trace is small next to their coupling with other layers, e.g. a first convolution).
+        jit: compile the chunk step (False runs op by op; for debugging and for checking the compiled path).
+
+    Returns:
+        `LayerTraces` with the trace, trace per weight, standard error and probes used of each layer.
+
+    Raises:
+        ValueError: non-scalar loss, non-finite or non-float parameters, ``max_probes < 1``, ``tol <= 0``,
+            ``chunk_size < 1``, an empty batch or batch list, a layer naming an unknown leaf, or a non-finite product.
+
+    Example:
+        >>> loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(model.apply(
+        ...     {"params": p, "batch_stats": stats}, b[0], train=False), b[1]).mean()
+        >>> traces = layer_traces(jax.random.key(0), loss, params, (images, labels), max_probes=64)
+    """
+    if not isinstance(max_probes, int | np.integer) or max_probes < 1:
+        raise ValueError(f"max_probes must be an integer >= 1, got {max_probes!r}")
+    if not (isinstance(tol, int | float | np.floating) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if std_error_rtol is not None and not std_error_rtol > 0:
+        raise ValueError(f"std_error_rtol must be > 0 or None, got {std_error_rtol!r}")
+    chunk_size = default_chunk_size() if chunk_size is None else chunk_size
+    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if probing not in PROBINGS:
+        raise ValueError(f"probing must be one of {PROBINGS}, got {probing!r}")
+    batch_list = list(batches) if isinstance(batches, list) else [batches]
+    if not batch_list:
+        raise ValueError("empty batch list: give at least one batch")
+    sizes = np.array([_batch_size(batch) for batch in batch_list], dtype=np.float64)
+    batch_weights = sizes / sizes.sum()
+    _check_params(params)
+    for batch in batch_list:
+        _check_loss(loss_fn, params, batch)
+    names, leaf_layer = _resolve_layers(params, layers)
+    num_layers = len(names)
+    weights = np.zeros(num_layers, dtype=np.int64)
+    for leaf, layer in zip(jax.tree_util.tree_leaves(params), leaf_layer, strict=True):
+        if layer >= 0:
+            weights[layer] += int(np.size(leaf))
+
+    chunk_step = _chunk_estimator(loss_fn, tuple(leaf_layer), num_layers, int(chunk_size), bool(jit))
+    leaf_layer_array = np.asarray(leaf_layer)
+    # Each pass is one vmapped chunk of products: (mask of the probed leaves, the layers whose estimates it gives).
+    if probing == "shared":
+        passes = [(jnp.asarray(leaf_layer_array >= 0, jnp.float32), np.arange(num_layers))]
+    else:
+        passes = [
+            (jnp.asarray(leaf_layer_array == layer, jnp.float32), np.array([layer]))
+            for layer in range(num_layers)
+            if weights[layer] > 0
+        ]
+
+    def estimate_chunk(batch, chunk_key):
+        chunk = np.zeros((chunk_size, num_layers))
+        for mask, layer_indices in passes:
+            products = np.asarray(chunk_step(params, batch, chunk_key, mask), np.float64)
+            chunk[:, layer_indices] = products[:, layer_indices]
+        return chunk
+
+    estimates: list[np.ndarray] = []
+    used = 0
+    previous_mean = None
+    converged = False
+    chunk_index = 0
+    while used < max_probes:
+        chunk_key = jax.random.fold_in(key, chunk_index)
+        chunk_index += 1
+        chunk = sum(
+            weight * estimate_chunk(batch, chunk_key) for weight, batch in zip(batch_weights, batch_list, strict=True)
+        )
+        chunk = chunk[: max_probes - used]
+        if not np.all(np.isfinite(chunk)):
+            raise ValueError("a Hessian-vector product is NaN or inf: check the loss at these parameters")
+        estimates.append(chunk)
+        used += len(chunk)
+        all_estimates = np.concatenate(estimates)
+        mean = all_estimates.mean(axis=0)
+        if previous_mean is not None:
+            stable = np.all(np.abs(mean - previous_mean) <= tol * np.abs(mean))
+            if stable and std_error_rtol is not None:
+                std_error = all_estimates.std(axis=0, ddof=1) / math.sqrt(used)
+                stable = bool(np.all(std_error <= std_error_rtol * np.abs(mean)))
+            if stable:
+                converged = True
+                break
+        previous_mean = mean
+
+    all_estimates = np.concatenate(estimates)
+    trace = all_estimates.mean(axis=0)
+    if used > 1:
+        std_error = all_estimates.std(axis=0, ddof=1) / math.sqrt(used)
+    else:
+        std_error = np.full(num_layers, np.nan)
+    return LayerTraces(
+        names=names,
+        trace=trace,
+        std_error=std_error,
+        weights=weights,
+        probes=np.full(num_layers, used, dtype=np.int64),
+        batches=len(batch_list),
+        converged=converged,
+    )
