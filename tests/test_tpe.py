@@ -47,8 +47,7 @@ def test_same_seed_gives_the_same_search(opt, searched):
 def test_jit_and_eager_proposals_agree(opt, searched):
     key = jax.random.key(5)
     jitted, _ = opt.ask(key, searched, n=3)
-    with jax.disable_jit():
-        eager, _ = opt._ask(key, searched, n=3)
+    eager, _ = opt._ask(key, searched, n=3)  # op by op (control flow primitives compile on their own)
     np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
 
 
