@@ -246,8 +246,10 @@ def table_marginals(parzen: Parzen) -> jax.Array:
     """Log-probabilities [Dt, J] of each index of each TABLE dimension under the mixture."""
     kernels = parzen.kernels
     weights = jnp.exp(parzen.log_weights)
-    size = kernels.tables.shape[-1]
-    centre_weight = jnp.einsum("n,ndi->di", weights[:-1], jax.nn.one_hot(kernels.table_index, size))  # [Dt, J]
+    num_observations, num_dims = kernels.table_index.shape
+    # total weight of the kernels centred on each index: a scatter-add (far cheaper than a one-hot contraction)
+    centre_weight = jnp.zeros(kernels.prior_table.shape).at[jnp.arange(num_dims)[None, :], kernels.table_index].add(
+        jnp.broadcast_to(weights[:-1, None], (num_observations, num_dims)))  # [Dt, J]
     mass = jnp.einsum("di,dij->dj", centre_weight, jnp.exp(kernels.tables)) + weights[-1] * jnp.exp(
         kernels.prior_table)
     return jnp.log(jnp.maximum(mass, 1e-30))

@@ -180,6 +180,7 @@ class KMeansTPE:
             grids = np.meshgrid(*[np.arange(d.num_choices) for d in self.space.dimensions], indexing="ij")
             enumeration = np.stack([g.ravel() for g in grids], axis=1).astype(np.float32)
         object.__setattr__(self, "_enumeration", enumeration)
+        object.__setattr__(self, "_normal_thresholds", _normal_kmeans_thresholds(self.max_clusters))
         object.__setattr__(self, "ask", jax.jit(self._ask, static_argnames=("n",)))
         object.__setattr__(self, "tell", jax.jit(self._tell))
 
@@ -277,10 +278,14 @@ class KMeansTPE:
             num_finite = jnp.maximum(jnp.sum(finite), 1)
             rank = jnp.zeros(self.capacity).at[state.order].set(jnp.arange(self.capacity, dtype=jnp.float32))
             utility = ndtri(jnp.clip((rank + 0.5) / num_finite, 1e-6, 1 - 1e-6))
-        # normal scores are never heavy-tailed: the equal-count start alone finds the clusters, and fastest
-        clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
-                             iterations=self.kmeans_iterations, order=state.order,
-                             num_starts=1 if self.cluster_on == "normal_scores" else NUM_STARTS)
+        if self.cluster_on == "normal_scores":
+            # normal scores follow N(0, 1): start from its optimal k-cluster thresholds (one or two iterations)
+            clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
+                                 iterations=self.kmeans_iterations, order=state.order,
+                                 initial_thresholds=jnp.asarray(self._normal_thresholds)[k])
+        else:
+            clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
+                                 iterations=self.kmeans_iterations, order=state.order, num_starts=NUM_STARTS)
         good = finite & (clusters.labels == clusters.num_clusters - 1)
         bad = (finite & (clusters.labels == 0)) | failed
         return good, bad
@@ -373,6 +378,29 @@ class KMeansTPE:
         utility = jnp.where(told, state.y if self.maximize else -state.y, -jnp.inf)
         index = jnp.argmax(utility)
         return state.x[index], jnp.where(jnp.any(told), state.y[index], jnp.nan)
+
+
+def _normal_kmeans_thresholds(max_clusters: int, grid: int = 4096) -> np.ndarray:
+    """Thresholds between the optimal k clusters of the standard normal distribution, for k = 0..max_clusters.
+
+    Row k holds the k - 1 thresholds (Lloyd-Max quantiser of N(0, 1), found by Lloyd's algorithm on ``grid``
+    quantiles), padded with +inf to ``max_clusters - 1`` entries.
+    """
+    from scipy.special import ndtri as numpy_ndtri
+
+    quantiles = numpy_ndtri((np.arange(grid) + 0.5) / grid)
+    table = np.full((max_clusters + 1, max(max_clusters - 1, 0)), np.inf, dtype=np.float32)
+    for k in range(2, max_clusters + 1):
+        thresholds = numpy_ndtri(np.arange(1, k) / k)
+        for _ in range(500):
+            labels = np.searchsorted(thresholds, quantiles)
+            centroids = np.array([quantiles[labels == j].mean() for j in range(k)])
+            updated = (centroids[:-1] + centroids[1:]) / 2
+            if np.allclose(updated, thresholds, atol=1e-7):
+                break
+            thresholds = updated
+        table[k, : k - 1] = thresholds
+    return table
 
 
 def run(opt: KMeansTPE, key: jax.Array, objective: Callable[[jax.Array], jax.Array], num_trials: int, *,
