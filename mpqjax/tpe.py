@@ -46,7 +46,7 @@ from jax.scipy.special import ndtri
 
 from mpqjax import parzen
 from mpqjax.cluster import NUM_STARTS, kmeans_1d
-from mpqjax.space import CONTINUOUS, GRID, LOG_INT, SearchSpace, snap
+from mpqjax.space import CONTINUOUS, GRID, LOG_INT, SearchSpace, sample_uniform, snap
 
 MAX_ENUMERATED = 4096  # spaces with at most this many configurations are enumerated for the uniform candidates
 
@@ -252,9 +252,7 @@ class KMeansTPE:
         if self._enumeration is not None:
             return self._enumeration, jax.random.uniform(key, (self._enumeration.shape[0],))
         size = max(4 * n, 32)
-        u = jax.random.uniform(key, (size, self.num_dims))
-        spec = self.space.spec()
-        return snap(spec, spec.low + u * (spec.high - spec.low)), -jnp.arange(size, dtype=jnp.float32)
+        return sample_uniform(key, self.space.spec(), size), -jnp.arange(size, dtype=jnp.float32)
 
     def _model_proposals(self, model_key, fallback, fallback_rank, state, n):
         k, c = self.schedule(state)
@@ -278,14 +276,11 @@ class KMeansTPE:
             num_finite = jnp.maximum(jnp.sum(finite), 1)
             rank = jnp.zeros(self.capacity).at[state.order].set(jnp.arange(self.capacity, dtype=jnp.float32))
             utility = ndtri(jnp.clip((rank + 0.5) / num_finite, 1e-6, 1 - 1e-6))
-        if self.cluster_on == "normal_scores":
-            # normal scores follow N(0, 1): start from its optimal k-cluster thresholds (one or two iterations)
-            clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
-                                 iterations=self.kmeans_iterations, order=state.order,
-                                 initial_thresholds=jnp.asarray(self._normal_thresholds)[k])
-        else:
-            clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
-                                 iterations=self.kmeans_iterations, order=state.order, num_starts=NUM_STARTS)
+        # normal scores follow N(0, 1): start from its optimal k-cluster thresholds (one or two iterations)
+        start = (dict(initial_thresholds=jnp.asarray(self._normal_thresholds)[k])
+                 if self.cluster_on == "normal_scores" else dict(num_starts=NUM_STARTS))
+        clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
+                             iterations=self.kmeans_iterations, order=state.order, **start)
         good = finite & (clusters.labels == clusters.num_clusters - 1)
         bad = (finite & (clusters.labels == 0)) | failed
         return good, bad
