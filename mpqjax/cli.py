@@ -127,7 +127,7 @@ def _add_hessian(subparsers):
         description=(
             "Per-layer Hutchinson estimates of the Hessian trace of the float model's loss (mpqjax.hessian), k-means "
             "over the traces per weight and the candidate bit-widths of each layer (mpqjax.sensitivity). Prints a "
-            "table and writes hessian.json and hessian_traces.png to --out. Without --params the float model is "
+            "table and writes hessian.json and hessian.png to --out. Without --params the float model is "
             "first trained briefly (a Hessian of an untrained model means little) and saved as float_params.msgpack."
         ),
     )
@@ -172,81 +172,13 @@ def _hessian_fixed_bits(text: str) -> dict[str, int]:
     return fixed
 
 
-def _hessian_write_atomic(path, write) -> None:
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(handle)
-    try:
-        os.chmod(temporary, 0o644)  # mkstemp makes files private; results are ordinary files
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _hessian_write_text(path, text: str, mode: str = "w") -> None:
-    def write(name):
-        with open(name, mode) as handle:
-            handle.write(text)
-
-    _hessian_write_atomic(path, write)
-
-
-def _hessian_plot(path, result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.patches
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = result["layers"]
-    names = [row["name"] for row in rows]
-    trace = np.array([row["trace"] for row in rows], float)
-    error = np.array([row["std_error"] if row["std_error"] is not None else 0.0 for row in rows], float)
-    per_weight = np.array([row["trace_per_weight"] for row in rows], float)
-    clusters = [row["cluster"] for row in rows]
-    num_clusters = max(len(result["bit_sets"]), 1)
-    colour_of = {c: plt.cm.viridis(0.1 + 0.75 * c / max(num_clusters - 1, 1)) for c in range(num_clusters)}
-    colour_of[-1] = (0.65, 0.65, 0.65, 1.0)
-    colours = [colour_of[c] for c in clusters]
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(rows) + 2), 6.5), sharex=True)
-    positions = np.arange(len(rows))
-    top.bar(positions, trace, yerr=error, color=colours, capsize=2)
-    top.set_ylabel("Hessian trace (± std. error)")
-    top.set_title(f"{result['model']}: per-layer Hessian traces", fontsize=11)
-    legend = [
-        matplotlib.patches.Patch(color=colour_of[c], label=f"cluster {c}: bits {{{','.join(map(str, bits))}}}")
-        for c, bits in enumerate(result["bit_sets"])
-        if c in clusters
-    ]
-    if -1 in clusters:
-        legend.append(matplotlib.patches.Patch(color=colour_of[-1], label="fixed by hand"))
-    top.legend(handles=legend, fontsize=8)
-    bottom.bar(positions, per_weight, color=colours)
-    bottom.set_ylabel("trace per weight")
-    if np.all(per_weight > 0):
-        bottom.set_yscale("log")
-    bottom.set_xticks(positions, names, rotation=60, ha="right", fontsize=8)
-    figure.tight_layout()
-    _hessian_write_atomic(path, lambda name: figure.savefig(name, dpi=120, format="png"))
-    plt.close(figure)
-
-
 def _run_hessian(args) -> int:
-    import json
     import os
 
-    import flax.serialization
     import jax
     import numpy as np
-    import optax
 
-    from mpqjax import data, hessian, models, sensitivity, train
+    from mpqjax import data, hessian, models, report, search, sensitivity, store, train
 
     for option, value, low in [("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                                ("--batches", args.batches, 1), ("--max-probes", args.max_probes, 1),
@@ -258,7 +190,7 @@ def _run_hessian(args) -> int:
     if args.probing not in hessian.PROBINGS:
         raise ValueError(f"--probing must be one of {', '.join(hessian.PROBINGS)}, got {args.probing!r}")
     bit_sets, fixed_bits = _hessian_bit_sets(args.bit_sets), _hessian_fixed_bits(args.fix_bits)
-    if args.params is not None and not os.path.isfile(args.params):
+    if args.params is not None and not os.path.exists(args.params):
         raise ValueError(f"--params: no such file {args.params!r}")
 
     dataset = data.load(args.dataset, seed=args.seed)
@@ -268,72 +200,42 @@ def _run_hessian(args) -> int:
     # Check the cheap settings against the table before any training.
     sensitivity.prune_space(table, np.ones(len(table)), bit_sets=bit_sets, fixed_bits=fixed_bits)
     out = args.out or os.path.join("runs", "hessian", args.model)
-    os.makedirs(out, exist_ok=True)
 
     key = jax.random.key(args.seed)
     train_key, probe_key = jax.random.split(key)
     template = models.init_variables(train_key, model, dataset.input_shape)
     template = {name: template[name] for name in ("params", "batch_stats") if name in template}
     if args.params is not None:
-        with open(args.params, "rb") as handle:
-            try:
-                restored = flax.serialization.msgpack_restore(handle.read())
-                variables = flax.serialization.from_state_dict(template, restored)
-                mismatched = jax.tree.map(lambda a, b: np.shape(a) != np.shape(b), template, variables)
-            except Exception as error:  # msgpack and structure errors mean the same to the user
-                mismatched = [type(error).__name__]
-            if any(jax.tree.leaves(mismatched)):
-                raise ValueError(f"--params: {args.params!r} is not a float checkpoint of {args.model} at width 1 "
-                                 f"for {args.dataset}")
+        try:
+            variables = store.load_variables(args.params, template)
+        except ValueError:
+            raise ValueError(f"--params: {args.params!r} is not a float checkpoint of {args.model} at width 1 "
+                             f"for {args.dataset}") from None
         source = f"checkpoint {args.params}"
+        os.makedirs(out, exist_ok=True)
         print(f"loaded float parameters from {args.params}")
     else:
         print(f"no --params given: training the float {args.model} on {args.dataset} for {args.epochs} epochs first "
               "(a Hessian of an untrained model means little)")
         variables, _ = train.train_float(train_key, model, dataset, epochs=args.epochs)
-        variables = {name: variables[name] for name in ("params", "batch_stats") if name in variables}
+        variables = {name: variables[name] for name in template}
+        os.makedirs(out, exist_ok=True)
         saved = os.path.join(out, "float_params.msgpack")
-        _hessian_write_text(saved, flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)), "wb")
+        store.save_variables(saved, variables)
         source = f"trained {args.epochs} epochs from seed {args.seed}, saved to {saved}"
     accuracy = train.evaluate(model, variables, dataset.validation)
     print(f"float validation accuracy {accuracy:.4f}")
 
-    others = {name: value for name, value in variables.items() if name != "params"}
-
-    def loss_fn(params, batch):
-        logits = model.apply({"params": params, **others}, batch[0], None, None, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
-
-    split = dataset.train
-    if len(split) < args.batch_size:
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(split)} training examples")
-    batch_list = list(data.batches(None, split, args.batch_size, shuffle=False))[: args.batches]
-    traces = hessian.layer_traces(probe_key, loss_fn, variables["params"], batch_list, layers=list(table.names),
-                                  max_probes=args.max_probes, tol=args.tol, chunk_size=args.chunk_size,
-                                  probing=args.probing)
-    pruned = sensitivity.prune_space(table, traces, bit_sets=bit_sets, fixed_bits=fixed_bits, log_scale=args.log_scale)
-
-    rows = [
-        {**row, "cluster": int(pruned.cluster[index]), "candidate_bits": list(pruned.candidate_bits[index])}
-        for index, row in enumerate(traces.to_dict()["layers"])
-    ]
-    result = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "float_params": source,
-        "float_validation_accuracy": accuracy,
-        "hessian": {"examples": sum(len(b[1]) for b in batch_list), "batches": len(batch_list),
-                    "probes": int(traces.probes[0]), "converged": traces.converged, "tol": args.tol,
-                    "probing": args.probing, "seed": args.seed},
-        "layers": rows,
-        "centroids": [float(c) for c in pruned.centroids],
-        "bit_sets": [list(s) for s in bit_sets],
-        "fixed_bits": fixed_bits,
-        "log10_size_before": pruned.log10_size_before,
-        "log10_size_after": pruned.log10_size_after,
-    }
-    print(f"{traces.probes[0]} probes ({'converged' if traces.converged else 'probe budget reached'}) on "
-          f"{result['hessian']['examples']} training examples in {len(batch_list)} batches")
+    pruned, result = search.analyze_sensitivity(
+        probe_key, model, variables, dataset, batch_size=args.batch_size, num_batches=args.batches,
+        max_probes=args.max_probes, tol=args.tol, chunk_size=args.chunk_size, probing=args.probing,
+        bit_sets=bit_sets, fixed_bits=fixed_bits, log_scale=args.log_scale)
+    result["float_params"] = source
+    result["float_validation_accuracy"] = accuracy
+    result["hessian"]["seed"] = args.seed
+    rows, run = result["layers"], result["hessian"]
+    print(f"{run['probes']} probes ({'converged' if run['converged'] else 'probe budget reached'}) "
+          f"on {run['examples']} training examples in {run['batches']} batches")
     print(f"{'#':>3}  {'layer':<28} {'weights':>9} {'trace':>11} {'trace/weight':>12} {'std err':>9} "
           f"{'cluster':>7}  candidate bits")
     for index, row in enumerate(rows):
@@ -344,9 +246,9 @@ def _run_hessian(args) -> int:
               f"{row['trace_per_weight']:>12.4g} {error} {cluster:>7}  {candidates}")
     print(f"search space: 10^{pruned.log10_size_before:.2f} configurations before pruning, "
           f"10^{pruned.log10_size_after:.2f} after")
-    json_path, plot_path = os.path.join(out, "hessian.json"), os.path.join(out, "hessian_traces.png")
-    _hessian_plot(plot_path, result)
-    _hessian_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    json_path, plot_path = os.path.join(out, "hessian.json"), os.path.join(out, "hessian.png")
+    report.plot_hessian(plot_path, result)
+    store.atomic_write_json(json_path, result)
     print(f"wrote {json_path} and {plot_path}")
     return 0
 
@@ -355,6 +257,388 @@ _SUBCOMMANDS.append(_add_hessian)
 
 
 # -- search / train / report -----------------------------------------------------------------------------------
+
+
+_SIZE_UNITS = {"b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2}
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def _quantity(text: str, units: dict[str, float], option: str, default_unit: str) -> float:
+    """A positive number with an optional unit suffix, e.g. '16kB' or '1.5ms', in base units."""
+    import math
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", text)
+    unit = (match.group(2) if match else "").lower() or default_unit
+    try:
+        value = float(match.group(1)) * units[unit] if match else math.nan
+    except (ValueError, KeyError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{option}: expected a positive number with an optional unit "
+                         f"({', '.join(units)}), got {text!r}")
+    return value
+
+
+def _positive_float(option: str):
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    parse.__name__ = option
+    return parse
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_search(subparsers):
+    from mpqjax import search
+
+    defaults = search.SearchConfig()
+    parser = subparsers.add_parser(
+        "search",
+        help="find per-layer bit-widths and widths under size/latency limits (the main job)",
+        description=(
+            "Algorithm 1 of the paper: train (or load) the float model, prune each layer's bit-widths by Hessian "
+            "sensitivity, run k-means TPE over short quantisation-aware fine-tunes under the hardware limits, then "
+            "train the best configuration longer, export it and write a report. With no arguments: digits_cnn on "
+            "the embedded digits data, FPGA target, size at most 1/6 of the FiP16 model (a few minutes on a CPU)."
+        ),
+    )
+    what = parser.add_argument_group("model, data and hardware")
+    what.add_argument("--model", default=defaults.model, help=f"model zoo name (default {defaults.model})")
+    what.add_argument("--dataset", default=defaults.dataset, help=f"dataset name (default {defaults.dataset})")
+    what.add_argument("--data-dir", help="folder of downloaded datasets (tensorflow-datasets / CIFAR folders)")
+    what.add_argument("--target", default=defaults.target, help="hardware target: fpga, generic, or a JSON/TOML file")
+    what.add_argument("--params", "--float-checkpoint", dest="float_checkpoint",
+                      help="float model at width 1: a flax msgpack file or an orbax checkpoint folder of "
+                      "{'params', 'batch_stats'} (default: train one, cached)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-size", help="size limit, e.g. 16kB, 0.5MB, 20000 (bytes)")
+    limits.add_argument("--min-size-reduction", type=_positive_float("--min-size-reduction"),
+                        help=f"size limit as a reduction against FiP16 (default {defaults.min_size_reduction:g} "
+                        "unless --max-size or --no-size-limit is given)")
+    limits.add_argument("--no-size-limit", action="store_true", help="no size limit")
+    limits.add_argument("--max-latency", help="latency limit, e.g. 2us, 1.5ms, 0.01 (seconds)")
+    limits.add_argument("--min-speedup", type=_positive_float("--min-speedup"),
+                        help="latency limit as a speed-up against FiP16")
+    limits.add_argument("--max-energy", type=_positive_float("--max-energy"), help="energy limit in joules")
+    limits.add_argument("--min-throughput", type=_positive_float("--min-throughput"),
+                        help="throughput limit in inferences per second")
+    limits.add_argument("--soft-limits", action="store_true",
+                        help="evaluate configurations over a limit and penalise them (default: never propose them)")
+    limits.add_argument("--penalty", type=_positive_float("--penalty"), default=defaults.penalty,
+                        help=f"Lagrangian multiplier per relative violation (default {defaults.penalty:g})")
+    space = parser.add_argument_group("search")
+    space.add_argument("--trials", type=int, default=defaults.trials, help=f"configurations to evaluate "
+                       f"(default {defaults.trials})")
+    space.add_argument("--n-initial", type=int, default=defaults.n_initial,
+                       help=f"random configurations first (default {defaults.n_initial})")
+    space.add_argument("--seed", type=int, default=defaults.seed, help="seed of everything (default 0)")
+    space.add_argument("--no-prune", action="store_true", help="skip the Hessian pruning: every layer may take "
+                       "every bit-width")
+    space.add_argument("--bits", default=",".join(map(str, defaults.bits)),
+                       help="bit-widths of the unpruned space (default 8,6,4,3,2)")
+    space.add_argument("--bit-sets", default=";".join(",".join(map(str, group)) for group in defaults.bit_sets),
+                       help="candidate bits per sensitivity cluster, most sensitive first "
+                       "(default 8,6;6,4,3;4,3,2;3,2)")
+    space.add_argument("--widths", default=",".join(f"{w:g}" for w in defaults.widths),
+                       help="width multipliers (default 0.75,0.875,1,1.125,1.25)")
+    space.add_argument("--fix-bits", default="", help="layers fixed by hand, e.g. 'conv1=8,head=8'")
+    space.add_argument("--log-scale", action="store_true", help="cluster log10 of the traces per weight")
+    training = parser.add_argument_group("training")
+    training.add_argument("--float-epochs", type=int, default=defaults.float_epochs)
+    training.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    training.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs,
+                          help=f"fine-tune epochs per trial (default {defaults.finetune_epochs}, "
+                          "the paper's CIFAR value)")
+    training.add_argument("--finetune-lr", type=float, default=defaults.finetune_learning_rate)
+    training.add_argument("--final-epochs", type=int, default=defaults.final_epochs,
+                          help=f"training of the best configuration (default {defaults.final_epochs}, as the paper)")
+    training.add_argument("--final-lr", type=float, default=defaults.final_learning_rate,
+                          help="peak one-cycle learning rate of the final training (default 0.01)")
+    training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    training.add_argument("--baseline", action="store_true",
+                          help="also train the uniform-precision baseline (all layers at 8,6,4,3,2 bits, width 1)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", help="output folder (default: a new runs/search/<model>-<dataset>-<time>)")
+    output.add_argument("--resume", action="store_true", help="continue the search in --out after an interruption")
+    output.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.set_defaults(run=_run_search)
+
+
+def _search_config(args):
+    from mpqjax import search
+
+    size_reduction = args.min_size_reduction
+    if args.no_size_limit:
+        if args.max_size is not None or size_reduction is not None:
+            raise ValueError("--no-size-limit contradicts --max-size / --min-size-reduction")
+    elif size_reduction is None and args.max_size is None:
+        size_reduction = search.DEFAULT_SIZE_REDUCTION
+    fixed = tuple(sorted(_hessian_fixed_bits(args.fix_bits).items()))
+    return search.SearchConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, target=args.target,
+        max_size_bytes=None if args.max_size is None else _quantity(args.max_size, _SIZE_UNITS, "--max-size", "b"),
+        min_size_reduction=size_reduction,
+        max_latency_seconds=None if args.max_latency is None else _quantity(args.max_latency, _TIME_UNITS,
+                                                                            "--max-latency", "s"),
+        min_speedup=args.min_speedup, max_energy_joules=args.max_energy, min_throughput=args.min_throughput,
+        soft_limits=args.soft_limits, penalty=args.penalty, trials=args.trials, n_initial=args.n_initial,
+        seed=args.seed, prune=not args.no_prune, bits=_int_list(args.bits, "--bits"),
+        bit_sets=tuple(_hessian_bit_sets(args.bit_sets)), widths=_float_list(args.widths, "--widths"),
+        fixed_bits=fixed, log_scale=args.log_scale, float_checkpoint=args.float_checkpoint,
+        float_epochs=args.float_epochs, batch_size=args.batch_size, finetune_epochs=args.finetune_epochs,
+        finetune_learning_rate=args.finetune_lr, final_epochs=args.final_epochs, final_learning_rate=args.final_lr,
+        weight_decay=args.weight_decay, baseline=args.baseline,
+    )
+
+
+class _ProgressBar:
+    """One status line on a terminal (rewritten in place), or a line every few trials in a log file."""
+
+    def __init__(self, stream, *, width: int = 24):
+        self.stream, self.width = stream, width
+        self.interactive = stream.isatty()
+        self.last_line = 0.0
+
+    def __call__(self, event: dict) -> None:
+        import time
+
+        from mpqjax.report import format_seconds, format_size
+
+        if event["event"] == "phase":
+            self._print(f"{event['message']} ...", final=True)
+        elif event["event"] == "trial":
+            done, total, best = event["trial"], event["trials"], event["best"]
+            filled = int(self.width * done / total)
+            text = f"trial {done}/{total} [{'#' * filled}{'.' * (self.width - filled)}]"
+            if best is not None:
+                text += (f" best {best['objective']:.4f} (acc {best['validation_accuracy']:.4f}, "
+                         f"{format_size(best['size_bytes'])}, {format_seconds(best['latency_seconds'])})")
+            else:
+                text += " best -"
+            text += f" elapsed {event['elapsed']:.0f}s, ~{event['eta']:.0f}s left"
+            now = time.monotonic()
+            if self.interactive or done == total or now - self.last_line > 10:
+                self.last_line = now
+                self._print(text, final=done == total)
+
+    def _print(self, text: str, *, final: bool) -> None:
+        if self.interactive:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _print_summary(result) -> None:
+    from mpqjax.report import format_seconds, format_size
+
+    best, timings = result.best, result.timings
+    print(f"best configuration: trial {best['trial']} of {len(result.trials)}")
+    print(f"{'layer':<28} {'bits':>4} {'width':>6} {'weights':>9} {'size':>10} {'cycles':>9}")
+    for row in best["layers"]:
+        print(f"{row['name'][:28]:<28} {row['bits']:>4} {row['width']:>6.3g} {row['weights']:>9,} "
+              f"{format_size(row['size_bytes']):>10} {row['cycles']:>9,.0f}")
+    print(f"accuracy: validation {best['validation_accuracy']:.4f} after the trial's fine-tune, "
+          f"{best['final_validation_accuracy']:.4f} after the final training; test {best['test_accuracy']:.4f} "
+          f"(float model {best['float_test_accuracy']:.4f})")
+    print(f"size {format_size(best['size_bytes'])}: {best['size_reduction_vs_fip16']:.2f}x smaller than FiP16, "
+          f"{best['size_reduction_vs_fp32']:.2f}x smaller than FP32; latency {format_seconds(best['latency_seconds'])}"
+          f", {best['speedup_vs_fip16']:.2f}x faster than FiP16")
+    total = max(timings.get("total", 0.0), 1e-9)
+    split = ", ".join(f"{name} {seconds:.1f}s ({100 * seconds / total:.1f}%)" for name, seconds in timings.items()
+                      if name != "total" and seconds > 0)
+    print(f"time {total:.1f}s: {split}")
+    print(f"results in {result.out_dir}: best_config.json, model.npz, report.md, pareto.png, trials.jsonl")
+
+
+def _run_search(args) -> int:
+    from mpqjax import search
+
+    config = _search_config(args)
+    progress = None if args.quiet else _ProgressBar(sys.stderr)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out (the folder of the interrupted search)")
+    result = search.run(config, args.out, resume=args.resume, progress=progress)
+    _print_summary(result)
+    return 0
+
+
+_SUBCOMMANDS.append(_add_search)
+
+
+def _add_train(subparsers):
+    parser = subparsers.add_parser(
+        "train",
+        help="train one configuration (or the float model) and export it",
+        description=(
+            "Train a model at one configuration from the float model (transfer, calibration, quantisation-aware "
+            "training) and export it to OUT/model.npz, with OUT/train.json holding its accuracies and cost. The "
+            "configuration comes from a search's best_config.json (--config) or from --bits/--widths. With --float, "
+            "train the float model itself and save OUT/float_params.msgpack (usable as --params)."
+        ),
+    )
+    parser.add_argument("--model", default="digits_cnn", help="model zoo name (default digits_cnn)")
+    parser.add_argument("--dataset", default="digits", help="dataset name (default digits)")
+    parser.add_argument("--data-dir", help="folder of downloaded datasets")
+    parser.add_argument("--target", default="fpga", help="hardware target for the reported cost (default fpga)")
+    parser.add_argument("--config", help="a search's best_config.json: its per-layer bits and widths")
+    parser.add_argument("--bits", help="bit-widths, one per layer or one for all (e.g. 8,4,3,8 or 4)")
+    parser.add_argument("--widths", help="width multipliers, one per layer or one for all (default 1)")
+    parser.add_argument("--float", action="store_true", help="train the float model instead of a configuration")
+    parser.add_argument("--params", help="float checkpoint to start from (default: train one, cached)")
+    parser.add_argument("--epochs", type=int, default=90, help="training epochs (default 90)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="peak one-cycle learning rate (default 0.01)")
+    parser.add_argument("--float-epochs", type=int, default=20, help="float training epochs without --params")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(run=_run_train)
+
+
+def _per_layer(values: tuple, count: int, option: str) -> list:
+    if len(values) == 1:
+        return list(values) * count
+    if len(values) != count:
+        raise ValueError(f"{option}: expected 1 or {count} values (one per layer), got {len(values)}")
+    return list(values)
+
+
+def _run_train(args) -> int:
+    import os
+
+    import jax
+    import numpy as np
+
+    from mpqjax import data, export, hardware, models, search, store, train
+
+    for option, value in [("--epochs", args.epochs), ("--float-epochs", args.float_epochs),
+                          ("--batch-size", args.batch_size)]:
+        if value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.model not in models.available():
+        raise ValueError(f"unknown model {args.model!r}; available: {', '.join(models.available())}")
+    if args.float and (args.config or args.bits or args.widths):
+        raise ValueError("--float trains the float model: it takes no --config, --bits or --widths")
+    if os.path.isdir(args.out) and any(name in os.listdir(args.out)
+                                       for name in ("model.npz", "train.json", "float_params.msgpack")):
+        raise ValueError(f"output folder {args.out!r} already holds a trained model; choose another --out")
+    options = {"data_dir": args.data_dir} if args.data_dir else {}
+    dataset = data.load(args.dataset, seed=args.seed, **options)
+    table = models.layer_table(args.model, input_shape=dataset.input_shape)
+    target = hardware.load_target(args.target)
+    key = jax.random.key(args.seed)
+    float_key, train_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    if args.float:
+        model = models.get(args.model, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table))
+        variables, losses = train.train_float(train_key, model, dataset, epochs=args.epochs, learning_rate=args.lr,
+                                              batch_size=args.batch_size, weight_decay=args.weight_decay)
+        if not np.all(np.isfinite(losses)):
+            raise ValueError("training diverged (non-finite loss); lower --lr")
+        os.makedirs(args.out, exist_ok=True)
+        store.save_variables(os.path.join(args.out, "float_params.msgpack"),
+                             {name: variables[name] for name in ("params", "batch_stats") if name in variables})
+        summary = {"model": args.model, "dataset": args.dataset, "float": True, "epochs": args.epochs,
+                   "validation_accuracy": train.evaluate(model, variables, dataset.validation),
+                   "test_accuracy": train.evaluate(model, variables, dataset.test)}
+        store.atomic_write_json(os.path.join(args.out, "train.json"), summary)
+        print(f"float {args.model}: validation {summary['validation_accuracy']:.4f}, test "
+              f"{summary['test_accuracy']:.4f}; saved {os.path.join(args.out, 'float_params.msgpack')}")
+        return 0
+
+    if args.config:
+        best = store.read_json(args.config)
+        try:
+            rows = best["layers"]
+            bits, widths = [row["bits"] for row in rows], [row["width"] for row in rows]
+            names = [row["name"] for row in rows]
+        except (KeyError, TypeError):
+            raise ValueError(f"--config: {args.config!r} is not a best_config.json of mpqjax search") from None
+        if names != list(table.names):
+            raise ValueError(f"--config: its layers are not those of {args.model}")
+    else:
+        if args.bits is None:
+            raise ValueError("give --config or --bits (or --float)")
+        bits = _per_layer(_int_list(args.bits, "--bits"), len(table), "--bits")
+        widths = _per_layer(_float_list(args.widths or "1", "--widths"), len(table), "--widths")
+    bits, widths = models.validate_config(table, np.asarray(bits), np.asarray(widths, np.float32),
+                                          max_width=max(models.DEFAULT_MAX_WIDTH, *widths))
+    bits, widths = hardware.validate_config(table, bits, widths)
+    float_module, float_variables, source = search.float_model(
+        float_key, args.model, dataset, checkpoint=args.params, epochs=args.float_epochs,
+        batch_size=args.batch_size, weight_decay=args.weight_decay)
+    model = models.get(args.model, num_classes=dataset.num_classes, max_width=max(models.DEFAULT_MAX_WIDTH, *widths))
+    print(f"training {args.model} at bits {list(map(int, bits))}, widths {[float(w) for w in widths]} for "
+          f"{args.epochs} epochs (float model: {source})")
+    variables, losses = train.finetune(train_key, float_module, float_variables, model, dataset, bits=bits,
+                                       widths=widths, epochs=args.epochs, batch_size=args.batch_size,
+                                       learning_rate=args.lr, weight_decay=args.weight_decay)
+    if not np.all(np.isfinite(losses)):
+        raise ValueError("training diverged (non-finite loss); lower --lr")
+    validation = train.evaluate(model, variables, dataset.validation, bits=bits, widths=widths)
+    test = train.evaluate(model, variables, dataset.test, bits=bits, widths=widths)
+    cost = hardware.cost_report(table, bits, widths, target)
+    os.makedirs(args.out, exist_ok=True)
+    export.export_model(os.path.join(args.out, "model.npz"), model_name=args.model,
+                        model_kwargs={"num_classes": dataset.num_classes, "max_width": model.max_width},
+                        variables=variables, bits=bits, widths=widths, input_shape=dataset.input_shape,
+                        num_classes=dataset.num_classes,
+                        metadata={"dataset": args.dataset, "test_accuracy": test, "validation_accuracy": validation})
+    summary = {"model": args.model, "dataset": args.dataset, "bits": bits, "widths": widths, "epochs": args.epochs,
+               "validation_accuracy": validation, "test_accuracy": test, "float_model": source,
+               "cost": cost["totals"]}
+    store.atomic_write_json(os.path.join(args.out, "train.json"), summary)
+    print(f"validation {validation:.4f}, test {test:.4f}; size reduction vs FiP16 "
+          f"{float(cost['totals']['size_reduction_vs_fip16']):.2f}x; exported {os.path.join(args.out, 'model.npz')}")
+    return 0
+
+
+_SUBCOMMANDS.append(_add_train)
+
+
+def _add_report(subparsers):
+    parser = subparsers.add_parser(
+        "report",
+        help="regenerate the plots and report of a finished or running search",
+        description="Rewrite trials.csv, pareto.png, hessian.png and report.md of a search output folder.",
+    )
+    parser.add_argument("out_dir", help="the search's output folder")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    from mpqjax import report
+
+    for path in report.write(args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+_SUBCOMMANDS.append(_add_report)
 
 
 if __name__ == "__main__":

@@ -548,6 +548,7 @@ class Cost(NamedTuple):
     layer_cycles: jax.Array
     layer_macs: jax.Array
     layer_bops: jax.Array
+    layer_weights: jax.Array  # weight count of each layer at its width
 
 
 @functools.lru_cache(maxsize=64)
@@ -663,6 +664,7 @@ def cost(table: LayerTable, bits, widths, target: Target | None = None) -> Cost:
         layer_cycles=cycles,
         layer_macs=macs,
         layer_bops=bops,
+        layer_weights=_layer_quantities(table, widths)["weights"],
     )
 
 

@@ -142,7 +142,11 @@ class LayerSpace:
 
     def encoded_to_arrays(self, encoded) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Per-layer bits and widths [..., L] of encoded configurations [..., D] (jittable, vmappable)."""
-        values = self.space.values(jnp.asarray(encoded))
+        return self.values_to_arrays(self.space.values(jnp.asarray(encoded)))
+
+    def values_to_arrays(self, values) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Per-layer bits and widths [..., L] of configurations given as `SearchSpace.values` [..., D] (jittable)."""
+        values = jnp.asarray(values)
         bits = jnp.take(values, jnp.asarray(self.bits_index), axis=-1)
         width_index = self.width_index
         widths = jnp.where(width_index >= 0, jnp.take(values, jnp.asarray(np.maximum(width_index, 0)), axis=-1), 1.0)

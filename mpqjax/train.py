@@ -132,7 +132,8 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
         key: PRNG key for shuffling.
         model: a zoo model (float, masked or materialised).
         variables: initial variables (`mpqjax.models.init_variables`, `transfer_variables` or a previous run).
-        data: a `Dataset` (its train split is used) or a `Split`.
+        data: a `Dataset` (its train split is used, augmented as its ``augmentation`` says) or a `Split` (used as
+            it is).
         epochs: passes over the training examples.
         batch_size: examples per step (the last incomplete batch of an epoch is dropped).
         learning_rate: peak of the one-cycle schedule.
@@ -144,6 +145,7 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
         The trained variables and the per-step training losses (NumPy array).
     """
     split = data.train if isinstance(data, Dataset) else data
+    augmentation = data.augmentation if isinstance(data, Dataset) else None
     bits_array, widths_array = _config_arrays(model, bits, widths, split.x.shape[1:])
     step_fn = train_step(model)
     state = init_state(variables)
@@ -151,7 +153,7 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
     total = epochs * steps_per_epoch
     losses = []
     for epoch_key in jax.random.split(key, epochs):
-        for x, y in batches(epoch_key, split, batch_size):
+        for x, y in batches(epoch_key, split, batch_size, augment=augmentation):
             rate = one_cycle(len(losses), total, learning_rate)
             state, loss = step_fn(state, x, y, bits_array, widths_array, rate, weight_decay)
             losses.append(loss)

@@ -4,3 +4,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import tempfile  # noqa: E402
+
+# Trained float models are cached between runs (mpqjax.search.default_cache_dir); tests keep theirs private.
+os.environ.setdefault("MPQJAX_CACHE_DIR", tempfile.mkdtemp(prefix="mpqjax-test-cache-"))

@@ -28,7 +28,7 @@ def test_trains_briefly_then_reports_traces_clusters_and_bits(tmp_path, capsys):
     for row in result["layers"][1:-1]:
         assert row["candidate_bits"] == result["bit_sets"][row["cluster"]]
     assert result["log10_size_after"] < result["log10_size_before"]
-    assert (out / "hessian_traces.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "hessian.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the saved float checkpoint is accepted by --params: no training, same traces with the same seed
     again = tmp_path / "again"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -311,7 +312,14 @@ def trace(model_or_name, *, input_shape: Sequence[int] | None = None, **model_kw
     """
     model = _resolve(model_or_name, model_kwargs)
     base_model = model.clone(widths=None, max_width=1.0, quantize=False, parent=None)
-    shape = tuple(input_shape) if input_shape is not None else tuple(model.input_shape())
+    shape = tuple(int(size) for size in input_shape) if input_shape is not None else tuple(model.input_shape())
+    return _trace_base(base_model, shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _trace_base(base_model: QModel, shape: tuple[int, ...]):
+    """`trace` of a width-1 float model, cached: a search traces the same model for every configuration."""
+    model = base_model
     recording = _Recording()
     token = _RECORDER.set(recording)
     try:
@@ -342,6 +350,15 @@ def layer_table(model_or_name, *, input_shape: Sequence[int] | None = None, **mo
     return trace(model_or_name, input_shape=input_shape, **model_kwargs)[0]
 
 
+@functools.lru_cache(maxsize=256)
+def _abstract_variables(model: QModel, shape: tuple[int, ...]) -> dict:
+    """Shapes and dtypes of a model's variables (cached: a search initialises one model per configuration)."""
+    abstract = jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x, None, None), jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    )
+    return {name: value for name, value in abstract.items() if name in VARIABLE_COLLECTIONS}
+
+
 def init_variables(key, model: QModel, input_shape: Sequence[int] | None = None):
     """Initial variables of ``model``, drawn on the host with NumPy from a seed taken from ``key``.
 
@@ -358,11 +375,8 @@ def init_variables(key, model: QModel, input_shape: Sequence[int] | None = None)
     Returns:
         A variables dict (``params``, ``batch_stats``, and ``quant`` for calibrated clipping).
     """
-    shape = tuple(input_shape) if input_shape is not None else tuple(model.input_shape())
-    abstract = jax.eval_shape(
-        lambda x: model.init(jax.random.key(0), x, None, None), jax.ShapeDtypeStruct((1, *shape), jnp.float32)
-    )
-    abstract = {name: value for name, value in abstract.items() if name in VARIABLE_COLLECTIONS}
+    shape = tuple(int(size) for size in input_shape) if input_shape is not None else tuple(model.input_shape())
+    abstract = _abstract_variables(model, shape)
     seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).reshape(-1)
     rng = np.random.default_rng(seed.tolist())
 

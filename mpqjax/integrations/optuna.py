@@ -1,0 +1,284 @@
+"""k-means TPE as an optuna sampler: ``optuna.create_study(sampler=KMeansTPESampler())``.
+
+How the sampler maps optuna's model onto `mpqjax.tpe.KMeansTPE`:
+
+- Relative (joint) sampling over the intersection search space of the study's complete and pruned trials (as
+  optuna's multivariate TPE does): each call encodes the history, rebuilds a k-means TPE state in one batch and
+  asks it once (`mpqjax.integrations.propose`; compiled once per space and power-of-two history bucket).
+- Parameters outside that space (dynamic, conditional ones) are sampled independently: uniformly at random
+  (optuna's `RandomSampler`) until ``n_initial`` finished trials have the parameter, then by a one-dimension
+  k-means TPE over those trials; or by the ``independent_sampler`` you pass.
+- Distributions: `FloatDistribution` (``log`` or ``step``), `IntDistribution` (``log`` or ``step``) and
+  `CategoricalDistribution`. Anything else raises ValueError naming the parameter; nothing falls back silently.
+- Trial states: COMPLETE trials give their value (negated for a maximising study); FAIL and PRUNED trials join
+  g(x), the "bad" density (failed configurations are evidence against themselves; pruned ones match optuna's TPE,
+  which ranks them below every complete trial). RUNNING trials are *pending* (with ``constant_liar=True``, the
+  default): they join g(x) like optuna's constant liar and, being in the history, are never proposed again, so
+  several workers sharing a study through any storage do not duplicate each other's configurations. A running
+  trial is visible to the others once its parameters reach the storage: relative proposals are written to it at
+  once (a trial system attribute, as optuna's TPESampler does), independent ones at each ``suggest_*`` call.
+- ``seed`` makes a sequential study reproducible; ``reseed_rng`` (called by optuna for ``n_jobs > 1``) reseeds.
+
+Example:
+    >>> import optuna
+    >>> from mpqjax.integrations.optuna import KMeansTPESampler
+    >>> study = optuna.create_study(sampler=KMeansTPESampler(seed=0))
+    >>> study.optimize(lambda t: (t.suggest_float("x", -5, 5) - 2) ** 2, n_trials=40)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+try:
+    from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.samplers import BaseSampler, RandomSampler
+    from optuna.search_space import IntersectionSearchSpace
+    from optuna.study import Study, StudyDirection
+    from optuna.trial import FrozenTrial, TrialState
+except ImportError as error:  # pragma: no cover - exercised only without the peers extra
+    raise ImportError("mpqjax.integrations.optuna needs optuna: pip install 'mpqjax[peers]'") from error
+
+from mpqjax.integrations import DEFAULT_N_INITIAL, check_settings, propose
+from mpqjax.space import Dimension, SearchSpace, categorical, integer, real
+
+# trial system attribute holding a running trial's relative proposal (internal representation), so that other
+# workers see it as pending before the objective has called suggest_*
+PENDING_PARAMS_KEY = "mpqjax:kmeans_tpe:relative_params"
+_ATTR_CHUNK = 2000  # characters per system attribute (RDB storages limit their length)
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def dimension(name: str, distribution: BaseDistribution) -> Dimension:
+    """The `mpqjax.space` dimension of an optuna distribution; ValueError naming ``name`` if unsupported."""
+    if isinstance(distribution, FloatDistribution):
+        return real(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    if isinstance(distribution, IntDistribution):
+        return integer(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    if isinstance(distribution, CategoricalDistribution):
+        return categorical(name, distribution.choices)
+    raise ValueError(f"parameter {name!r}: KMeansTPESampler supports FloatDistribution, IntDistribution and "
+                     f"CategoricalDistribution, not {type(distribution).__name__}")
+
+
+class KMeansTPESampler(BaseSampler):
+    """An optuna sampler running k-means TPE (`mpqjax.tpe.KMeansTPE`); see the module docstring.
+
+    Args:
+        seed: seed of the sampler's random numbers (None: nondeterministic).
+        n_initial: finished trials sampled at random before the model is used (the paper's n0, like
+            `TPESampler`'s ``n_startup_trials``; default 20).
+        constant_liar: treat RUNNING trials as pending (in g(x), never proposed again; default True).
+        independent_sampler: sampler for parameters outside the relative search space (default: random until
+            ``n_initial`` finished trials have the parameter, then a one-dimension k-means TPE).
+        **settings: other `KMeansTPE` settings: ``k_initial``, ``max_clusters``, ``k_interval``, ``bandwidth``,
+            ``bandwidth_decay``, ``min_bandwidth``, ``prior_weight``, ``num_candidates``, ``joint``,
+            ``kmeans_iterations``, ``cluster_on``.
+
+    Raises:
+        ValueError: an unknown or invalid setting.
+
+    Example:
+        >>> sampler = KMeansTPESampler(seed=0, n_initial=10, bandwidth_decay=0.98)
+        >>> study = optuna.create_study(direction="maximize", sampler=sampler)
+    """
+
+    def __init__(self, *, seed: int | None = None, n_initial: int = DEFAULT_N_INITIAL, constant_liar: bool = True,
+                 independent_sampler: BaseSampler | None = None, **settings):
+        check_settings({"n_initial": n_initial, **settings})
+        self._settings = {"n_initial": int(n_initial), **settings}
+        self._n_initial = int(n_initial)
+        self._constant_liar = bool(constant_liar)
+        self._rng = np.random.RandomState(seed)
+        self._random_sampler = RandomSampler(seed=seed)
+        self._independent_sampler = independent_sampler
+        self._search_space = IntersectionSearchSpace(include_pruned=True)
+        self._spaces: dict[tuple, tuple[SearchSpace, Any]] = {}
+        self._rows: dict[tuple, np.ndarray | None] = {}  # encoded rows of finished trials
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random_sampler.reseed_rng()
+        if self._independent_sampler is not None:
+            self._independent_sampler.reseed_rng()
+
+    # -- relative sampling ---------------------------------------------------------------------------------------
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        _check_single_objective(study)
+        search_space = {}
+        for name, distribution in sorted(self._search_space.calculate(study).items()):
+            if distribution.single():
+                continue  # optuna fills single-valued parameters itself
+            dimension(name, distribution)  # refuse unsupported distributions here, naming the parameter
+            search_space[name] = distribution
+        return search_space
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        _check_single_objective(study)
+        names = sorted(search_space)
+        search_space = {name: search_space[name] for name in names}
+        space, encode_row = self._space(search_space)
+        x, y, num_pending = self._history(study, trial, space, encode_row, search_space)
+        encoded = propose(self._key(), space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
+        params = space.decode(encoded)
+        if self._constant_liar:
+            _publish_pending(study, trial, params, search_space)
+        return params
+
+    # -- independent sampling ------------------------------------------------------------------------------------
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        _check_single_objective(study)
+        dimension(param_name, param_distribution)
+        if self._independent_sampler is not None:
+            return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
+        search_space = {param_name: param_distribution}
+        space, encode_row = self._space(search_space)
+        x, y, num_pending = self._history(study, trial, space, encode_row, search_space)
+        if x.shape[0] - num_pending < self._n_initial:
+            return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
+        encoded = propose(self._key(), space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
+        return space.decode(encoded)[param_name]
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        (self._independent_sampler or self._random_sampler).before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        (self._independent_sampler or self._random_sampler).after_trial(study, trial, state, values)
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _key(self) -> jax.Array:
+        return jax.random.key(int(self._rng.randint(0, 2**31 - 1)))
+
+    def _space(self, search_space: dict[str, BaseDistribution]) -> tuple[SearchSpace, Any]:
+        """The `SearchSpace` of an optuna search space and its row encoder (both cached)."""
+        signature = tuple((name, repr(distribution)) for name, distribution in search_space.items())
+        if signature not in self._spaces:
+            space = SearchSpace([dimension(n, d) for n, d in search_space.items()])
+            self._spaces[signature] = space, _row_encoder(search_space)
+        return self._spaces[signature]
+
+    def _history(self, study: Study, trial: FrozenTrial, space: SearchSpace, encode_row,
+                 search_space: dict[str, BaseDistribution]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Encoded configurations [m, D], minimised values [m] (NaN: failed, pruned, pending) and the number of
+        pending rows (last), of the trials that set every parameter of ``search_space``."""
+        states = _FINISHED + ((TrialState.RUNNING,) if self._constant_liar else ())
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        finished, pending = [], []
+        for other in study.get_trials(deepcopy=False, states=states):
+            if other.number == trial.number:
+                continue
+            if other.state == TrialState.RUNNING:
+                row = _encode_trial(encode_row, _pending_params(other, search_space), other, search_space, True)
+                if row is not None:
+                    pending.append(row)
+                continue
+            # a finished trial never changes: encode it once (the start time tells studies apart)
+            cache_key = (space, study.study_name, other.number, other.datetime_start)
+            if cache_key not in self._rows:
+                self._rows[cache_key] = _encode_trial(encode_row, other.params, other, search_space, False)
+            row = self._rows[cache_key]
+            if row is not None:
+                value = other.value if other.state == TrialState.COMPLETE else None
+                finished.append((row, sign * value if value is not None and math.isfinite(value) else math.nan))
+        rows = [row for row, _ in finished] + pending
+        x = np.stack(rows) if rows else np.zeros((0, len(space)), np.float32)
+        y = np.asarray([value for _, value in finished] + [math.nan] * len(pending), np.float32)
+        return x, y, len(pending)
+
+
+def _row_encoder(search_space: dict[str, BaseDistribution]):
+    """``params -> encoded row`` for a search space, matching `mpqjax.space` (index of a categorical choice or of
+    a grid step, log of a log-scaled value, the value otherwise); raises KeyError or ValueError for a trial that
+    does not fit."""
+    transforms = []
+    for name, distribution in search_space.items():
+        if isinstance(distribution, CategoricalDistribution):
+            transforms.append((name, distribution.to_internal_repr))
+        elif distribution.log:
+            transforms.append((name, math.log))
+        elif distribution.step is not None:
+            transforms.append((name, lambda value, low=distribution.low, step=distribution.step:
+                               float(round((value - low) / step))))
+        else:
+            transforms.append((name, float))
+
+    def encode_row(params: dict[str, Any]) -> np.ndarray:
+        return np.asarray([transform(params[name]) for name, transform in transforms], np.float32)
+
+    return encode_row
+
+
+def _encode_trial(encode_row, params: dict[str, Any], trial: FrozenTrial, search_space: dict[str, BaseDistribution],
+                  running: bool) -> np.ndarray | None:
+    """The trial's encoded row, or None when it did not set every parameter with the search space's distribution
+    (dynamic spaces; a running trial's published proposal has no recorded distribution yet)."""
+    if not _same_distributions(trial, search_space, allow_missing=running):
+        return None
+    try:
+        return encode_row(params)
+    except (KeyError, ValueError):
+        return None
+
+
+def _check_single_objective(study: Study) -> None:
+    if len(study.directions) > 1:
+        raise ValueError("KMeansTPESampler supports single-objective studies only "
+                         f"(this study has {len(study.directions)} objectives)")
+
+
+def _same_distributions(trial: FrozenTrial, search_space: dict[str, BaseDistribution], allow_missing: bool) -> bool:
+    recorded_distributions = trial.distributions
+    for name, distribution in search_space.items():
+        recorded = recorded_distributions.get(name)
+        if recorded is None:
+            if not allow_missing:
+                return False
+        elif recorded is not distribution and recorded != distribution:
+            return False
+    return True
+
+
+def _pending_params(trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """A running trial's parameters: those suggested so far, completed by its published relative proposal."""
+    params = dict(trial.params)
+    chunks, index = [], 0
+    while (chunk := trial.system_attrs.get(f"{PENDING_PARAMS_KEY}:{index}")) is not None:
+        chunks.append(chunk)
+        index += 1
+    try:
+        published = json.loads("".join(chunks)) if chunks else {}
+    except json.JSONDecodeError:  # another worker is still writing its chunks
+        published = {}
+    for name, internal in published.items():
+        if name in search_space and name not in params:
+            params[name] = search_space[name].to_external_repr(internal)
+    return params
+
+
+def _publish_pending(study: Study, trial: FrozenTrial, params: dict[str, Any],
+                     search_space: dict[str, BaseDistribution]) -> None:
+    # optuna has no public way for a sampler to annotate the trial being sampled; its own TPESampler writes
+    # system attributes through the study's storage the same way
+    internal = {name: search_space[name].to_internal_repr(value) for name, value in params.items()}
+    text = json.dumps(internal)
+    for index, start in enumerate(range(0, len(text), _ATTR_CHUNK)):
+        study._storage.set_trial_system_attr(trial._trial_id, f"{PENDING_PARAMS_KEY}:{index}",
+                                             text[start:start + _ATTR_CHUNK])
+
+
+__all__ = ["KMeansTPESampler", "dimension"]
