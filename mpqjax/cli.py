@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mpqjax`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed its one-line message (or the help)
+        return int(exit_.code or 0)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -474,9 +477,13 @@ def _print_summary(result) -> None:
 
 
 def _run_search(args) -> int:
+    import os
+
     from mpqjax import search
 
     config = _search_config(args)
+    if not os.environ.get("MPQJAX_NO_COMPILATION_CACHE"):
+        search.enable_compilation_cache()
     progress = None if args.quiet else _ProgressBar(sys.stderr)
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out (the folder of the interrupted search)")

@@ -109,8 +109,14 @@ def parse_space(domain) -> list[tuple[str, Dimension, Any]]:
     return labels
 
 
+_KINDS = ("randint", "uniform", "loguniform", "quniform", "qloguniform")
+
+
 def _dimension(label: str, node, num_options: int | None):
     kind = node.name
+    if kind not in _KINDS:
+        raise ValueError(f"hyperopt space: label {label!r} uses {kind!r}, which mpqjax.integrations.hyperopt.suggest "
+                         f"does not support (supported: {SUPPORTED})")
     try:
         args = [arg.obj for arg in node.pos_args] + [arg.obj for _, arg in node.named_args]
     except AttributeError:
@@ -127,11 +133,9 @@ def _dimension(label: str, node, num_options: int | None):
     if kind == "quniform":  # round(uniform(low, high) / q) * q
         low, high, q = (float(a) for a in args[:3])
         return label, real(label, round(low / q) * q, round(high / q) * q, step=q), float
-    if kind == "qloguniform":  # round(exp(uniform(low, high)) / q) * q: modelled continuous, quantised on output
-        low, high, q = (float(a) for a in args[:3])
-        return label, real(label, math.exp(low), math.exp(high), log=True), functools.partial(_quantise, q=q)
-    raise ValueError(f"hyperopt space: label {label!r} uses {kind!r}, which mpqjax.integrations.hyperopt.suggest "
-                     f"does not support (supported: {SUPPORTED})")
+    # qloguniform: round(exp(uniform(low, high)) / q) * q, modelled continuous and quantised on output
+    low, high, q = (float(a) for a in args[:3])
+    return label, real(label, math.exp(low), math.exp(high), log=True), functools.partial(_quantise, q=q)
 
 
 def _quantise(value: float, q: float) -> float:

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -100,7 +100,7 @@ class KMeansTPESampler(BaseSampler):
         self._random_sampler = RandomSampler(seed=seed)
         self._independent_sampler = independent_sampler
         self._search_space = IntersectionSearchSpace(include_pruned=True)
-        self._spaces: dict[tuple, tuple[SearchSpace, Any]] = {}
+        self._encodings: dict[tuple, _Encoding] = {}
         self._rows: dict[tuple, np.ndarray | None] = {}  # encoded rows of finished trials
 
     def reseed_rng(self) -> None:
@@ -111,10 +111,23 @@ class KMeansTPESampler(BaseSampler):
 
     # -- relative sampling ---------------------------------------------------------------------------------------
 
+    def _intersection(self, study: Study) -> dict[str, BaseDistribution]:
+        """Parameters every complete and pruned trial set with one distribution (optuna's intersection search
+        space); while no trial completed, those of the failed trials that set parameters, which are data too."""
+        intersection = self._search_space.calculate(study)
+        if intersection:
+            return intersection
+        failed = [t.distributions for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.distributions]
+        if not failed or study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            return {}
+        return {name: distribution for name, distribution in failed[0].items()
+                if all(other.get(name) == distribution for other in failed[1:])}
+
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         _check_single_objective(study)
         search_space = {}
-        for name, distribution in sorted(self._search_space.calculate(study).items()):
+        for name, distribution in sorted(self._intersection(study).items()):
             if distribution.single():
                 continue  # optuna fills single-valued parameters itself
             dimension(name, distribution)  # refuse unsupported distributions here, naming the parameter
@@ -126,12 +139,11 @@ class KMeansTPESampler(BaseSampler):
         if not search_space:
             return {}
         _check_single_objective(study)
-        names = sorted(search_space)
-        search_space = {name: search_space[name] for name in names}
-        space, encode_row = self._space(search_space)
-        x, y, num_pending = self._history(study, trial, space, encode_row, search_space)
-        encoded = propose(self._key(), space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
-        params = space.decode(encoded)
+        search_space = {name: search_space[name] for name in sorted(search_space)}
+        encoding = self._encoding(search_space)
+        x, y, num_pending = self._history(study, trial, encoding, search_space)
+        encoded = propose(self._key(), encoding.space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
+        params = encoding.decode(encoded)
         if self._constant_liar:
             _publish_pending(study, trial, params, search_space)
         return params
@@ -145,12 +157,12 @@ class KMeansTPESampler(BaseSampler):
         if self._independent_sampler is not None:
             return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
         search_space = {param_name: param_distribution}
-        space, encode_row = self._space(search_space)
-        x, y, num_pending = self._history(study, trial, space, encode_row, search_space)
+        encoding = self._encoding(search_space, independent=True)
+        x, y, num_pending = self._history(study, trial, encoding, search_space)
         if x.shape[0] - num_pending < self._n_initial:
             return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
-        encoded = propose(self._key(), space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
-        return space.decode(encoded)[param_name]
+        encoded = propose(self._key(), encoding.space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
+        return encoding.decode(encoded)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         (self._independent_sampler or self._random_sampler).before_trial(study, trial)
@@ -164,15 +176,19 @@ class KMeansTPESampler(BaseSampler):
     def _key(self) -> jax.Array:
         return jax.random.key(int(self._rng.randint(0, 2**31 - 1)))
 
-    def _space(self, search_space: dict[str, BaseDistribution]) -> tuple[SearchSpace, Any]:
-        """The `SearchSpace` of an optuna search space and its row encoder (both cached)."""
-        signature = tuple((name, repr(distribution)) for name, distribution in search_space.items())
-        if signature not in self._spaces:
-            space = SearchSpace([dimension(n, d) for n, d in search_space.items()])
-            self._spaces[signature] = space, _row_encoder(search_space)
-        return self._spaces[signature]
+    def _encoding(self, search_space: dict[str, BaseDistribution], independent: bool = False) -> _Encoding:
+        """How a search space is encoded for k-means TPE (cached per search space)."""
+        signature = (independent,) + tuple((name, repr(distribution)) for name, distribution in search_space.items())
+        if signature not in self._encodings:
+            if independent:
+                (name, distribution), = search_space.items()
+                self._encodings[signature] = _independent_encoding(signature, name, distribution)
+            else:
+                space = SearchSpace([dimension(n, d) for n, d in search_space.items()])
+                self._encodings[signature] = _Encoding(signature, space, _row_encoder(search_space), space.decode)
+        return self._encodings[signature]
 
-    def _history(self, study: Study, trial: FrozenTrial, space: SearchSpace, encode_row,
+    def _history(self, study: Study, trial: FrozenTrial, encoding: _Encoding,
                  search_space: dict[str, BaseDistribution]) -> tuple[np.ndarray, np.ndarray, int]:
         """Encoded configurations [m, D], minimised values [m] (NaN: failed, pruned, pending) and the number of
         pending rows (last), of the trials that set every parameter of ``search_space``."""
@@ -183,22 +199,64 @@ class KMeansTPESampler(BaseSampler):
             if other.number == trial.number:
                 continue
             if other.state == TrialState.RUNNING:
-                row = _encode_trial(encode_row, _pending_params(other, search_space), other, search_space, True)
+                row = _encode_trial(encoding.encode_row, _pending_params(other, search_space), other, search_space,
+                                    True)
                 if row is not None:
                     pending.append(row)
                 continue
             # a finished trial never changes: encode it once (the start time tells studies apart)
-            cache_key = (space, study.study_name, other.number, other.datetime_start)
+            cache_key = (encoding.signature, study.study_name, other.number, other.datetime_start)
             if cache_key not in self._rows:
-                self._rows[cache_key] = _encode_trial(encode_row, other.params, other, search_space, False)
+                self._rows[cache_key] = _encode_trial(encoding.encode_row, other.params, other, search_space, False)
             row = self._rows[cache_key]
             if row is not None:
                 value = other.value if other.state == TrialState.COMPLETE else None
                 finished.append((row, sign * value if value is not None and math.isfinite(value) else math.nan))
         rows = [row for row, _ in finished] + pending
-        x = np.stack(rows) if rows else np.zeros((0, len(space)), np.float32)
+        x = np.stack(rows) if rows else np.zeros((0, len(encoding.space)), np.float32)
         y = np.asarray([value for _, value in finished] + [math.nan] * len(pending), np.float32)
         return x, y, len(pending)
+
+
+class _Encoding(NamedTuple):
+    signature: tuple  # the search space's distributions, as a hashable key
+    space: SearchSpace
+    encode_row: Callable[[dict[str, Any]], np.ndarray]  # trial parameters -> encoded row
+    decode: Callable[[np.ndarray], Any]  # encoded row -> parameters (relative) or the parameter's value
+
+
+def _independent_encoding(signature: tuple, name: str, distribution: BaseDistribution) -> _Encoding:
+    """A one-dimension encoding on a canonical space shared by many distributions (one compilation for all
+    continuous parameters, one per number of choices or grid points): continuous values are mapped to [0, 1]
+    (after the log for log-scaled ones), grids to their index, categorical choices to theirs."""
+    if isinstance(distribution, CategoricalDistribution):
+        space = SearchSpace([categorical("value", tuple(range(len(distribution.choices))))])
+        return _Encoding(signature, space, lambda params: np.float32([distribution.to_internal_repr(params[name])]),
+                         lambda encoded: distribution.choices[space.decode(encoded)["value"]])
+    if isinstance(distribution, IntDistribution) and distribution.log:  # its kernel depends on the values
+        space = SearchSpace([dimension("value", distribution)])
+        return _Encoding(signature, space, lambda params: np.float32([math.log(params[name])]),
+                         lambda encoded: space.decode(encoded)["value"])
+    if distribution.step is not None:  # a grid of n points: its index
+        low, step = distribution.low, distribution.step
+        space = SearchSpace([integer("value", 0, int(round((distribution.high - low) / step)))])
+
+        def decode_grid(encoded):
+            value = low + step * space.decode(encoded)["value"]
+            return int(value) if isinstance(distribution, IntDistribution) else min(round(value, 12), distribution.high)
+
+        return _Encoding(signature, space, lambda params: np.float32([round((params[name] - low) / step)]),
+                         decode_grid)
+    scale = math.log if distribution.log else float
+    low, high = scale(distribution.low), scale(distribution.high)
+    space = SearchSpace([real("value", 0.0, 1.0)])
+
+    def decode_unit(encoded):
+        value = low + float(space.decode(encoded)["value"]) * (high - low)
+        return min(max(math.exp(value) if distribution.log else value, distribution.low), distribution.high)
+
+    return _Encoding(signature, space, lambda params: np.float32([(scale(params[name]) - low) / (high - low)]),
+                     decode_unit)
 
 
 def _row_encoder(search_space: dict[str, BaseDistribution]):

@@ -1,0 +1,76 @@
+"""Specification of ``mpqjax search``, ``mpqjax train`` and ``mpqjax report``: the main job from the command line,
+its summary, and one-line errors with exit code 2 that leave existing folders alone."""
+
+import json
+import os
+
+import pytest
+
+from mpqjax import cli, export
+
+SMALL = ["--trials", "4", "--n-initial", "2", "--float-epochs", "2", "--batch-size", "128", "--finetune-epochs", "1",
+         "--final-epochs", "1", "--no-prune"]
+
+
+@pytest.fixture(autouse=True)
+def no_shared_compilation_cache(monkeypatch):
+    # the CLI turns on JAX's persistent compilation cache; tests keep the process's configuration as it is
+    monkeypatch.setenv("MPQJAX_NO_COMPILATION_CACHE", "1")
+
+
+@pytest.mark.slow
+def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["search", *SMALL, "--out", str(out), "--max-size", "20kB"]) == 0
+    captured = capsys.readouterr()
+    assert "trial 4/4" in captured.err  # the progress display
+    assert "best configuration: trial" in captured.out and "smaller than FiP16" in captured.out
+    best = json.loads((out / "best_config.json").read_text())
+    assert best["size_bytes"] <= 20_000
+    meta = json.loads((out / "search.json").read_text())
+    assert meta["limits"]["size_bytes"] == 20_000 and meta["settings"]["min_size_reduction"] is None
+
+    os.remove(out / "report.md")
+    assert cli.main(["report", str(out)]) == 0
+    assert "report.md" in capsys.readouterr().out and (out / "report.md").is_file()
+
+    trained = tmp_path / "trained"
+    assert cli.main(["train", "--config", str(out / "best_config.json"), "--epochs", "1", "--float-epochs", "2",
+                     "--batch-size", "128", "--out", str(trained)]) == 0
+    summary = json.loads((trained / "train.json").read_text())
+    assert summary["bits"] == [row["bits"] for row in best["layers"]]
+    assert export.load_model(trained / "model.npz").bits.tolist() == summary["bits"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["search", "--model", "no_such_model"], "unknown model"),
+    (["search", "--dataset", "mnist"], "unknown dataset"),
+    (["search", "--target", "no_such_target"], "target"),
+    (["search", "--max-size=-3kB"], "--max-size"),
+    (["search", "--max-latency", "soon"], "--max-latency"),
+    (["search", "--min-size-reduction=-2"], "--min-size-reduction"),
+    (["search", "--trials", "0"], "trials"),
+    (["search", "--params", "garbage.msgpack"], "garbage.msgpack"),
+    (["search", "--max-size", "1kB"], "smallest possible size is"),
+    (["search", "--resume"], "--resume needs --out"),
+    (["train", "--out", "x"], "--config or --bits"),
+    (["train", "--bits", "4,4", "--out", "x"], "--bits"),
+    (["report", "nowhere"], "not"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.msgpack").write_bytes(b"not a checkpoint")
+    assert cli.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["garbage.msgpack"]  # no folder created, no file written
+
+
+def test_an_existing_search_folder_is_left_untouched(tmp_path, capsys):
+    out = tmp_path / "previous"
+    out.mkdir()
+    (out / "search.json").write_text('{"format": "mpqjax-search/1", "settings": {"trials": 3}}')
+    before = (out / "search.json").read_bytes()
+    assert cli.main(["search", "--out", str(out)]) == 2
+    assert "holds another search" in capsys.readouterr().err
+    assert (out / "search.json").read_bytes() == before and os.listdir(out) == ["search.json"]
