@@ -414,6 +414,13 @@ def plot(results: dict, curves: dict, path: str) -> None:
                               color=colours[name], alpha=0.15)
         if all(np.all(best - (optimum or 0.0) > 0) for best in curves[task_name].values()):
             axis.set_yscale("log")
+        # zoom past the first few (random) evaluations, where every optimiser is alike
+        shown_curves = [best - (optimum or 0.0) for best in curves[task_name].values()]
+        top = max(float(np.median(shown, axis=0)[min(9, shown.shape[1] - 1)]) for shown in shown_curves)
+        bottom = min(float(np.percentile(shown, 25, axis=0).min()) for shown in shown_curves)
+        margin = 0.05 * (top - bottom)
+        axis.set_ylim(bottom - margin if bottom - margin > 0 or not axis.get_yscale() == "log" else bottom * 0.95,
+                      top + margin)
         axis.set_title(task_name)
         axis.set_xlabel("evaluations")
         axis.set_ylabel("best-so-far regret" if optimum is not None else "best-so-far objective")

@@ -139,13 +139,13 @@ def kernel_tables(layout: ParzenLayout, bandwidth) -> tuple[jax.Array, jax.Array
     def discretised_gaussian(centre, sigma):
         mass = jnp.where(in_range, _gaussian_mass((target - 0.5 - centre) / sigma, (target + 0.5 - centre) / sigma),
                          0.0)
-        return jnp.log(jnp.maximum(mass, 1e-30)) - jnp.log(jnp.sum(mass, axis=-1, keepdims=True))
+        return jnp.log(jnp.maximum(mass, 1e-30)) - jnp.log(jnp.maximum(jnp.sum(mass, axis=-1, keepdims=True), 1e-30))
 
     ordered = discretised_gaussian(centre, bandwidth * n)
     smoothing = jnp.minimum(1.0, 2.0 * bandwidth)
     categorical = jnp.log(jnp.where(centre == target, 1.0 - smoothing, 0.0) + smoothing / n)
     is_ordered = jnp.asarray(layout.table_ordered)[:, None, None]
-    tables = jnp.where(in_range, jnp.where(is_ordered, ordered, categorical), LOG_FLOOR)
+    tables = jnp.where(in_range & (centre < n), jnp.where(is_ordered, ordered, categorical), LOG_FLOOR)
 
     prior_ordered = discretised_gaussian((n - 1) / 2, n)[:, 0, :]
     prior_uniform = jnp.broadcast_to(-jnp.log(n[:, 0, :]), prior_ordered.shape)

@@ -148,3 +148,12 @@ def test_log_prob_is_finite_far_from_every_observation():
     model = parzen.fit(layout, np.array([[0.0, 0.0]]), np.array([1.0]), 0.001)
     value = parzen.log_prob(layout, model, jnp.array([[59.0, 1.0]]))
     assert np.isfinite(np.asarray(value)).all()
+
+
+@pytest.mark.parametrize("bandwidth", [0.25, 0.08, 0.01])
+def test_kernel_tables_stay_finite_when_dimensions_have_different_choice_counts(bandwidth):
+    from mpqjax.space import SearchSpace, integer, ordinal
+
+    space = SearchSpace([ordinal("bits", (6, 8)), ordinal("w", (0.75, 0.875, 1, 1.125, 1.25)), integer("n", 1, 30)])
+    tables = parzen.kernel_tables(parzen.make_layout(space.spec()), bandwidth)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tables))

@@ -2,8 +2,8 @@
 
 `suggest` has the signature of hyperopt's ``tpe.suggest`` and ``rand.suggest``: it reads the history from the
 ``Trials`` object, rebuilds a k-means TPE state from it in one batch (`mpqjax.integrations.propose`, compiled once
-per space and power-of-two history bucket), proposes one configuration per new trial id, and returns the new
-trial documents.
+per space, power-of-two history bucket and number of new ids), proposes one distinct configuration per new trial
+id in one batch, and returns the new trial documents.
 
 Supported labels: ``hp.choice`` (an unordered choice; its options may be any constants), ``hp.randint`` (ordered
 integers), ``hp.uniform``, ``hp.quniform``, ``hp.uniformint``, ``hp.loguniform`` and ``hp.qloguniform``. Refused

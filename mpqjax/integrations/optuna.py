@@ -3,11 +3,14 @@
 How the sampler maps optuna's model onto `mpqjax.tpe.KMeansTPE`:
 
 - Relative (joint) sampling over the intersection search space of the study's complete and pruned trials (as
-  optuna's multivariate TPE does): each call encodes the history, rebuilds a k-means TPE state in one batch and
-  asks it once (`mpqjax.integrations.propose`; compiled once per space and power-of-two history bucket).
+  optuna's multivariate TPE does; while none exists, of its failed trials): each call encodes the history,
+  rebuilds a k-means TPE state in one batch and asks it once (`mpqjax.integrations.propose`; compiled once per
+  space and power-of-two history bucket, shared by every sampler in the process). The first ``n_initial``
+  finished trials are uniformly random, and never repeat a configuration already tried or pending.
 - Parameters outside that space (dynamic, conditional ones) are sampled independently: uniformly at random
   (optuna's `RandomSampler`) until ``n_initial`` finished trials have the parameter, then by a one-dimension
-  k-means TPE over those trials; or by the ``independent_sampler`` you pass.
+  k-means TPE over those trials (on a canonical space, so all continuous parameters share one compilation); or by
+  the ``independent_sampler`` you pass.
 - Distributions: `FloatDistribution` (``log`` or ``step``), `IntDistribution` (``log`` or ``step``) and
   `CategoricalDistribution`. Anything else raises ValueError naming the parameter; nothing falls back silently.
 - Trial states: COMPLETE trials give their value (negated for a maximising study); FAIL and PRUNED trials join
