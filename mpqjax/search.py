@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -488,14 +489,10 @@ _COST_FIELDS = ("size_bytes", "latency_seconds", "latency_cycles", "energy_joule
                 "speedup_vs_fip16", "size_reduction_vs_fip16", "size_reduction_vs_fp32")
 
 
+@functools.lru_cache(maxsize=64)
 def _jitted_cost(table):
-    key = (table,)
-    if key not in _COST_CACHE:
-        _COST_CACHE[key] = jax.jit(lambda bits, widths, target: hardware.cost(table, bits, widths, target))
-    return _COST_CACHE[key]
-
-
-_COST_CACHE: dict = {}
+    """The cost model of one layer table, compiled once per table (bits, widths and target are traced)."""
+    return jax.jit(lambda bits, widths, target: hardware.cost(table, bits, widths, target))
 
 
 # -- the output folder -------------------------------------------------------------------------------------------
