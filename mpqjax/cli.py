@@ -382,6 +382,16 @@ def _add_search(subparsers):
     training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     training.add_argument("--baseline", action="store_true",
                           help="also train the uniform-precision baseline (all layers at 8,6,4,3,2 bits, width 1)")
+    devices = parser.add_argument_group("population and devices")
+    devices.add_argument("--population", type=_population_size, default=defaults.population,
+                         help="configurations proposed and fine-tuned together, or 'auto' to measure 1, 4 and 16 "
+                              "and keep the fastest (default 1)")
+    devices.add_argument("--strategy", default=defaults.strategy, choices=("auto", "sequential", "vmap", "scan"),
+                         help="how a population trains: auto (measured when --population is auto or > 1), "
+                              "sequential, vmap, or scan (default auto)")
+    devices.add_argument("--distributed", action="store_true",
+                         help="multi-host: call jax.distributed.initialize() first (every process runs the same "
+                              "command; process i > 0 writes to OUT-process<i>)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="output folder (default: a new runs/search/<model>-<dataset>-<time>)")
     output.add_argument("--resume", action="store_true", help="continue the search in --out after an interruption")
@@ -412,8 +422,21 @@ def _search_config(args):
         fixed_bits=fixed, log_scale=args.log_scale, float_checkpoint=args.float_checkpoint,
         float_epochs=args.float_epochs, batch_size=args.batch_size, finetune_epochs=args.finetune_epochs,
         finetune_learning_rate=args.finetune_lr, final_epochs=args.final_epochs, final_learning_rate=args.final_lr,
-        weight_decay=args.weight_decay, baseline=args.baseline,
+        weight_decay=args.weight_decay, baseline=args.baseline, population=args.population, strategy=args.strategy,
     )
+
+
+def _population_size(text: str):
+    """``--population``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    return value
 
 
 class _ProgressBar:
@@ -482,6 +505,14 @@ def _run_search(args) -> int:
     from mpqjax import search
 
     config = _search_config(args)
+    if args.distributed:
+        if args.out is None:
+            raise ValueError("--distributed needs --out (every process must agree on the output folder)")
+        import jax
+
+        jax.distributed.initialize()
+        if jax.process_index() > 0:  # identical computations: every process keeps its own copy of the files
+            args.out = f"{args.out}-process{jax.process_index()}"
     if not os.environ.get("MPQJAX_NO_COMPILATION_CACHE"):
         search.enable_compilation_cache()
     progress = None if args.quiet else _ProgressBar(sys.stderr)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mpqjax import data, hardware, hessian, models, objective, sensitivity, store, tpe, train
+from mpqjax import data, hardware, hessian, models, objective, population, sensitivity, store, tpe, train
 
 __all__ = ["DEFAULT_SIZE_REDUCTION", "FILES", "Problem", "SearchConfig", "SearchResult", "analyze_sensitivity",
            "default_cache_dir", "default_out_dir", "enable_compilation_cache", "float_model", "run"]
@@ -96,6 +96,12 @@ class SearchConfig:
         hessian_batch_size, hessian_batches, hessian_max_probes, hessian_tol: the Hutchinson estimate.
         baseline: also train the uniform-precision baseline (every layer at each of ``baseline_bits``, width 1).
         baseline_bits: bit-widths of the baseline.
+        population: configurations proposed and fine-tuned together (ask P -> evaluate P -> tell P), an int >= 1,
+            or ``"auto"``: `mpqjax.population.choose` measures 1, 4 and 16 (capped by memory and ``trials``) before
+            the search and keeps the fastest, preferring the smaller within 10% (recorded in ``search.json``).
+        strategy: how a population is trained: ``"sequential"``, ``"vmap"``, ``"scan"`` (`mpqjax.population`), or
+            ``"auto"`` (default): measured when ``population`` is ``"auto"`` or above 1, else sequential. Measured
+            choices can differ between runs; pass explicit values for bit-identical repeats.
     """
 
     model: str = "digits_cnn"
@@ -135,6 +141,8 @@ class SearchConfig:
     hessian_tol: float = 1e-2
     baseline: bool = False
     baseline_bits: tuple[int, ...] = (8, 6, 4, 3, 2)
+    population: int | str = 1
+    strategy: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting (cheap checks only: nothing is loaded)."""
@@ -167,6 +175,15 @@ class SearchConfig:
             for value in getattr(self, name):
                 if not isinstance(value, (int, np.integer)) or not 2 <= value <= 16:
                     raise ValueError(f"{name}: bit-widths must be integers from 2 to 16, got {value!r}")
+        if self.population != "auto" and (isinstance(self.population, bool)
+                                          or not isinstance(self.population, (int, np.integer)) or self.population < 1):
+            raise ValueError(f"population must be a positive integer or 'auto', got {self.population!r}")
+        if self.population != "auto" and self.population > self.trials:
+            raise ValueError(f"population {self.population} exceeds trials={self.trials}: every population is "
+                             f"evaluated whole")
+        if self.strategy not in ("auto", *population.STRATEGIES):
+            raise ValueError(f"strategy must be auto or one of {', '.join(population.STRATEGIES)}, "
+                             f"got {self.strategy!r}")
         for group in self.bit_sets:
             for value in group:
                 if not isinstance(value, (int, np.integer)) or not 2 <= value <= 16:
@@ -461,14 +478,35 @@ class Problem:
         start = time.perf_counter()
         variables, losses = self.finetune(key, bits, widths, epochs=self.config.finetune_epochs,
                                           learning_rate=self.config.finetune_learning_rate)
-        error = None if np.all(np.isfinite(losses)) else "training diverged (non-finite loss)"
         accuracy = math.nan
-        if error is None:
+        if np.all(np.isfinite(losses)):
             accuracy = train.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits, widths=widths)
-            if not math.isfinite(accuracy):
-                error = "non-finite validation accuracy"
+        return self._trial_fields(bits, widths, losses, accuracy, time.perf_counter() - start)
+
+    def evaluate_population(self, key, bits, widths, *, strategy: str = "vmap", mesh=None) -> list[dict]:
+        """`evaluate` of P configurations (``bits``, ``widths``: ``[P, L]``) fine-tuned together with one key
+        (`mpqjax.population.finetune`): one record each, its ``seconds`` the population's time over P."""
+        start = time.perf_counter()
+        variables, losses = population.finetune(
+            key, self.float_model, self.float_variables, self.quant_model, self.dataset, bits=bits, widths=widths,
+            epochs=self.config.finetune_epochs, batch_size=self.config.batch_size,
+            learning_rate=self.config.finetune_learning_rate, calibration=self.config.calibration,
+            weight_decay=self.config.weight_decay, strategy=strategy, mesh=mesh)
+        accuracies = population.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits,
+                                         widths=widths, mesh=mesh)
+        seconds = (time.perf_counter() - start) / len(bits)
+        return [self._trial_fields(bits[i], widths[i], losses[i], float(accuracies[i]), seconds)
+                for i in range(len(bits))]
+
+    def _trial_fields(self, bits, widths, losses, accuracy: float, seconds: float) -> dict:
+        """A trial's record from its fine-tune losses and validation accuracy (failed when either is not finite)."""
+        error = None
+        if not np.all(np.isfinite(losses)):
+            error, accuracy = "training diverged (non-finite loss)", math.nan
+        elif not math.isfinite(accuracy):
+            error = "non-finite validation accuracy"
         record = self.cost_record(bits, widths, accuracy)
-        record.update(status="ok" if error is None else "failed", seconds=time.perf_counter() - start, error=error)
+        record.update(status="ok" if error is None else "failed", seconds=seconds, error=error)
         return record
 
     def cost_record(self, bits, widths, accuracy: float) -> dict:
@@ -529,11 +567,13 @@ def _check_out_dir(out_dir: str, config: SearchConfig, resume: bool) -> dict | N
     return None
 
 
-def _restore_state(opt: tpe.KMeansTPE, path: str, records: list[dict], space) -> tpe.TPEState:
+def _restore_state(opt: tpe.KMeansTPE, path: str, records: list[dict], space,
+                   population_size: int = 1) -> tpe.TPEState:
     """The optimiser state after the logged trials: the checkpoint, completed from the log if it lags behind.
 
-    The checkpoint is written after the log line, so it is at most one trial behind; `tell` is deterministic, so
-    replaying the missing trials gives exactly the state of an uninterrupted run.
+    The checkpoint is written after the log lines, so it is at most one population behind; `tell` is
+    deterministic, so replaying the missing trials as the search told them gives exactly the state of an
+    uninterrupted run.
     """
     state = None
     if os.path.isfile(path):
@@ -543,10 +583,13 @@ def _restore_state(opt: tpe.KMeansTPE, path: str, records: list[dict], space) ->
                 state = None
     if state is None:
         state = opt.init()
-    for record in records[int(state.count):]:
-        x = space.encode(record["config"])[None]
-        y = math.nan if record["objective"] is None else record["objective"]
-        state = opt.tell(state, x, jnp.asarray([y], jnp.float32))
+    start = int(state.count)
+    while start < len(records):  # told in the search's populations (aligned at multiples of its size)
+        chunk = records[start : (start // population_size + 1) * population_size]
+        x = np.stack([space.encode(record["config"]) for record in chunk])
+        y = [math.nan if record["objective"] is None else record["objective"] for record in chunk]
+        state = opt.tell(state, x, jnp.asarray(y, jnp.float32))
+        start += len(chunk)
     return state
 
 
@@ -697,9 +740,21 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
                         capacity=config.trials, feasible=None if config.soft_limits else problem.feasible_fn())
     log = store.TrialLog(os.path.join(out_dir, FILES["trials"]))
     records = log.records()
+    if previous is not None and "population" in previous:  # a resumed search keeps its measured choice
+        choice = previous["population"]
+    else:
+        with clock("evaluations"):
+            choice = _choose_population(problem)
+    meta["population"] = choice
+    size, strategy = choice["population"], choice["strategy"]
+    if size > 1 or choice["measured"]:
+        measured = ", ".join(f"{m['strategy']} x{m['population']}: {m['configurations_per_hour']:.0f}/h"
+                             for m in choice.get("measurements", []))
+        notify(_progress_event("phase", phase="population", message=f"population {size}, strategy {strategy}"
+                               + (f" (measured {measured})" if measured else "")))
     state_path = os.path.join(out_dir, FILES["state"])
     with clock("optimiser"):
-        state = _restore_state(opt, state_path, records, space)
+        state = _restore_state(opt, state_path, records, space, size)
 
     def save_meta():
         meta["timings"] = clock.to_dict()
@@ -708,29 +763,40 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
     with clock("io"):
         save_meta()
     session_start, session_trials = time.perf_counter(), 0
+    mesh = population.population_mesh() if size > 1 else None
     while len(records) < config.trials:
-        trial = len(records)
+        first = len(records)
+        count = min(size, config.trials - first)  # the last population may be smaller
         with clock("optimiser"):
-            encoded, _ = opt.ask(jax.random.fold_in(ask_key, trial), state, n=1)
-            encoded = np.asarray(encoded)
-        point = space.decode(encoded[0])
-        bits, widths = layer_space.to_arrays(point)
+            encoded, _ = opt.ask(jax.random.fold_in(ask_key, first), state, n=size)
+            encoded = np.asarray(encoded)[:count]
+        points = [space.decode(row) for row in encoded]
+        arrays = [layer_space.to_arrays(point) for point in points]
+        evaluation_key = jax.random.fold_in(trial_key, first)
         with clock("evaluations"):
-            record = problem.evaluate(jax.random.fold_in(trial_key, trial), bits, widths)
-        record = {"trial": trial, "phase": "random" if trial < opt.n_initial else "model", "config": point, **record}
+            if size == 1:
+                fields = [problem.evaluate(evaluation_key, *arrays[0])]
+            else:
+                fields = problem.evaluate_population(evaluation_key, np.stack([b for b, _ in arrays]),
+                                                     np.stack([w for _, w in arrays]), strategy=strategy, mesh=mesh)
+        new_records = [{"trial": first + index, "phase": "random" if first + index < opt.n_initial else "model",
+                        "config": point, **record}
+                       for index, (point, record) in enumerate(zip(points, fields, strict=True))]
         with clock("optimiser"):
-            y = math.nan if record["objective"] is None else record["objective"]
-            state = opt.tell(state, encoded, jnp.asarray([y], jnp.float32))
+            values = [math.nan if record["objective"] is None else record["objective"] for record in new_records]
+            state = opt.tell(state, encoded, jnp.asarray(values, jnp.float32))
             jax.block_until_ready(state)
         with clock("io"):
-            log.append(record)
+            log.extend(new_records)  # one write: a population is logged whole
             tpe.save_state(state_path, state)
             save_meta()
-        records.append(store.to_json_value(record))
-        session_trials += 1
+        records.extend(store.to_json_value(record) for record in new_records)
+        session_trials += count
         rate = (time.perf_counter() - session_start) / session_trials
-        notify(_progress_event("trial", trial=trial + 1, trials=config.trials, record=record, best=_best(records),
-                               elapsed=clock.to_dict()["total"], eta=rate * (config.trials - trial - 1)))
+        for record in new_records:
+            notify(_progress_event("trial", trial=record["trial"] + 1, trials=config.trials, record=record,
+                                   best=_best(records[: record["trial"] + 1]), elapsed=clock.to_dict()["total"],
+                                   eta=rate * (config.trials - first - count)))
 
     best = _best(records)
     if best is None:
@@ -778,6 +844,28 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
         report.write(out_dir)
     notify(_progress_event("done", best=best_config, out_dir=out_dir, timings=clock.to_dict()))
     return _result(out_dir)
+
+
+def _choose_population(problem: Problem) -> dict:
+    """The population size and strategy of a search (``search.json``'s ``population``), measured when asked."""
+    config = problem.config
+    if config.population != "auto" and (config.strategy != "auto" or config.population == 1):
+        size = int(config.population)
+        strategy = "sequential" if config.strategy == "auto" else config.strategy
+        if size > 1:  # refuse a population that cannot fit before any trial runs
+            population.max_population(problem.quant_model, problem.dataset.input_shape, batch_size=config.batch_size,
+                                      mesh=population.population_mesh(), minimum=size)
+        return {"population": size, "strategy": strategy, "measured": False}
+    steps = config.finetune_epochs * (len(problem.dataset.train) // config.batch_size)
+    choice = population.choose(
+        problem.quant_model, problem.dataset, batch_size=config.batch_size, steps_per_configuration=steps,
+        populations=None if config.population == "auto" else [int(config.population)],
+        strategies=population.STRATEGIES if config.strategy == "auto" else [config.strategy], max_size=config.trials)
+    record = {**choice.to_dict(), "measured": True}
+    if config.population != "auto":  # the size is the user's: only the strategy is chosen (sequential: in turn)
+        fastest = max(choice.measurements, key=lambda m: m["configurations_per_hour"])
+        record.update(population=int(config.population), strategy=fastest["strategy"])
+    return record
 
 
 def _uniform_baseline(problem: Problem, path: str, trial_key, final_key) -> None:

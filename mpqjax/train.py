@@ -87,9 +87,11 @@ def _config_arrays(model: QModel, bits, widths, input_shape):
     return jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32)
 
 
-@functools.lru_cache(maxsize=64)
-def train_step(model: QModel):
-    """The jitted step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)`` of a model."""
+def step_function(model: QModel):
+    """The (unjitted) training step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)``.
+
+    `train_step` jits it for one configuration; `mpqjax.population` vmaps it over a population of configurations.
+    """
 
     def step(state: TrainState, x, y, bits, widths, learning_rate, weight_decay):
         def loss_fn(params):
@@ -107,21 +109,56 @@ def train_step(model: QModel):
         params = optax.apply_updates(state.params, param_updates)
         return TrainState(params, {**state.model_state, **updates}, opt_state, state.step + 1), loss
 
-    return jax.jit(step, donate_argnums=0)
+    return step
 
 
 @functools.lru_cache(maxsize=64)
-def _predict(model: QModel):
-    return jax.jit(lambda variables, x, bits, widths: model.apply(variables, x, bits, widths, train=False))
+def train_step(model: QModel):
+    """The jitted step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)`` of a model."""
+    return jax.jit(step_function(model), donate_argnums=0)
 
 
-@functools.lru_cache(maxsize=64)
-def _calibration_stats(model: QModel):
+def forward_function(model: QModel):
+    """The (unjitted) inference forward pass ``(variables, x, bits, widths) -> logits``."""
+    return lambda variables, x, bits, widths: model.apply(variables, x, bits, widths, train=False)
+
+
+def calibration_function(model: QModel):
+    """The (unjitted) ``(variables, x, bits, widths) -> statistics`` of every layer's input (`calibrate`)."""
+
     def stats(variables, x, bits, widths):
         _, collected = model.apply(variables, x, bits, widths, train=False, mutable=["calibration"])
         return collected["calibration"]
 
-    return jax.jit(stats)
+    return stats
+
+
+@functools.lru_cache(maxsize=64)
+def _predict(model: QModel):
+    return jax.jit(forward_function(model))
+
+
+@functools.lru_cache(maxsize=64)
+def _calibration_stats(model: QModel):
+    return jax.jit(calibration_function(model))
+
+
+def schedule(key, data: Dataset | Split, *, epochs: int, batch_size: int, learning_rate: float):
+    """Every step of a training run: yields ``(x, y, learning_rate)`` in order (shuffle and augmentation from
+    ``key``, one-cycle learning rate with peak ``learning_rate``; the last incomplete batch of an epoch is dropped).
+
+    Example:
+        >>> steps = list(schedule(jax.random.key(0), load_digits_splits(0), epochs=1, batch_size=64,
+        ...                       learning_rate=1e-3))
+    """
+    split = data.train if isinstance(data, Dataset) else data
+    augmentation = data.augmentation if isinstance(data, Dataset) else None
+    total = epochs * (len(split) // batch_size)
+    step = 0
+    for epoch_key in jax.random.split(key, epochs):
+        for x, y in batches(epoch_key, split, batch_size, augment=augmentation):
+            yield x, y, one_cycle(step, total, learning_rate)
+            step += 1
 
 
 def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, batch_size: int = 64,
@@ -145,32 +182,36 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
         The trained variables and the per-step training losses (NumPy array).
     """
     split = data.train if isinstance(data, Dataset) else data
-    augmentation = data.augmentation if isinstance(data, Dataset) else None
     bits_array, widths_array = _config_arrays(model, bits, widths, split.x.shape[1:])
     step_fn = train_step(model)
     state = init_state(variables)
-    steps_per_epoch = len(split) // batch_size
-    total = epochs * steps_per_epoch
     losses = []
-    for epoch_key in jax.random.split(key, epochs):
-        for x, y in batches(epoch_key, split, batch_size, augment=augmentation):
-            rate = one_cycle(len(losses), total, learning_rate)
-            state, loss = step_fn(state, x, y, bits_array, widths_array, rate, weight_decay)
-            losses.append(loss)
+    for x, y, rate in schedule(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate):
+        state, loss = step_fn(state, x, y, bits_array, widths_array, rate, weight_decay)
+        losses.append(loss)
     return state_variables(state), np.asarray(jax.device_get(losses), np.float32)
 
 
 def predict(model: QModel, variables, x, *, bits=None, widths=None, batch_size: int = 512) -> np.ndarray:
     """Logits for ``x`` in batches of one fixed shape (the last one padded), so one compilation serves all."""
     bits_array, widths_array = _config_arrays(model, bits, widths, x.shape[1:])
-    fn = _predict(model)
+    return logits_in_batches(_predict(model), variables, x, bits_array, widths_array, batch_size=batch_size)
+
+
+def logits_in_batches(forward, variables, x, bits, widths, *, batch_size: int = 512,
+                      to_host=np.asarray) -> np.ndarray:
+    """``forward(variables, batch, bits, widths)`` over ``x`` in batches of one shape (the last one padded).
+
+    ``forward`` may return logits with leading axes before the batch axis (a population's ``[P, B, C]``): the
+    result is ``[..., len(x), C]``. ``to_host`` turns one output into a NumPy array.
+    """
     batch_size = min(batch_size, len(x))
     outputs = []
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size]
         padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(np.asarray(fn(variables, padded, bits_array, widths_array))[: len(chunk)])
-    return np.concatenate(outputs)
+        outputs.append(to_host(forward(variables, padded, bits, widths))[..., : len(chunk), :])
+    return np.concatenate(outputs, axis=-2)
 
 
 def evaluate(model: QModel, variables, split: Split, *, bits=None, widths=None, batch_size: int = 512) -> float:
@@ -194,18 +235,28 @@ def calibrate(model: QModel, variables, x, *, bits=None, widths=None, method: st
     if not model.quantize:
         return variables
     bits_array, widths_array = _config_arrays(model, bits, widths, x.shape[1:])
-    fn = _calibration_stats(model)
+    return calibrate_with(_calibration_stats(model), model, variables, x, bits_array, widths_array, method=method,
+                          batch_size=batch_size, num_batches=num_batches)
+
+
+def calibrate_with(stats_fn, model: QModel, variables, x, bits, widths, *, method: str, batch_size: int,
+                   num_batches: int, to_host=np.asarray, to_device=jnp.asarray):
+    """`calibrate` with a given compiled statistics function (`calibration_function`, jitted or vmapped).
+
+    Statistics may carry leading axes (a population's ``[P, ...]``); every member then gets its own clips.
+    ``to_host`` / ``to_device`` move arrays (a population places its clips with its sharding).
+    """
     batch_size = min(batch_size, len(x))
     collected = []
     for start in range(0, min(len(x), batch_size * num_batches) - batch_size + 1, batch_size):
-        stats = fn(variables, x[start : start + batch_size], bits_array, widths_array)
-        collected.append({key[:-1]: np.asarray(value[0]) for key, value in traverse_util.flatten_dict(stats).items()})
+        stats = stats_fn(variables, x[start : start + batch_size], bits, widths)
+        collected.append({key[:-1]: to_host(value[0]) for key, value in traverse_util.flatten_dict(stats).items()})
     column = CALIBRATION_COLUMNS[method]
     flat = traverse_util.flatten_dict(variables)
     collection = "quant" if model.act_clipping == "calibrated" else "params"
     for layer_path in collected[0]:
-        clip = np.mean([batch[layer_path][column] for batch in collected])
-        flat[(collection, *layer_path, "act_clip")] = jnp.asarray(max(clip, 1e-3), jnp.float32)
+        clip = np.mean([batch[layer_path][..., column] for batch in collected], axis=0)
+        flat[(collection, *layer_path, "act_clip")] = to_device(np.maximum(clip, 1e-3).astype(np.float32))
     return traverse_util.unflatten_dict(flat)
 
 
