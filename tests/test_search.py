@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -131,6 +132,29 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path,
     assert int(state.count) == 4 and np.isnan(np.asarray(state.y)[np.asarray(state.order)]).sum() == 1
 
 
+@pytest.mark.slow
+def test_a_population_search_asks_evaluates_and_tells_whole_populations_and_resumes_exactly(tmp_path):
+    settings = dict(SMALL, trials=5, n_initial=2, prune=False, population=2, strategy="vmap")
+    whole = search.run(search.SearchConfig(**settings), str(tmp_path / "whole"))
+    meta = json.loads((tmp_path / "whole" / "search.json").read_text())
+    assert meta["population"] == {"population": 2, "strategy": "vmap", "measured": False}
+    trials = whole.trials
+    assert [t["trial"] for t in trials] == list(range(5)) and all(t["status"] == "ok" for t in trials)
+    assert [t["phase"] for t in trials] == ["random"] * 2 + ["model"] * 3
+    assert len({json.dumps(t["config"], sort_keys=True) for t in trials}) == 5  # distinct within and across
+    # members of one population share its time; the last population holds the fifth trial alone
+    assert trials[0]["seconds"] == trials[1]["seconds"] and trials[2]["seconds"] == trials[3]["seconds"]
+    assert trials[4]["seconds"] != trials[3]["seconds"]
+
+    # a first session of one population, then a resumed one with more trials: the optimiser state is rebuilt from
+    # the log (its capacity changed) and the search continues exactly as the uninterrupted one
+    partial = tmp_path / "partial"
+    search.run(search.SearchConfig(**dict(settings, trials=2)), str(partial))
+    resumed = search.run(search.SearchConfig(**settings), str(partial), resume=True)
+    assert _comparable(resumed.trials) == _comparable(trials)
+    assert resumed.best["config"] == whole.best["config"]
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(model="no_such_model"), "unknown model"),
     (dict(dataset="mnist"), "unknown dataset"),
@@ -141,6 +165,9 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path,
     (dict(max_size_bytes=1000.0), "smallest possible size is"),
     (dict(min_speedup=1000.0), "smallest possible latency is"),
     (dict(fixed_bits=(("conv9", 8),)), "unknown layers"),
+    (dict(population=0), "population must be a positive integer or 'auto'"),
+    (dict(population=61), "population 61 exceeds trials=60"),
+    (dict(strategy="pmap"), "strategy must be auto or one of sequential, vmap, scan"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, settings, message):
     (tmp_path / "garbage.msgpack").write_bytes(b"not a checkpoint")
@@ -180,3 +207,34 @@ def test_limits_combine_absolute_values_and_reductions_against_fip16():
     assert limits.size_bytes == pytest.approx(fip16 / 5)  # the stricter one
     limits = search._limits(search.SearchConfig(min_size_reduction=None), table, target)
     assert limits.to_dict()["size_bytes"] is None
+
+
+def test_population_choice_measures_only_when_asked(monkeypatch):
+    asked = []
+
+    def fake_choose(model, dataset, **kwargs):
+        asked.append(kwargs)
+        measurements = ({"population": 1, "strategy": "sequential", "seconds_per_step": 1.0,
+                         "configurations_per_hour": 100.0},
+                        {"population": 4, "strategy": "vmap", "seconds_per_step": 2.0,
+                         "configurations_per_hour": 200.0})
+        return search.population.Choice(4, "vmap", measurements, 32)
+
+    monkeypatch.setattr(search.population, "choose", fake_choose)
+    monkeypatch.setattr(search.population, "max_population", lambda *args, **kwargs: 32)
+    dataset = search.data.load_digits_splits(0)
+
+    def choice(**settings):
+        problem = types.SimpleNamespace(config=search.SearchConfig(**settings), quant_model=None, dataset=dataset)
+        return search._choose_population(problem)
+
+    assert choice() == {"population": 1, "strategy": "sequential", "measured": False}
+    assert choice(population=8, strategy="scan") == {"population": 8, "strategy": "scan", "measured": False}
+    assert not asked
+    auto = choice(population="auto")
+    assert auto["population"] == 4 and auto["strategy"] == "vmap" and auto["measured"]
+    assert asked[-1]["populations"] is None and asked[-1]["max_size"] == 60
+    assert asked[-1]["steps_per_configuration"] == 4 * (len(dataset.train) // 64)
+    explicit = choice(population=8)  # the size is the user's; the fastest strategy is measured at it
+    assert explicit["population"] == 8 and explicit["strategy"] == "vmap"
+    assert asked[-1]["populations"] == [8] and tuple(asked[-1]["strategies"]) == ("sequential", "vmap", "scan")

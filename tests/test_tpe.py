@@ -83,6 +83,29 @@ def test_exhausted_space_still_returns_valid_proposals():
         tiny.validate(config)
 
 
+def test_batch_ask_proposes_one_at_a_time_with_pending_trials_told_as_failed(opt, searched):
+    # the default batch strategy ("liar"): proposal i is the single ask made once proposals 0..i-1 joined the
+    # history as failed trials, so g(x) pushes each proposal away from the earlier ones
+    key = jax.random.key(5)
+    batch, _ = opt.ask(key, searched, n=3)
+    pending, one_by_one = searched, []
+    for i in range(3):
+        x, _ = opt.ask(jax.random.fold_in(key, i), pending, n=1)
+        pending = opt.tell(pending, x, jnp.full(1, jnp.nan))
+        one_by_one.append(np.asarray(x[0]))
+    np.testing.assert_array_equal(np.asarray(batch), np.stack(one_by_one))
+
+
+def test_batch_ask_stays_distinct_when_the_history_is_full(opt, searched):
+    # a full history cannot record the pending trials, and with l(x) concentrated on one configuration (told 34
+    # more times) every proposal of the batch would be its same best neighbour: the batch must still not repeat one
+    full = opt.tell(searched, jnp.broadcast_to(opt.best(searched)[0], (34, 6)), jnp.zeros(34))
+    assert int(full.count) == opt.capacity
+    for seed in range(5):
+        x, _ = opt.ask(jax.random.key(seed), full, n=3)
+        assert len({tuple(row) for row in np.asarray(x).tolist()}) == 3
+
+
 def test_failed_trials_join_the_bad_cluster(opt):
     state = opt.tell(opt.init(), jnp.arange(12.0)[:, None] % 5 * jnp.ones((12, 6)),
                      jnp.array([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9, jnp.nan, jnp.inf]))
@@ -187,11 +210,12 @@ def test_loading_a_file_that_is_not_a_state_is_a_clear_error(tmp_path):
         load_state(tmp_path / "missing.npz")
 
 
-def test_beats_random_search_of_the_same_budget(opt, space):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_beats_random_search_of_the_same_budget(opt, space, batch_size):
     target = jnp.array([0.0, 4.0, 0.0, 4.0, 0.0, 4.0])  # corners of the index grid: hard to hit at random
     tpe_best, random_best = [], []
     for seed in range(5):
-        state = run(opt, jax.random.key(seed), lambda x: jnp.sum((x - target) ** 2, -1), 60)
+        state = run(opt, jax.random.key(seed), lambda x: jnp.sum((x - target) ** 2, -1), 60, batch_size=batch_size)
         tpe_best.append(float(opt.best(state)[1]))
         random_best.append(float(jnp.min(jnp.sum((space.sample(jax.random.key(100 + seed), 60) - target) ** 2, -1))))
     assert np.median(tpe_best) <= 0.5 * np.median(random_best), (tpe_best, random_best)
@@ -204,6 +228,7 @@ def test_beats_random_search_of_the_same_budget(opt, space):
     (dict(bandwidth=0.1, min_bandwidth=0.2), "min_bandwidth <= bandwidth"),
     (dict(bandwidth_decay=0.0), "bandwidth_decay"),
     (dict(cluster_on="ranks"), "cluster_on must be"),
+    (dict(batch="greedy"), "batch must be 'liar' or 'top_q'"),
 ])
 def test_bad_settings_raise_clear_errors(space, settings, message):
     with pytest.raises(ValueError, match=message):

@@ -57,7 +57,11 @@ def check_settings(settings: dict[str, Any]) -> None:
 @functools.lru_cache(maxsize=64)
 def _proposer(space: SearchSpace, capacity: int, static: tuple):
     """The optimiser and a jitted ``(key, x, y, count, params, n) -> [n, D]`` for one space and bucket."""
-    opt = KMeansTPE(space, capacity=capacity, n_initial=1, **dict(static))
+    settings = dict(static)
+    # the numeric settings are traced (`propose` passes them as params); k_initial only has to be valid for the
+    # object here, so a caller's smaller max_clusters (with a matching k_initial) is accepted
+    k_initial = min(KMeansTPE.k_initial, settings.get("max_clusters", KMeansTPE.max_clusters))
+    opt = KMeansTPE(space, capacity=capacity, n_initial=1, k_initial=k_initial, **settings)
     cache_key = (space, capacity, static)
 
     def propose_padded(key, x, y, count, params, n):
@@ -96,11 +100,11 @@ def propose(key: jax.Array, space: SearchSpace, x: np.ndarray, y: np.ndarray, *,
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} values")
     static = tuple(sorted((name, settings[name]) for name in STATIC_SETTINGS if name in settings))
     capacity = capacity_bucket(x.shape[0])
-    opt, propose_padded = _proposer(space, capacity, static)
+    _, propose_padded = _proposer(space, capacity, static)
     x_padded = np.zeros((capacity, len(space)), np.float32)
     y_padded = np.full((capacity,), np.nan, np.float32)
     x_padded[: x.shape[0]], y_padded[: x.shape[0]] = x, y
-    numeric = {name: settings.get(name, getattr(opt, name)) for name in NUMERIC_SETTINGS}
+    numeric = {name: settings.get(name, getattr(KMeansTPE, name)) for name in NUMERIC_SETTINGS}  # class defaults
     numeric["n_initial"] = settings.get("n_initial", DEFAULT_N_INITIAL) + num_pending
     params = TPEParams(**{name: np.asarray(value, np.int32 if name in _INTEGER_SETTINGS else np.float32)
                           for name, value in numeric.items()})
