@@ -134,7 +134,7 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path,
 
 @pytest.mark.slow
 def test_a_population_search_asks_evaluates_and_tells_whole_populations_and_resumes_exactly(tmp_path):
-    settings = dict(SMALL, trials=5, n_initial=2, prune=False, population=2, strategy="vmap")
+    settings = dict(SMALL, trials=5, n_initial=2, prune=False, population=2, strategy="vmap", final_epochs=1)
     whole = search.run(search.SearchConfig(**settings), str(tmp_path / "whole"))
     meta = json.loads((tmp_path / "whole" / "search.json").read_text())
     assert meta["population"] == {"population": 2, "strategy": "vmap", "measured": False}
