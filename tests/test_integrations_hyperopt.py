@@ -14,6 +14,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, hp, rand
 from hyperopt.base import JOB_STATE_DONE, JOB_STATE_RUNNING, Domain
 from hyperopt.exceptions import AllTrialsFailed
 
+import mpqjax.integrations as integrations
 from mpqjax.integrations.hyperopt import parse_space, suggest
 
 N_INITIAL = 8
@@ -136,3 +137,11 @@ def test_unsupported_distributions_are_refused_naming_the_label(make):
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="unknown k-means TPE settings"):
         search(0, functools.partial(suggest, n_startup_jobs=5), evals=1)
+
+
+def test_default_kernel_mode_is_the_librarys(searches):
+    # no joint setting reaches the optimiser, so KMeansTPE's joint="auto" decides: joint kernels for these seven
+    # labels (`mpqjax.tpe.auto_joint`); the optimiser is the cached one that made the fixture's proposals
+    keys = [key for key in integrations._trace_counts if set(key[0].names) == set(SPACE)]
+    assert keys and all(static == () for _, _, static in keys)
+    assert all(integrations._proposer(*key)[0].joint is True for key in keys)

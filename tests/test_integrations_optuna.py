@@ -217,3 +217,21 @@ def test_mpqjax_imports_without_the_peers():
     code = ("import sys, mpqjax, mpqjax.integrations; "
             "assert not {'optuna', 'hyperopt'} & set(sys.modules), sorted({'optuna', 'hyperopt'} & set(sys.modules))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+
+def test_default_kernel_mode_is_the_librarys(studies):
+    # no joint setting reaches the optimiser, so KMeansTPE's joint="auto" decides: joint kernels for these six
+    # parameters (`mpqjax.tpe.auto_joint`); the optimiser is the cached one that made the fixture's proposals
+    (space, capacity, static), = [key for key in integrations._trace_counts if key[0].names == tuple(sorted(SPACE))]
+    assert static == ()
+    assert integrations._proposer(space, capacity, static)[0].joint is True
+    assert integrations._proposer(space, capacity, (("joint", False),))[0].joint is False  # builds, never compiles
+
+
+def test_fewer_clusters_than_the_default_k_initial():
+    # max_clusters is static (it selects the compiled optimiser), k_initial is traced: a max_clusters below the
+    # default k_initial of 4 must work when k_initial matches it
+    study = optuna.create_study(sampler=KMeansTPESampler(seed=0, n_initial=2, k_initial=3, max_clusters=3))
+    study.optimize(lambda t: (t.suggest_float("x", -5.0, 5.0) - 2) ** 2, n_trials=3)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpqjax.space import SearchSpace, categorical, ordinal
-from mpqjax.tpe import KMeansTPE, load_state, run, save_state
+from mpqjax.tpe import AUTO_JOINT_MAX_DIMS, KMeansTPE, auto_joint, load_state, run, save_state
 
 BITS = (2, 3, 4, 6, 8)
 
@@ -258,3 +258,17 @@ def test_more_trials_than_capacity_is_refused_before_evaluating(opt):
 def test_ask_needs_a_positive_batch(opt):
     with pytest.raises(ValueError, match="n must be a positive int"):
         opt.ask(jax.random.key(0), opt.init(), n=0)
+
+
+def test_auto_kernel_mode_is_joint_up_to_twenty_dimensions():
+    # the measured rule (experiments/convergence.py): joint kernels in few dimensions, where they keep separate good
+    # regions apart, independent per-dimension mixtures in many, where recombining coordinates moves the search
+    few = SearchSpace([ordinal(f"bits/{i}", BITS) for i in range(AUTO_JOINT_MAX_DIMS)])
+    many = SearchSpace([ordinal(f"bits/{i}", BITS) for i in range(AUTO_JOINT_MAX_DIMS + 1)])
+    assert AUTO_JOINT_MAX_DIMS == 20
+    assert auto_joint(few) is True and auto_joint(many) is False
+    assert KMeansTPE(few).joint is True and KMeansTPE(many).joint is False  # "auto" is the default
+    assert KMeansTPE(few, joint=False).joint is False and KMeansTPE(many, joint=True).joint is True
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="joint must be True, False or 'auto'"):
+            KMeansTPE(few, joint=bad)

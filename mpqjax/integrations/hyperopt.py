@@ -52,8 +52,9 @@ def suggest(new_ids, domain, trials, seed, **settings) -> list[dict]:
         seed: integer seed (``fmin`` draws it from its ``rstate``, so ``fmin(..., rstate=...)`` is reproducible).
         **settings: `KMeansTPE` settings: ``n_initial`` (random trials first, default 20), ``k_initial``,
             ``max_clusters``, ``k_interval``, ``bandwidth``, ``bandwidth_decay``, ``min_bandwidth``,
-            ``prior_weight``, ``num_candidates``, ``joint``, ``kmeans_iterations``, ``cluster_on``. Bind them with
-            ``functools.partial(suggest, n_initial=10)``.
+            ``prior_weight``, ``num_candidates``, ``joint``, ``kmeans_iterations``, ``cluster_on``; defaults as
+            `KMeansTPE`'s (``joint="auto"``: joint kernels for spaces of up to 20 labels, independent ones above,
+            `mpqjax.tpe.auto_joint`). Bind them with ``functools.partial(suggest, n_initial=10)``.
 
     Returns:
         The new trial documents (``trials.new_trial_docs``), as hyperopt's own algorithms return them.

@@ -83,7 +83,8 @@ class KMeansTPESampler(BaseSampler):
             ``n_initial`` finished trials have the parameter, then a one-dimension k-means TPE).
         **settings: other `KMeansTPE` settings: ``k_initial``, ``max_clusters``, ``k_interval``, ``bandwidth``,
             ``bandwidth_decay``, ``min_bandwidth``, ``prior_weight``, ``num_candidates``, ``joint``,
-            ``kmeans_iterations``, ``cluster_on``.
+            ``kmeans_iterations``, ``cluster_on``; defaults as `KMeansTPE`'s (``joint="auto"``: joint kernels
+            over a relative search space of up to 20 parameters, independent ones above, `mpqjax.tpe.auto_joint`).
 
     Raises:
         ValueError: an unknown or invalid setting.
