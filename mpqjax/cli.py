@@ -390,8 +390,12 @@ def _add_search(subparsers):
                          help="how a population trains: auto (measured when --population is auto or > 1), "
                               "sequential, vmap, or scan (default auto)")
     devices.add_argument("--distributed", action="store_true",
-                         help="multi-host: call jax.distributed.initialize() first (every process runs the same "
-                              "command; process i > 0 writes to OUT-process<i>)")
+                         help="multi-process: join a jax.distributed run first (every process runs the same "
+                              "command; process i > 0 writes to OUT-process<i>); the cluster is detected (Slurm, Open "
+                              "MPI, TPU, Kubernetes) unless --coordinator, --num-processes and --process-id are given")
+    devices.add_argument("--coordinator", help="with --distributed: host:port of process 0's coordinator")
+    devices.add_argument("--num-processes", type=int, help="with --distributed: how many processes take part")
+    devices.add_argument("--process-id", type=int, help="with --distributed: this process's index, 0 .. N-1")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="output folder (default: a new runs/search/<model>-<dataset>-<time>)")
     output.add_argument("--resume", action="store_true", help="continue the search in --out after an interruption")
@@ -504,15 +508,18 @@ def _run_search(args) -> int:
 
     from mpqjax import search
 
+    manual = [args.coordinator, args.num_processes, args.process_id]
+    if any(value is not None for value in manual) and not args.distributed:
+        raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
     config = _search_config(args)
     if args.distributed:
         if args.out is None:
             raise ValueError("--distributed needs --out (every process must agree on the output folder)")
-        import jax
+        from mpqjax import population
 
-        jax.distributed.initialize()
-        if jax.process_index() > 0:  # identical computations: every process keeps its own copy of the files
-            args.out = f"{args.out}-process{jax.process_index()}"
+        index, _ = population.initialize_distributed(*manual)
+        if index > 0:  # identical computations: every process keeps its own copy of the files
+            args.out = f"{args.out}-process{index}"
     if not os.environ.get("MPQJAX_NO_COMPILATION_CACHE"):
         search.enable_compilation_cache()
     progress = None if args.quiet else _ProgressBar(sys.stderr)

@@ -62,6 +62,44 @@ def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> tuple[int, int]:
+    """Join a multi-process run (`jax.distributed.initialize`) before any JAX computation; returns
+    ``(process_index, process_count)``.
+
+    With no arguments the cluster is detected (Slurm, Open MPI, Cloud TPU, Kubernetes); elsewhere give all three:
+    process 0 runs the coordinator at ``coordinator_address`` ("host:port") and every process gets its index. After
+    it, `population_mesh` spans every process's devices. On CPU devices the processes exchange arrays through Gloo
+    (JAX's default CPU collectives).
+
+    Example (two processes on one machine, one per shell)::
+
+        initialize_distributed("localhost:12355", 2, 0)      # and ("localhost:12355", 2, 1) in the other
+
+    Raises:
+        ValueError: only some of the three arguments, a process id outside ``[0, num_processes)``, an address
+            without a port, no cluster detected, or a failed start (JAX's message on one line).
+    """
+    given = [value is not None for value in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("a distributed run needs all of coordinator address, number of processes and process id, "
+                         "or none of them (cluster auto-detection)")
+    if all(given):
+        host, _, port = str(coordinator_address).rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"coordinator address must be host:port, got {coordinator_address!r}")
+        if int(num_processes) < 1 or not 0 <= int(process_id) < int(num_processes):
+            raise ValueError(f"process id must be in [0, {num_processes}) with at least 1 process, got process "
+                             f"{process_id} of {num_processes}")
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    except (RuntimeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = "" if all(given) else " (no cluster detected: give the coordinator address, process count and id)"
+        raise ValueError(f"jax.distributed.initialize failed: {first_line}{hint}") from None
+    return jax.process_index(), jax.process_count()
+
+
 def padded_size(size: int, mesh: Mesh) -> int:
     """The population size actually run: ``size`` rounded up to a multiple of the mesh's device count."""
     devices = mesh.devices.size

@@ -746,6 +746,8 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
         with clock("evaluations"):
             choice = _choose_population(problem)
     meta["population"] = choice
+    meta["devices"] = {"platform": jax.default_backend(), "count": jax.device_count(),
+                       "processes": jax.process_count()}
     size, strategy = choice["population"], choice["strategy"]
     if size > 1 or choice["measured"]:
         measured = ", ".join(f"{m['strategy']} x{m['population']}: {m['configurations_per_hour']:.0f}/h"

@@ -3,7 +3,11 @@ its summary, and one-line errors with exit code 2 that leave existing folders al
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from mpqjax import cli, export
@@ -57,6 +61,12 @@ def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
     (["search", "--population", "many"], "--population: must be a positive integer or 'auto'"),
     (["search", "--strategy", "pmap"], "--strategy"),
     (["search", "--distributed"], "--distributed needs --out"),
+    (["search", "--coordinator", "localhost:1234"], "need --distributed"),
+    (["search", "--distributed", "--out", "x", "--coordinator", "localhost:1234"], "needs all of"),
+    (["search", "--distributed", "--out", "x", "--coordinator", "nowhere", "--num-processes", "2",
+      "--process-id", "0"], "host:port"),
+    (["search", "--distributed", "--out", "x", "--coordinator", "localhost:1234", "--num-processes", "2",
+      "--process-id", "2"], "process id must be in [0, 2)"),
     (["train", "--out", "x"], "--config or --bits"),
     (["train", "--bits", "4,4", "--out", "x"], "--bits"),
     (["report", "nowhere"], "not"),
@@ -78,3 +88,46 @@ def test_an_existing_search_folder_is_left_untouched(tmp_path, capsys):
     assert cli.main(["search", "--out", str(out)]) == 2
     assert "holds another search" in capsys.readouterr().err
     assert (out / "search.json").read_bytes() == before and os.listdir(out) == ["search.json"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_search_over_two_processes_equals_one_process_with_as_many_devices(tmp_path):
+    # Two processes of two forced CPU devices each form one 4-device mesh through jax.distributed (Gloo); the run
+    # must equal one process with four devices, trial for trial, and process 1 writes its copy to OUT-process1.
+    arguments = [*SMALL, "--trials", "2", "--n-initial", "2", "--float-epochs", "1", "--population", "2",
+                 "--strategy", "vmap", "--quiet"]
+    command = [sys.executable, "-m", "mpqjax.cli", "search", *arguments]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPQJAX_NO_COMPILATION_CACHE": "1"}
+    address = f"localhost:{_free_port()}"
+    runs = [subprocess.Popen([*command, "--out", str(tmp_path / "spread"), "--distributed", "--coordinator",
+                              address, "--num-processes", "2", "--process-id", str(index)],
+                             env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in (0, 1)]
+    runs.append(subprocess.Popen([*command, "--out", str(tmp_path / "single")],
+                                 env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-2000:]
+
+    folders = [tmp_path / "spread", tmp_path / "spread-process1", tmp_path / "single"]
+    devices = [json.loads((folder / "search.json").read_text())["devices"] for folder in folders]
+    assert [(d["count"], d["processes"]) for d in devices] == [(4, 2), (4, 2), (4, 1)]
+
+    def trials(folder):  # every field but the wall-clock time
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (folder / "trials.jsonl").read_text().splitlines()]
+
+    assert trials(folders[1]) == trials(folders[0]) == trials(folders[2])
+    assert len(trials(folders[0])) == 2
+    models = [np.load(folder / "model.npz") for folder in folders]
+    for other in models[1:]:
+        assert sorted(other.files) == sorted(models[0].files)
+        for name in models[0].files:
+            np.testing.assert_array_equal(other[name], models[0][name])
