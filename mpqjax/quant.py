@@ -38,12 +38,13 @@ def round_ste(x):
 
 def signed_levels(bits):
     """Positive levels of a symmetric signed quantiser: 2^(b-1) - 1 (1 at 2 bits, 127 at 8 bits)."""
-    return jnp.exp2(jnp.asarray(bits, jnp.float32) - 1.0) - 1.0
+    # exp2 is approximate in float32 (2^13 came out as 8192.004): round, bit-widths are integers
+    return jnp.round(jnp.exp2(jnp.asarray(bits, jnp.float32) - 1.0)) - 1.0
 
 
 def unsigned_levels(bits):
     """Levels above zero of an unsigned quantiser: 2^b - 1 (3 at 2 bits, 255 at 8 bits)."""
-    return jnp.exp2(jnp.asarray(bits, jnp.float32)) - 1.0
+    return jnp.round(jnp.exp2(jnp.asarray(bits, jnp.float32))) - 1.0
 
 
 def is_pass_through(bits):

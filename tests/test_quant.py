@@ -28,6 +28,15 @@ def test_weight_rounding_tables_by_hand():
     np.testing.assert_allclose(three_bit, [1.0, 1 / 3, 2 / 3, -1 / 3, -2 / 3, 0.0], rtol=1e-6)
 
 
+def test_level_counts_are_exact_integers_at_every_quantising_bit_width():
+    # float32 exp2 alone gives 2^13 = 8192.004: the level counts must be exact for the grid to be right
+    bits = np.arange(quant.MIN_BITS, quant.PASS_THROUGH_BITS)
+    for levels in (quant.signed_levels, jax.jit(quant.signed_levels)):
+        assert np.asarray(levels(jnp.asarray(bits, jnp.float32))).tolist() == (2.0 ** (bits - 1) - 1).tolist()
+    for levels in (quant.unsigned_levels, jax.jit(quant.unsigned_levels)):
+        assert np.asarray(levels(jnp.asarray(bits, jnp.float32))).tolist() == (2.0 ** bits - 1).tolist()
+
+
 @pytest.mark.parametrize("bits", BITS)
 def test_weights_round_to_nearest_symmetric_level_per_output_channel(bits):
     grid = off_midpoint_grid(-0.99, 0.99)
