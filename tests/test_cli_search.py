@@ -100,8 +100,8 @@ def _free_port() -> int:
 def test_a_search_over_two_processes_equals_one_process_with_as_many_devices(tmp_path):
     # Two processes of two forced CPU devices each form one 4-device mesh through jax.distributed (Gloo); the run
     # must equal one process with four devices, trial for trial, and process 1 writes its copy to OUT-process1.
-    arguments = [*SMALL, "--trials", "2", "--n-initial", "2", "--float-epochs", "1", "--population", "2",
-                 "--strategy", "vmap", "--quiet"]
+    arguments = [*SMALL, "--model", "mlp", "--trials", "2", "--n-initial", "2", "--float-epochs", "1",
+                 "--population", "2", "--strategy", "vmap", "--quiet"]
     command = [sys.executable, "-m", "mpqjax.cli", "search", *arguments]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPQJAX_NO_COMPILATION_CACHE": "1"}
     address = f"localhost:{_free_port()}"
