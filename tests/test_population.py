@@ -138,6 +138,19 @@ def test_bad_strategy_and_materialised_models_are_refused(setup, digits):
         population.config_arrays(float_model, BITS, WIDTHS, digits.input_shape)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (("localhost:1234", None, None), "needs all of"),
+    ((None, 2, 0), "needs all of"),
+    (("localhost", 2, 0), "host:port"),
+    (("localhost:1234", 2, 2), r"process id must be in \[0, 2\)"),
+    (("localhost:1234", 0, 0), "at least 1 process"),
+])
+def test_a_distributed_run_is_refused_before_it_starts_when_its_arguments_are_incomplete(arguments, message):
+    # (a two-process run that equals one process with as many devices: tests/test_cli_search.py)
+    with pytest.raises(ValueError, match=message):
+        population.initialize_distributed(*arguments)
+
+
 FORCED_DEVICES = textwrap.dedent("""
     import json, jax, numpy as np
     from mpqjax import data, models, population, train
