@@ -14,7 +14,10 @@ Batch strategies (``--variants``, `KMeansTPE`'s ``batch`` setting; q = 1 is the 
   are told is wholly random, so its random start is n0 rounded up to a multiple of q (32 for q = 16);
 - ``liar`` (the default since): q proposals made one at a time inside the jitted ask, each after the previous ones
   joined the history as pending trials counted as failed (they join g(x): a constant liar with the worst value), each
-  with the random/model switch and schedule (k, c) of the trial it stands for (so the random start stays n0).
+  with the random/model switch and schedule (k, c) of the trial it stands for (so the random start stays n0);
+- ``neutral_liar``: the same one-at-a-time proposals, but the pending trials join neither l(x) nor g(x) (they only
+  advance the random start and the schedule, and are never proposed again): each proposal is a fresh single ask of
+  the same model.
 
 Each run goes on past the budget to a horizon (default twice the budget) so that a slower batch search's delay in
 reaching q = 1's final level can be measured rather than censored; "final" always means after the budget.
@@ -29,10 +32,14 @@ interquartile band (regret where the optimum is known).
 
 Run: ``nice -n 10 python experiments/population_quality.py`` (20 seeds, budget 100, horizon 200, the library's
 default kernel mode; ``--seeds``, ``--trials``, ``--horizon``, ``--tasks``, ``--q``, ``--variants``, ``--joint``
-to change; about 15 minutes on 2 shared cores, most of it digits_mpq) or ``--quick`` (2 seeds x 32 evaluations on
-discrete40, for smoke tests). Results kept: ``population_quality.json`` (defaults), ``population_quality_independent
-.json`` (``--joint false``: independent kernels on every task), ``population_quality_hartmann6_60seeds.json``
-(``--tasks hartmann6 --seeds 60``).
+to change; about 20 minutes on 2 shared cores with the three variants, most of it digits_mpq) or ``--quick``
+(2 seeds x 32 evaluations on discrete40, for smoke tests). Results kept: ``population_quality.json`` (defaults,
+top_q and liar), ``population_quality_independent.json`` (``--joint false``: independent kernels on every task),
+``population_quality_hartmann6_60seeds.json`` (``--tasks hartmann6 --seeds 60``);
+``population_quality_liar_variants.json`` (the defaults with all three variants) and
+``population_quality_liar_variants_hartmann6_60seeds.json`` (``--tasks hartmann6 --seeds 60``, all three);
+``population_quality_liar_variants_60seeds_extra.json``: liar vs neutral_liar at 60 seeds on digits_mpq, Branin and
+discrete40 (summaries only; its ``provenance`` says how it was made).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from mpqjax.tpe import KMeansTPE, run  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DEFAULT_TASKS = ("discrete40", "branin", "hartmann6", "digits_mpq")
 QUICK_TASKS = ("discrete40",)
-VARIANTS = ("top_q", "liar")
+VARIANTS = ("top_q", "liar", "neutral_liar")
 N_INITIAL = 20
 
 
@@ -88,7 +95,7 @@ def search(opt: KMeansTPE, task_, trials: int, q: int, seed: int) -> tuple[np.nd
 
 def random_start(q: int, variant: str) -> int:
     """Random trials of a run with batch size q (see the module docstring)."""
-    return N_INITIAL if variant == "liar" else math.ceil(N_INITIAL / q) * q
+    return math.ceil(N_INITIAL / q) * q if variant == "top_q" else N_INITIAL
 
 
 def reach_summary(best: np.ndarray, target: float) -> dict:
@@ -157,7 +164,7 @@ def plot(results: dict, curves: dict, path: str) -> None:
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
     colours = {1: "C0", 4: "C1", 16: "C3"}
-    styles = {"top_q": "--", "liar": "-"}
+    styles = {"top_q": "--", "liar": "-", "neutral_liar": "-."}
     for axis, task_name in zip(axes.ravel(), names, strict=False):
         optimum = results["tasks"][task_name]["optimum"]
         offset = optimum if optimum is not None else 0.0

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpqjax.space import SearchSpace, categorical, ordinal
-from mpqjax.tpe import AUTO_JOINT_MAX_DIMS, KMeansTPE, auto_joint, load_state, run, save_state
+from mpqjax.space import SearchSpace, categorical, ordinal, real
+from mpqjax.tpe import AUTO_JOINT_MAX_DIMS, KMeansTPE, auto_batch, auto_joint, load_state, run, save_state
 
 BITS = (2, 3, 4, 6, 8)
 
@@ -29,6 +29,11 @@ def opt(space):
 @pytest.fixture(scope="module")
 def searched(opt):
     return run(opt, jax.random.key(0), quadratic, 30)
+
+
+@pytest.fixture(scope="module")
+def neutral(space):
+    return KMeansTPE(space, capacity=64, n_initial=8, batch="neutral_liar")
 
 
 def test_state_records_every_trial(opt, searched):
@@ -96,14 +101,49 @@ def test_batch_ask_proposes_one_at_a_time_with_pending_trials_told_as_failed(opt
     np.testing.assert_array_equal(np.asarray(batch), np.stack(one_by_one))
 
 
-def test_batch_ask_stays_distinct_when_the_history_is_full(opt, searched):
+@pytest.mark.parametrize("batch", ["liar", "neutral_liar"])
+def test_batch_ask_stays_distinct_when_the_history_is_full(opt, neutral, searched, batch):
     # a full history cannot record the pending trials, and with l(x) concentrated on one configuration (told 34
     # more times) every proposal of the batch would be its same best neighbour: the batch must still not repeat one
-    full = opt.tell(searched, jnp.broadcast_to(opt.best(searched)[0], (34, 6)), jnp.zeros(34))
-    assert int(full.count) == opt.capacity
+    asker = {"liar": opt, "neutral_liar": neutral}[batch]
+    full = asker.tell(searched, jnp.broadcast_to(asker.best(searched)[0], (34, 6)), jnp.zeros(34))
+    assert int(full.count) == asker.capacity
     for seed in range(5):
-        x, _ = opt.ask(jax.random.key(seed), full, n=3)
+        x, _ = asker.ask(jax.random.key(seed), full, n=3)
         assert len({tuple(row) for row in np.asarray(x).tolist()}) == 3
+
+
+def test_a_single_ask_is_the_same_under_every_batch_strategy(space, neutral, searched):
+    np.testing.assert_array_equal(np.asarray(run(neutral, jax.random.key(0), quadratic, 30).x),
+                                  np.asarray(searched.x))
+    top_q = KMeansTPE(space, capacity=64, n_initial=8, batch="top_q")
+    np.testing.assert_array_equal(np.asarray(top_q.ask(jax.random.key(5), searched, n=1)[0]),
+                                  np.asarray(neutral.ask(jax.random.key(5), searched, n=1)[0]))
+
+
+@pytest.mark.parametrize("batch", ["liar", "neutral_liar"])
+@pytest.mark.parametrize("told", [6, 30])  # 6: the batch crosses the end of the random start (n_initial = 8)
+def test_the_first_m_proposals_of_a_batch_of_n_are_the_batch_of_m(opt, neutral, searched, batch, told):
+    asker = {"liar": opt, "neutral_liar": neutral}[batch]
+    state = run(asker, jax.random.key(0), quadratic, told) if told != 30 else searched
+    key = jax.random.key(11)
+    five, _ = asker.ask(key, state, n=5)
+    three, _ = asker.ask(key, state, n=3)
+    np.testing.assert_array_equal(np.asarray(five[:3]), np.asarray(three))
+    assert len({tuple(row) for row in np.asarray(five).tolist()}) == 5
+
+
+def test_neutral_liar_pending_trials_join_neither_l_nor_g(opt, neutral, searched):
+    # with the schedule held fixed (no decay of c, no growth of k), a pending trial that joins neither l(x) nor g(x)
+    # changes nothing: proposal i of a neutral batch is the single ask with key fold_in(key, i), unless that repeats
+    # an earlier proposal. The worst-value liar's pending trials join g(x) and move the later proposals.
+    fixed = searched._replace(params=searched.params._replace(bandwidth_decay=jnp.float32(1.0),
+                                                              k_interval=jnp.int32(1000)))
+    key = jax.random.key(3)
+    singles = np.concatenate([np.asarray(neutral.ask(jax.random.fold_in(key, i), fixed, n=1)[0]) for i in range(3)])
+    assert len({tuple(row) for row in singles.tolist()}) == 3  # no repeat, so no proposal had to be skipped
+    np.testing.assert_array_equal(np.asarray(neutral.ask(key, fixed, n=3)[0]), singles)
+    assert not np.array_equal(np.asarray(opt.ask(key, fixed, n=3)[0]), singles)
 
 
 def test_failed_trials_join_the_bad_cluster(opt):
@@ -228,7 +268,7 @@ def test_beats_random_search_of_the_same_budget(opt, space, batch_size):
     (dict(bandwidth=0.1, min_bandwidth=0.2), "min_bandwidth <= bandwidth"),
     (dict(bandwidth_decay=0.0), "bandwidth_decay"),
     (dict(cluster_on="ranks"), "cluster_on must be"),
-    (dict(batch="greedy"), "batch must be 'liar' or 'top_q'"),
+    (dict(batch="greedy"), "batch must be one of \\('auto', 'liar', 'neutral_liar', 'top_q'\\)"),
 ])
 def test_bad_settings_raise_clear_errors(space, settings, message):
     with pytest.raises(ValueError, match=message):
@@ -272,3 +312,15 @@ def test_auto_kernel_mode_is_joint_up_to_twenty_dimensions():
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="joint must be True, False or 'auto'"):
             KMeansTPE(few, joint=bad)
+
+
+def test_auto_batch_strategy_is_the_neutral_liar_on_continuous_spaces_only():
+    # the measured rule (experiments/population_quality.py): on continuous spaces the worst-value liar's pending
+    # trials outweigh g(x) and push a batch away from the good regions; on discrete grids its repulsion spreads it
+    continuous = SearchSpace([real("x", 0.0, 1.0), real("y", -5.0, 5.0)])
+    discrete = SearchSpace([ordinal("bits/0", BITS), categorical("kind", ("a", "b"))])
+    mixed = SearchSpace([real("x", 0.0, 1.0), ordinal("bits/0", BITS)])
+    assert auto_batch(continuous) == "neutral_liar"
+    assert auto_batch(discrete) == auto_batch(mixed) == "liar"
+    assert KMeansTPE(continuous).batch == "neutral_liar" and KMeansTPE(mixed).batch == "liar"  # "auto": the default
+    assert KMeansTPE(continuous, batch="liar").batch == "liar"
