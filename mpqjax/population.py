@@ -18,8 +18,8 @@ turn, while a GPU runs small models far below its capacity one at a time. `choos
 Devices: the population axis is sharded over a 1-D `jax.sharding.Mesh` of every device (`population_mesh`; after
 `initialize_distributed` that is every device of every process, and each process feeds the same batches and gathers
 every result). A population whose size is not a multiple of the device count is padded with copies of its last
-member, whose results are dropped (`padded_size`). `max_population` computes how many members fit in device memory from the compiled
-training step.
+member, whose results are dropped (`padded_size`). `max_population` computes how many members fit in device
+memory from the compiled training step.
 
 Example:
     >>> variables, losses = finetune(key, float_model, float_variables, model, dataset, bits=bits, widths=widths,
