@@ -161,12 +161,12 @@ def main(argv=None) -> int:
             name, populations=args.populations, strategies=args.strategies, train_examples=args.train_examples,
             epochs=args.epochs, batch_size=args.batch_size, repeats=args.repeats,
             device_counts=[None] if not args.devices else args.devices))
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.out:
+        from mpqjax import store
+
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
+        store.atomic_write_json(args.out, results)
     return 0
 
 

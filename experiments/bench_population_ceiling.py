@@ -118,13 +118,14 @@ def main(argv=None) -> int:
     rows = [bench_model(name, population=args.population, batch_size=args.batch_size, steps=args.steps,
                         repeats=args.repeats, quantize=quantize)
             for name in args.models for quantize in (True, False)]
-    text = json.dumps({"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-                       "jax": jax.__version__, "rows": rows}, indent=2)
-    print(text)
+    results = {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+               "rows": rows}
+    print(json.dumps(results, indent=2))
     if args.out:
+        from mpqjax import store
+
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
+        store.atomic_write_json(args.out, results)
     return 0
 
 

@@ -76,6 +76,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from mpqjax import store  # noqa: E402
 from mpqjax.space import CATEGORICAL, INTEGER, ORDINAL, REAL, SearchSpace, integer, real  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -583,10 +584,7 @@ def main(argv=None):
 def write(results: dict, curves: dict, out_path: str) -> None:
     """Write the JSON atomically, then the plot beside it, and print the summaries."""
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    temporary = out_path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(results, file, indent=1)
-    os.replace(temporary, out_path)
+    store.atomic_write_json(out_path, results)
     plot(results, curves, os.path.splitext(out_path)[0] + ".png")
     print(json.dumps({name: entry["summary"] for name, entry in results["tasks"].items()}
                      | {"ask_overhead_cpu_ms_at_100_trials": results.get("ask_overhead_cpu_ms_at_100_trials")},

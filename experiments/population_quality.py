@@ -59,6 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from convergence import TASKS, evaluations_to_reach  # noqa: E402
 
+from mpqjax import store  # noqa: E402
 from mpqjax.tpe import KMeansTPE, run  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -269,10 +270,7 @@ def main(argv=None):
         }
         print(f"{task_name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    temporary = out_path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(results, file, indent=1)
-    os.replace(temporary, out_path)
+    store.atomic_write_json(out_path, results)
     plot(results, curves, os.path.splitext(out_path)[0] + ".png")
     print(json.dumps({name: entry["summary"] for name, entry in results["tasks"].items()}, indent=1))
 
