@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpqjax import hardware, models
+from mpqjax import cost as cost_model
+from mpqjax.nn import models
 
 PAPER_BITS = (2, 3, 4, 6, 8)
 PAPER_WIDTHS = (0.75, 0.875, 1.0, 1.125, 1.25)
@@ -79,18 +80,18 @@ def _summary(samples: list[float]) -> dict:
 
 def run(settings: dict) -> dict:
     table = models.layer_table(settings["model"])
-    target = hardware.FPGATarget()
+    target = cost_model.FPGATarget()
     bits, widths = random_configs(table, settings["num_configs"], settings["seed"])
-    hardware.validate_config(table, bits, widths)
+    cost_model.validate_config(table, bits, widths)
     bits_device, widths_device = jnp.asarray(bits), jnp.asarray(widths)
 
-    batched = jax.jit(jax.vmap(hardware.cost, in_axes=(None, 0, 0, None)), static_argnums=0)
+    batched = jax.jit(jax.vmap(cost_model.cost, in_axes=(None, 0, 0, None)), static_argnums=0)
     compile_wall, _ = _timed(batched, table, bits_device, widths_device, target)
     walls, cpus = zip(
         *(_timed(batched, table, bits_device, widths_device, target) for _ in range(settings["repeats"])), strict=True
     )
 
-    single = jax.jit(hardware.cost, static_argnums=0)
+    single = jax.jit(cost_model.cost, static_argnums=0)
     jax.block_until_ready(single(table, bits_device[0], widths_device[0], target))
     loop_walls = []
     for _ in range(3):
@@ -104,13 +105,13 @@ def run(settings: dict) -> dict:
 
     fip16 = {}
     for label, (name, kwargs, paper_mb) in PAPER_FIP16_MB.items():
-        size_mb = hardware.fip16_size_bytes(models.layer_table(name, **kwargs)) / 1e6
+        size_mb = cost_model.fip16_size_bytes(models.layer_table(name, **kwargs)) / 1e6
         fip16[label] = {"ours_mb": round(size_mb, 3), "paper_mb": paper_mb, "ratio": round(size_mb / paper_mb, 4)}
 
     table_iv = []
     for rows, cols in settings["array_sizes"]:
         result = single(
-            table, jnp.asarray(TABLE_IV_BITS), jnp.asarray(TABLE_IV_WIDTHS), hardware.FPGATarget(rows=rows, cols=cols)
+            table, jnp.asarray(TABLE_IV_BITS), jnp.asarray(TABLE_IV_WIDTHS), cost_model.FPGATarget(rows=rows, cols=cols)
         )
         table_iv.append(
             {
@@ -122,7 +123,7 @@ def run(settings: dict) -> dict:
         )
 
     return {
-        "benchmark": "hardware.cost: ResNet-20 configurations in one vmapped call",
+        "benchmark": "cost_model.cost: ResNet-20 configurations in one vmapped call",
         "machine": {
             "platform": platform.platform(),
             "jax": jax.__version__,

@@ -1,4 +1,5 @@
-"""Benchmark of `mpqjax.hessian`: cost of one Hutchinson probe relative to one gradient, and time to 5% error.
+"""Benchmark of `mpqjax.sensitivity.hessian`: cost of one Hutchinson probe relative to one gradient, and time to 5%
+error.
 
 1. For ``digits_cnn`` and ResNet-20 (float, width 1, batch norm in inference mode), the time of one probe (one
    Hessian-vector product that serves every layer, drawn and reduced to per-layer estimates) divided by the time of
@@ -32,7 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mpqjax import data, hessian, models, train
+from mpqjax import data
+from mpqjax.nn import models
+from mpqjax.sensitivity import hessian
+from mpqjax.training import train
 
 
 def config(quick: bool) -> dict:

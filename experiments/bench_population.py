@@ -1,7 +1,8 @@
 """Configurations evaluated per hour: a population fine-tuned together against one configuration at a time.
 
 One evaluation is what a search trial does: transfer the float weights, calibrate, fine-tune, validation accuracy
-(`mpqjax.population.finetune` + `evaluate`; the one-by-one peer is `mpqjax.train.finetune` + `evaluate`, the
+(`mpqjax.training.population.finetune` + `evaluate`; the one-by-one peer is `mpqjax.training.train.finetune` +
+`evaluate`, the
 ``sequential`` strategy at population 1). For every model, strategy and population size the script times whole
 evaluations of P random configurations (bits from {2, 3, 4, 6, 8}, widths from {0.75 .. 1.25}) after one warm-up
 call (the compilation), and reports the median seconds, configurations per hour and the ratio to one-by-one.
@@ -73,7 +74,8 @@ def bench_model(name: str, *, populations, strategies, train_examples: int, epoc
                 repeats: int, device_counts=(None,), seed: int = 0) -> dict:
     import jax
 
-    from mpqjax import models, population, train
+    from mpqjax.nn import models
+    from mpqjax.training import population, train
 
     dataset = _dataset(name, train_examples, seed)
     table = models.layer_table(name, input_shape=dataset.input_shape)

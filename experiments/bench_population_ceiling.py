@@ -46,7 +46,9 @@ def bench_model(name: str, *, population: int, batch_size: int, steps: int, repe
     import jax
     import jax.numpy as jnp
 
-    from mpqjax import data, models, train
+    from mpqjax import data
+    from mpqjax.nn import models
+    from mpqjax.training import train
 
     input_shape = (8, 8, 1) if name == "digits_cnn" else (32, 32, 3)
     rng = np.random.default_rng(0)

@@ -19,7 +19,9 @@ import time
 import jax
 import numpy as np
 
-from mpqjax import data, models, train
+from mpqjax import data
+from mpqjax.nn import models
+from mpqjax.training import train
 
 
 def config(quick: bool) -> dict:

@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpqjax.space import SearchSpace, ordinal
-from mpqjax.tpe import KMeansTPE, run
+from mpqjax.optim.space import SearchSpace, ordinal
+from mpqjax.optim.tpe import KMeansTPE, run
 
 BITS = (2, 3, 4, 6, 8)
 WIDTHS = (0.75, 0.875, 1.0, 1.125, 1.25)

@@ -12,7 +12,7 @@ Optimisers, each on the same seeds and the same search space:
 - ``random``: optuna's ``RandomSampler``.
 
 Tasks (a registry: each is a function returning a `Task`, an objective over configuration dicts plus an
-`mpqjax.space.SearchSpace`; the peers get the same space translated to their own distributions):
+`mpqjax.optim.space.SearchSpace`; the peers get the same space translated to their own distributions):
 
 - ``iris_rf``: random-forest regression on Iris (the paper's task): predict petal width from the other three
   measurements; number of trees, maximum depth, minimum samples to split; 3-fold cross-validated MSE.
@@ -26,8 +26,10 @@ Tasks (a registry: each is a function returning a `Task`, an objective over conf
   20 width multipliers, 5 ordered choices each).
 - ``digits_mpq``: the real mixed-precision task: bits (2, 3, 4, 6, 8) of each of ``digits_cnn``'s 4 layers and
   widths (0.75 .. 1.25) of its 3 width groups (the full space, 5^7 configurations) on scikit-learn's digits, built
-  from the library (`mpqjax.search.float_model`, `mpqjax.sensitivity.layer_space`, the masked quantised model,
-  `mpqjax.models.transfer_variables`, `mpqjax.train.calibrate` / `evaluate`, `mpqjax.objective.objective` with a
+  from the library (`mpqjax.search.float_model`, `mpqjax.sensitivity.candidates.layer_space`, the masked quantised
+  model,
+  `mpqjax.nn.models.transfer_variables`, `mpqjax.training.train.calibrate` / `evaluate`,
+  `mpqjax.search.objective.objective` with a
   size limit 6x below FiP16 and the default multiplier 10, as soft limits so that every optimiser sees the same
   objective). Each evaluation is post-training quantisation of the float model (calibrate the activation clips on
   256 training images, validation accuracy: about 0.06 s), not a fine-tune: a 4-epoch fine-tune per evaluation
@@ -36,7 +38,7 @@ Tasks (a registry: each is a function returning a `Task`, an objective over conf
   trained once, about 20 s, then cached).
 - ``digits_resnet20_mpq`` (on request: about an hour for the six optimisers): the same with ResNet-20 (20 layers'
   bits and 12 width groups, 32 dimensions, 10^22 configurations; about 0.5 s an evaluation), the size of space the
-  library searches for the paper's CIFAR models; it settled the default kernel mode (`mpqjax.tpe.auto_joint`).
+  library searches for the paper's CIFAR models; it settled the default kernel mode (`mpqjax.optim.tpe.auto_joint`).
 
 Every objective is deterministic (fixed model seeds and splits); the scikit-learn ones are memoised per
 configuration, which changes only the wall time of the study, not any curve.
@@ -77,7 +79,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mpqjax import store  # noqa: E402
-from mpqjax.space import CATEGORICAL, INTEGER, ORDINAL, REAL, SearchSpace, integer, real  # noqa: E402
+from mpqjax.optim.space import CATEGORICAL, INTEGER, ORDINAL, REAL, SearchSpace, integer, real  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OPTIMISERS = ("kmeans_tpe", "kmeans_tpe_joint", "kmeans_tpe_independent", "optuna_tpe", "hyperopt_tpe", "random")
@@ -233,7 +235,11 @@ def _ptq_task(model_name: str) -> Task:
     """Bits and widths of a zoo model on digits, scored by post-training quantisation under a size limit."""
     import jax
 
-    from mpqjax import data, hardware, models, objective, search, sensitivity, train
+    from mpqjax import cost as cost_model
+    from mpqjax import data, search, sensitivity
+    from mpqjax.nn import models
+    from mpqjax.search import objective
+    from mpqjax.training import train
 
     key = jax.random.key(0)
     dataset = data.load("digits", seed=0)
@@ -243,8 +249,8 @@ def _ptq_task(model_name: str) -> Task:
     # the full space (every layer may take every bit-width), not the Hessian-pruned one: the study compares
     # optimisers on the space a user would hand any of them, and pruning would shrink it for all alike
     layer_space = sensitivity.layer_space(table, widths=sensitivity.DEFAULT_WIDTHS)
-    target = hardware.load_target("fpga")
-    fip16 = hardware.cost(table, np.full(len(table), 16), np.ones(len(table), np.float32), target)
+    target = cost_model.load_target("fpga")
+    fip16 = cost_model.cost(table, np.full(len(table), 16), np.ones(len(table), np.float32), target)
     limits = objective.make_limits(size_bytes=float(fip16.size_bytes) / DIGITS_SIZE_REDUCTION)
     # the masked quantised model: every configuration shares one compiled calibration and one compiled prediction;
     # the float weights are transferred once (channels in importance order, so a width keeps the best channels)
@@ -252,7 +258,7 @@ def _ptq_task(model_name: str) -> Task:
                              max_width=max(models.DEFAULT_MAX_WIDTH, *sensitivity.DEFAULT_WIDTHS))
     transferred = models.transfer_variables(jax.random.fold_in(key, 1), quant_model, float_module, float_variables,
                                             input_shape=dataset.input_shape)
-    cost_fn = jax.jit(lambda bits, widths: hardware.cost(table, bits, widths, target))
+    cost_fn = jax.jit(lambda bits, widths: cost_model.cost(table, bits, widths, target))
     calibration_x = dataset.train.x[:DIGITS_CALIBRATION_EXAMPLES]
 
     def penalised_error(config):

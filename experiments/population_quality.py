@@ -1,7 +1,7 @@
 """Does k-means TPE keep its quality per evaluation when it proposes q configurations at once? (issue 8)
 
 A population evaluation runs the search as ask(q) -> evaluate q configurations together -> tell(q). This study runs
-`mpqjax.tpe.run(opt, key, objective, evaluations, batch_size=q)` for q = 1, 4, 16 on tasks of the convergence
+`mpqjax.optim.tpe.run(opt, key, objective, evaluations, batch_size=q)` for q = 1, 4, 16 on tasks of the convergence
 study's registry (``experiments/convergence.py``; default discrete40, branin, hartmann6 and digits_mpq when the
 registry has it) and compares the best objective against the number of evaluations. Settings: the paper's n0 = 20
 random trials, a budget of 100 evaluations, every other `KMeansTPE` setting at its default; seed s is
@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from convergence import TASKS, evaluations_to_reach  # noqa: E402
 
 from mpqjax import store  # noqa: E402
-from mpqjax.tpe import KMeansTPE, run  # noqa: E402
+from mpqjax.optim.tpe import KMeansTPE, run  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DEFAULT_TASKS = ("discrete40", "branin", "hartmann6", "digits_mpq")
@@ -245,7 +245,7 @@ def main(argv=None):
                "settings": f"KMeansTPE(space, capacity={horizon}, n_initial={N_INITIAL}, batch=variant, "
                            f"joint={JOINT[args.joint]!r}), other "
                            "settings default; "
-                           "mpqjax.tpe.run(..., batch_size=q), key jax.random.key(seed)",
+                           "mpqjax.optim.tpe.run(..., batch_size=q), key jax.random.key(seed)",
                "tasks": {}}
     curves = {}
     for task_name in task_names:

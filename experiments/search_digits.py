@@ -29,24 +29,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpqjax import report, search, tpe
+from mpqjax import report, search
+from mpqjax.optim import tpe
 
 
 def optimiser_step_seconds(out_dir: str, config: search.SearchConfig) -> float:
     """Median seconds of one ask + tell on the search's own space and history (after compilation)."""
-    from mpqjax import hardware, models, objective, sensitivity, store
+    from mpqjax import cost as cost_model
+    from mpqjax import sensitivity, store
+    from mpqjax.nn import models
+    from mpqjax.search import objective
 
     meta = store.read_json(os.path.join(out_dir, "search.json"))
     table = models.layer_table(config.model, input_shape=(8, 8, 1))
     candidates = [next(d["choices"] for d in meta["space"]["dimensions"] if d["name"] == f"bits/{name}")
                   for name in table.names]
     layer_space = sensitivity.layer_space(table, candidates, widths=config.widths)
-    target = hardware.load_target(config.target)
+    target = cost_model.load_target(config.target)
     limits = objective.make_limits(**{k: v for k, v in meta["limits"].items() if v is not None})
 
     def feasible(values):
         bits, widths = layer_space.values_to_arrays(values)
-        return objective.is_feasible(hardware.cost(table, bits, widths, target), limits)
+        return objective.is_feasible(cost_model.cost(table, bits, widths, target), limits)
 
     opt = tpe.KMeansTPE(layer_space.space, maximize=True, n_initial=config.n_initial, capacity=config.trials,
                         feasible=feasible)

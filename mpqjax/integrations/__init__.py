@@ -19,8 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from mpqjax.space import SearchSpace
-from mpqjax.tpe import KMeansTPE, TPEParams
+from mpqjax.optim.space import SearchSpace
+from mpqjax.optim.tpe import KMeansTPE, TPEParams
 
 MIN_CAPACITY = 128  # smallest history bucket: studies of up to 128 trials compile once
 DEFAULT_N_INITIAL = 20  # the paper's n0
@@ -48,7 +48,7 @@ def check_settings(settings: dict[str, Any]) -> None:
                          f"{sorted(NUMERIC_SETTINGS + STATIC_SETTINGS)}")
     # constructing a throw-away optimiser runs KMeansTPE's own validation (n_initial checked against a large
     # capacity: histories grow, so capacity never limits it here)
-    from mpqjax.space import real
+    from mpqjax.optim.space import real
 
     n_initial = settings.get("n_initial", DEFAULT_N_INITIAL)
     KMeansTPE(SearchSpace([real("x", 0.0, 1.0)]), capacity=max(int(n_initial), 1), **settings)

@@ -37,7 +37,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the pe
     raise ImportError("mpqjax.integrations.hyperopt needs hyperopt: pip install 'mpqjax[peers]'") from error
 
 from mpqjax.integrations import check_settings, propose
-from mpqjax.space import Dimension, SearchSpace, categorical, integer, real
+from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, real
 
 SUPPORTED = "hp.choice, hp.randint, hp.uniform, hp.quniform, hp.uniformint, hp.loguniform, hp.qloguniform"
 
@@ -54,7 +54,7 @@ def suggest(new_ids, domain, trials, seed, **settings) -> list[dict]:
             ``max_clusters``, ``k_interval``, ``bandwidth``, ``bandwidth_decay``, ``min_bandwidth``,
             ``prior_weight``, ``num_candidates``, ``joint``, ``kmeans_iterations``, ``cluster_on``; defaults as
             `KMeansTPE`'s (``joint="auto"``: joint kernels for spaces of up to 20 labels, independent ones above,
-            `mpqjax.tpe.auto_joint`). Bind them with ``functools.partial(suggest, n_initial=10)``.
+            `mpqjax.optim.tpe.auto_joint`). Bind them with ``functools.partial(suggest, n_initial=10)``.
 
     Returns:
         The new trial documents (``trials.new_trial_docs``), as hyperopt's own algorithms return them.

@@ -1,6 +1,6 @@
 """k-means TPE as an optuna sampler: ``optuna.create_study(sampler=KMeansTPESampler())``.
 
-How the sampler maps optuna's model onto `mpqjax.tpe.KMeansTPE`:
+How the sampler maps optuna's model onto `mpqjax.optim.tpe.KMeansTPE`:
 
 - Relative (joint) sampling over the intersection search space of the study's complete and pruned trials (as
   optuna's multivariate TPE does; while none exists, of its failed trials): each call encodes the history,
@@ -49,7 +49,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the pe
     raise ImportError("mpqjax.integrations.optuna needs optuna: pip install 'mpqjax[peers]'") from error
 
 from mpqjax.integrations import DEFAULT_N_INITIAL, check_settings, propose
-from mpqjax.space import Dimension, SearchSpace, categorical, integer, real
+from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, real
 
 # trial system attribute holding a running trial's relative proposal (internal representation), so that other
 # workers see it as pending before the objective has called suggest_*
@@ -60,7 +60,7 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def dimension(name: str, distribution: BaseDistribution) -> Dimension:
-    """The `mpqjax.space` dimension of an optuna distribution; ValueError naming ``name`` if unsupported."""
+    """The `mpqjax.optim.space` dimension of an optuna distribution; ValueError naming ``name`` if unsupported."""
     if isinstance(distribution, FloatDistribution):
         return real(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
     if isinstance(distribution, IntDistribution):
@@ -72,7 +72,7 @@ def dimension(name: str, distribution: BaseDistribution) -> Dimension:
 
 
 class KMeansTPESampler(BaseSampler):
-    """An optuna sampler running k-means TPE (`mpqjax.tpe.KMeansTPE`); see the module docstring.
+    """An optuna sampler running k-means TPE (`mpqjax.optim.tpe.KMeansTPE`); see the module docstring.
 
     Args:
         seed: seed of the sampler's random numbers (None: nondeterministic).
@@ -84,7 +84,7 @@ class KMeansTPESampler(BaseSampler):
         **settings: other `KMeansTPE` settings: ``k_initial``, ``max_clusters``, ``k_interval``, ``bandwidth``,
             ``bandwidth_decay``, ``min_bandwidth``, ``prior_weight``, ``num_candidates``, ``joint``,
             ``kmeans_iterations``, ``cluster_on``; defaults as `KMeansTPE`'s (``joint="auto"``: joint kernels
-            over a relative search space of up to 20 parameters, independent ones above, `mpqjax.tpe.auto_joint`).
+            over a relative search space of up to 20 parameters, independent ones above, `mpqjax.optim.tpe.auto_joint`).
 
     Raises:
         ValueError: an unknown or invalid setting.
@@ -264,7 +264,7 @@ def _independent_encoding(signature: tuple, name: str, distribution: BaseDistrib
 
 
 def _row_encoder(search_space: dict[str, BaseDistribution]):
-    """``params -> encoded row`` for a search space, matching `mpqjax.space` (index of a categorical choice or of
+    """``params -> encoded row`` for a search space, matching `mpqjax.optim.space` (index of a categorical choice or of
     a grid step, log of a log-scaled value, the value otherwise); raises KeyError or ValueError for a trial that
     does not fit."""
     transforms = []

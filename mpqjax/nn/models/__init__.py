@@ -1,0 +1,39 @@
+"""The model zoo: quantised Flax models by name, and the layer table each one derives from itself.
+
+Example:
+    >>> from mpqjax import models
+    >>> model = models.get("resnet20")
+    >>> table = models.layer_table(model)
+    >>> len(table), round(table.total_macs / 1e6, 1)
+    (20, 40.6)
+"""
+
+from mpqjax.nn.models import mobilenet, resnet, small  # noqa: F401  (registers the zoo)
+from mpqjax.nn.models.core import (
+    DEFAULT_MAX_WIDTH,
+    QModel,
+    available,
+    get,
+    init_variables,
+    layer_table,
+    trace,
+    validate_config,
+)
+from mpqjax.nn.models.transfer import materialize, transfer_variables
+from mpqjax.nn.table import LayerSpec, LayerTable, scale_channels
+
+__all__ = [
+    "DEFAULT_MAX_WIDTH",
+    "LayerSpec",
+    "LayerTable",
+    "QModel",
+    "available",
+    "get",
+    "init_variables",
+    "layer_table",
+    "materialize",
+    "scale_channels",
+    "trace",
+    "transfer_variables",
+    "validate_config",
+]

@@ -1,0 +1,289 @@
+"""Training and evaluation: float training, activation calibration, quantisation-aware fine-tune of a
+configuration, accuracy.
+
+Training is a Python loop over one jitted step (on this CPU about 11x faster than ``lax.scan`` over convolutions).
+Bits, widths and the learning rate are traced arguments of the step, so every configuration of one model reuses
+one compilation; compiled steps are cached per model. The optimiser is Adam with decoupled weight decay on kernels
+only, and a one-cycle learning-rate schedule computed on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from mpqjax.data import Dataset, Split, batches
+from mpqjax.nn import quant
+from mpqjax.nn.models import QModel, init_variables, transfer_variables, validate_config
+from mpqjax.nn.models.core import trace
+
+CALIBRATION_COLUMNS = {method: column for column, method in enumerate(quant.CALIBRATION_METHODS)}
+
+
+class TrainState(NamedTuple):
+    """Trainable parameters, the other variable collections (batch statistics, calibrated clips), optimiser state."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def _decay_mask(params):
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({key: key[-1] == "kernel" for key in flat})
+
+
+@functools.lru_cache(maxsize=1)
+def optimizer() -> optax.GradientTransformation:
+    """Adam with decoupled weight decay on kernels; learning rate and decay are injected hyperparameters."""
+    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+        learning_rate=1e-3, weight_decay=1e-4, mask=_decay_mask
+    )
+
+
+def init_state(variables) -> TrainState:
+    """A `TrainState` for ``variables`` (a dict with ``params`` and other collections)."""
+    # Copies: the jitted step donates its input state, and the caller's arrays must survive.
+    variables = jax.tree_util.tree_map(jnp.copy, variables)
+    params = variables["params"]
+    model_state = {name: value for name, value in variables.items() if name != "params"}
+    return TrainState(params, model_state, optimizer().init(params), jnp.zeros((), jnp.int32))
+
+
+def state_variables(state: TrainState) -> dict:
+    """The variables dict of a `TrainState`."""
+    return {"params": state.params, **state.model_state}
+
+
+def one_cycle(step: int, total_steps: int, peak: float, *, warmup_fraction: float = 0.3) -> float:
+    """One-cycle learning rate at ``step``: cosine warm-up from peak/25 to peak, then cosine decay to peak/1e4."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+    if step < warmup:
+        return float(peak / 25 + (peak - peak / 25) * (1 - np.cos(np.pi * step / warmup)) / 2)
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return float(peak / 1e4 + (peak - peak / 1e4) * (1 + np.cos(np.pi * progress)) / 2)
+
+
+def _config_arrays(model: QModel, bits, widths, input_shape):
+    """Validated per-layer ``(bits, widths)`` float32 arrays; scalars apply to every layer, None means float / 1."""
+    table = trace(model, input_shape=input_shape)[0]
+    length = len(table)
+    bits = quant.FLOAT_BITS if bits is None else bits
+    bits = np.full(length, bits) if np.ndim(bits) == 0 else np.asarray(bits)
+    if model.widths is not None:
+        widths = np.asarray(model.widths)
+    else:
+        widths = 1.0 if widths is None else widths
+        widths = np.full(length, widths) if np.ndim(widths) == 0 else np.asarray(widths)
+    max_width = None if model.widths is not None else model.max_width
+    bits, widths = validate_config(table, bits, widths, max_width=max_width)
+    return jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32)
+
+
+def step_function(model: QModel):
+    """The (unjitted) training step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)``.
+
+    `train_step` jits it for one configuration; `mpqjax.training.population` vmaps it over a population of
+    configurations.
+    """
+
+    def step(state: TrainState, x, y, bits, widths, learning_rate, weight_decay):
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, **state.model_state}, x, bits, widths, train=True, mutable=["batch_stats"]
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        opt_state = state.opt_state
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+        opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
+        param_updates, opt_state = optimizer().update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, param_updates)
+        return TrainState(params, {**state.model_state, **updates}, opt_state, state.step + 1), loss
+
+    return step
+
+
+@functools.lru_cache(maxsize=64)
+def train_step(model: QModel):
+    """The jitted step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)`` of a model."""
+    return jax.jit(step_function(model), donate_argnums=0)
+
+
+def forward_function(model: QModel):
+    """The (unjitted) inference forward pass ``(variables, x, bits, widths) -> logits``."""
+    return lambda variables, x, bits, widths: model.apply(variables, x, bits, widths, train=False)
+
+
+def calibration_function(model: QModel):
+    """The (unjitted) ``(variables, x, bits, widths) -> statistics`` of every layer's input (`calibrate`)."""
+
+    def stats(variables, x, bits, widths):
+        _, collected = model.apply(variables, x, bits, widths, train=False, mutable=["calibration"])
+        return collected["calibration"]
+
+    return stats
+
+
+@functools.lru_cache(maxsize=64)
+def _predict(model: QModel):
+    return jax.jit(forward_function(model))
+
+
+@functools.lru_cache(maxsize=64)
+def _calibration_stats(model: QModel):
+    return jax.jit(calibration_function(model))
+
+
+def schedule(key, data: Dataset | Split, *, epochs: int, batch_size: int, learning_rate: float):
+    """Every step of a training run: yields ``(x, y, learning_rate)`` in order (shuffle and augmentation from
+    ``key``, one-cycle learning rate with peak ``learning_rate``; the last incomplete batch of an epoch is dropped).
+
+    Example:
+        >>> steps = list(schedule(jax.random.key(0), load_digits_splits(0), epochs=1, batch_size=64,
+        ...                       learning_rate=1e-3))
+    """
+    split = data.train if isinstance(data, Dataset) else data
+    augmentation = data.augmentation if isinstance(data, Dataset) else None
+    total = epochs * (len(split) // batch_size)
+    step = 0
+    for epoch_key in jax.random.split(key, epochs):
+        for x, y in batches(epoch_key, split, batch_size, augment=augmentation):
+            yield x, y, one_cycle(step, total, learning_rate)
+            step += 1
+
+
+def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, batch_size: int = 64,
+          learning_rate: float = 3e-3, weight_decay: float = 1e-4, bits=None, widths=None):
+    """Train ``model`` from ``variables`` at one configuration; returns ``(variables, losses)``.
+
+    Args:
+        key: PRNG key for shuffling.
+        model: a zoo model (float, masked or materialised).
+        variables: initial variables (`mpqjax.nn.models.init_variables`, `transfer_variables` or a previous run).
+        data: a `Dataset` (its train split is used, augmented as its ``augmentation`` says) or a `Split` (used as
+            it is).
+        epochs: passes over the training examples.
+        batch_size: examples per step (the last incomplete batch of an epoch is dropped).
+        learning_rate: peak of the one-cycle schedule.
+        weight_decay: decoupled decay of kernels.
+        bits: per-layer bit-widths (length of the layer table), a scalar for all layers, or None for float.
+        widths: per-layer width multipliers for a masked model (None: all 1).
+
+    Returns:
+        The trained variables and the per-step training losses (NumPy array).
+    """
+    split = data.train if isinstance(data, Dataset) else data
+    bits_array, widths_array = _config_arrays(model, bits, widths, split.x.shape[1:])
+    step_fn = train_step(model)
+    state = init_state(variables)
+    losses = []
+    for x, y, rate in schedule(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate):
+        state, loss = step_fn(state, x, y, bits_array, widths_array, rate, weight_decay)
+        losses.append(loss)
+    return state_variables(state), np.asarray(jax.device_get(losses), np.float32)
+
+
+def predict(model: QModel, variables, x, *, bits=None, widths=None, batch_size: int = 512) -> np.ndarray:
+    """Logits for ``x`` in batches of one fixed shape (the last one padded), so one compilation serves all."""
+    bits_array, widths_array = _config_arrays(model, bits, widths, x.shape[1:])
+    return logits_in_batches(_predict(model), variables, x, bits_array, widths_array, batch_size=batch_size)
+
+
+def logits_in_batches(forward, variables, x, bits, widths, *, batch_size: int = 512,
+                      to_host=np.asarray) -> np.ndarray:
+    """``forward(variables, batch, bits, widths)`` over ``x`` in batches of one shape (the last one padded).
+
+    ``forward`` may return logits with leading axes before the batch axis (a population's ``[P, B, C]``): the
+    result is ``[..., len(x), C]``. ``to_host`` turns one output into a NumPy array.
+    """
+    batch_size = min(batch_size, len(x))
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(to_host(forward(variables, padded, bits, widths))[..., : len(chunk), :])
+    return np.concatenate(outputs, axis=-2)
+
+
+def evaluate(model: QModel, variables, split: Split, *, bits=None, widths=None, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``split`` at a configuration (batch norm in inference mode)."""
+    logits = predict(model, variables, split.x, bits=bits, widths=widths, batch_size=batch_size)
+    return float(np.mean(np.argmax(logits, axis=-1) == split.y))
+
+
+def calibrate(model: QModel, variables, x, *, bits=None, widths=None, method: str = "mse", batch_size: int = 256,
+              num_batches: int = 4):
+    """Set every layer's activation clip from a few batches of ``x``: the mean over batches of the per-batch max,
+    99.99th percentile or MSE-optimal clip (at the layer's bit-width) of its input.
+
+    For learned clipping this is the initial value of the ``act_clip`` parameter.
+
+    Returns:
+        Updated variables.
+    """
+    if method not in CALIBRATION_COLUMNS:
+        raise ValueError(f"calibration method must be one of {quant.CALIBRATION_METHODS}, got {method!r}")
+    if not model.quantize:
+        return variables
+    bits_array, widths_array = _config_arrays(model, bits, widths, x.shape[1:])
+    return calibrate_with(_calibration_stats(model), model, variables, x, bits_array, widths_array, method=method,
+                          batch_size=batch_size, num_batches=num_batches)
+
+
+def calibrate_with(stats_fn, model: QModel, variables, x, bits, widths, *, method: str, batch_size: int,
+                   num_batches: int, to_host=np.asarray, to_device=jnp.asarray):
+    """`calibrate` with a given compiled statistics function (`calibration_function`, jitted or vmapped).
+
+    Statistics may carry leading axes (a population's ``[P, ...]``); every member then gets its own clips.
+    ``to_host`` / ``to_device`` move arrays (a population places its clips with its sharding).
+    """
+    batch_size = min(batch_size, len(x))
+    collected = []
+    for start in range(0, min(len(x), batch_size * num_batches) - batch_size + 1, batch_size):
+        stats = stats_fn(variables, x[start : start + batch_size], bits, widths)
+        collected.append({key[:-1]: to_host(value[0]) for key, value in traverse_util.flatten_dict(stats).items()})
+    column = CALIBRATION_COLUMNS[method]
+    flat = traverse_util.flatten_dict(variables)
+    collection = "quant" if model.act_clipping == "calibrated" else "params"
+    for layer_path in collected[0]:
+        clip = np.mean([batch[layer_path][..., column] for batch in collected], axis=0)
+        flat[(collection, *layer_path, "act_clip")] = to_device(np.maximum(clip, 1e-3).astype(np.float32))
+    return traverse_util.unflatten_dict(flat)
+
+
+def finetune(key, float_model: QModel, float_variables, model: QModel, data: Dataset, *, bits, widths=None,
+             epochs: int = 4, batch_size: int = 64, learning_rate: float = 1e-3, calibration: str = "mse",
+             weight_decay: float = 1e-4):
+    """Quantisation-aware fine-tune of a configuration starting from a trained width-1 float model.
+
+    Transfers the float weights (`mpqjax.nn.models.transfer_variables`: narrowed layers keep their highest-L1
+    channels, widened ones get new channels with zero consumer weights), calibrates the activation clips, then
+    trains at ``bits`` and ``widths``.
+
+    Returns:
+        ``(variables, losses)`` as `train`.
+    """
+    transfer_key, train_key = jax.random.split(key)
+    variables = transfer_variables(transfer_key, model, float_model, float_variables, input_shape=data.input_shape)
+    variables = calibrate(model, variables, data.train.x, bits=bits, widths=widths, method=calibration)
+    return train(train_key, model, variables, data, epochs=epochs, batch_size=batch_size,
+                 learning_rate=learning_rate, weight_decay=weight_decay, bits=bits, widths=widths)
+
+
+def train_float(key, model: QModel, data: Dataset, *, epochs: int = 20, batch_size: int = 64,
+                learning_rate: float = 3e-3, weight_decay: float = 1e-4):
+    """Initialise and train a float model; returns ``(variables, losses)``."""
+    init_key, train_key = jax.random.split(key)
+    variables = init_variables(init_key, model, data.input_shape)
+    return train(train_key, model, variables, data, epochs=epochs, batch_size=batch_size,
+                 learning_rate=learning_rate, weight_decay=weight_decay)

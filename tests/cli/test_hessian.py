@@ -1,0 +1,64 @@
+"""Specification of ``mpqjax hessian``: table, JSON and plot of per-layer traces; bad input exits 2 in one line."""
+
+import json
+
+import pytest
+
+from mpqjax import cli
+from mpqjax.nn import models
+
+SMALL = ["--batch-size", "64", "--batches", "1", "--max-probes", "8", "--chunk-size", "8"]
+
+
+@pytest.mark.slow
+def test_trains_briefly_then_reports_traces_clusters_and_bits(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["hessian", "--model", "digits_cnn", "--epochs", "1", "--out", str(out), *SMALL,
+                     "--fix-bits", "conv1=8,head=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "training the float digits_cnn" in printed and "search space: 10^" in printed
+    result = json.loads((out / "hessian.json").read_text())
+    table = models.layer_table("digits_cnn")
+    assert [row["name"] for row in result["layers"]] == list(table.names)
+    assert [row["weights"] for row in result["layers"]] == [layer.weights for layer in table]
+    for row in result["layers"]:
+        assert row["probes"] == 8 and row["std_error"] > 0
+        assert row["trace_per_weight"] == pytest.approx(row["trace"] / row["weights"])
+        assert row["name"] in printed
+    assert result["layers"][0]["candidate_bits"] == [8] and result["layers"][0]["cluster"] == -1
+    for row in result["layers"][1:-1]:
+        assert row["candidate_bits"] == result["bit_sets"][row["cluster"]]
+    assert result["log10_size_after"] < result["log10_size_before"]
+    assert (out / "hessian.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the saved float checkpoint is accepted by --params: no training, same traces with the same seed
+    again = tmp_path / "again"
+    assert cli.main(["hessian", "--model", "digits_cnn", "--params", str(out / "float_params.msgpack"),
+                     "--out", str(again), *SMALL, "--fix-bits", "conv1=8,head=8"]) == 0
+    assert "training the float" not in capsys.readouterr().out
+    repeated = json.loads((again / "hessian.json").read_text())
+    assert [r["trace"] for r in repeated["layers"]] == pytest.approx([r["trace"] for r in result["layers"]])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--model", "no_such_model"], "unknown model"),
+        (["--model", "digits_cnn", "--dataset", "mnist"], "unknown dataset"),
+        (["--model", "digits_cnn", "--max-probes", "0"], "--max-probes"),
+        (["--model", "digits_cnn", "--tol", "0"], "--tol"),
+        (["--model", "digits_cnn", "--probing", "diagonal"], "--probing"),
+        (["--model", "digits_cnn", "--bit-sets", "8,x"], "--bit-sets"),
+        (["--model", "digits_cnn", "--fix-bits", "conv9=8"], "unknown layers"),
+        (["--model", "digits_cnn", "--params", "missing.msgpack"], "no such file"),
+        (["--model", "digits_cnn", "--params", "garbage"], "not a float checkpoint"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, arguments, message):
+    (tmp_path / "garbage").write_bytes(b"not msgpack at all")
+    arguments = [str(tmp_path / a) if a in ("garbage", "missing.msgpack") else a for a in arguments]
+    out = tmp_path / "out"
+    assert cli.main(["hessian", *arguments, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+    assert not (out / "hessian.json").exists()
