@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import os
@@ -23,108 +22,16 @@ from typing import Any
 import numpy as np
 
 from mpqjax import store
+from mpqjax.store.run_folder import Run, best_trial, is_ok, load_run, number
 
 __all__ = ["Run", "best_trial", "format_seconds", "format_size", "load_run", "markdown", "pareto_front",
            "plot_hessian", "plot_pareto", "write", "write_trials_csv"]
-
-FORMAT = "mpqjax-search/1"
 
 _SIZE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1.0, "B"))
 _TIME_UNITS = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
 _ENERGY_UNITS = ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ"), (1e-12, "pJ"))
 # The contract's timing keys in pipeline order; any other key follows them, "total" comes last.
 _TIMING_ORDER = ("float_model", "hessian", "evaluations", "optimiser", "io", "final_training")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """The content of a search's output folder, as read by `load_run`.
-
-    Attributes:
-        out_dir: the folder.
-        search: ``search.json`` (run metadata).
-        trials: the records of ``trials.jsonl`` in the order written (an interrupted last line left out).
-        baseline: the uniform-precision records of ``baseline.jsonl`` (empty without one).
-        hessian: ``hessian.json``, or None.
-        best_config: ``best_config.json``, or None while the search runs.
-    """
-
-    out_dir: str
-    search: dict
-    trials: list[dict]
-    baseline: list[dict]
-    hessian: dict | None
-    best_config: dict | None
-
-    @property
-    def status(self) -> str:
-        """``"running"`` or ``"finished"`` (as search.json says)."""
-        return str(self.search.get("status", "running"))
-
-    @property
-    def planned_trials(self) -> int | None:
-        """The number of trials the search was asked for (``settings.trials``), or None when not recorded."""
-        settings = self.search.get("settings") or {}
-        for key in ("trials", "num_trials"):
-            if isinstance(settings.get(key), int):
-                return settings[key]
-        return None
-
-    @property
-    def layer_names(self) -> list[str]:
-        """The layer names in layer-table order (from search.json)."""
-        return [layer["name"] for layer in self.search.get("layers") or []]
-
-
-def load_run(out_dir: str | os.PathLike) -> Run:
-    """Read a search's output folder, finished or still running.
-
-    Args:
-        out_dir: the folder ``mpqjax search --out`` wrote.
-
-    Returns:
-        A `Run`. ``trials.jsonl`` may end in an interrupted line (ignored); ``baseline.jsonl``, ``hessian.json`` and
-        ``best_config.json`` may be absent.
-
-    Raises:
-        ValueError: the folder holds no readable ``search.json`` of a known format, or a JSON file in it is not valid.
-
-    Example:
-        >>> load_run("runs/digits").status
-        'finished'
-    """
-    out_dir = os.fspath(out_dir)
-    search_path = os.path.join(out_dir, "search.json")
-    if not os.path.isdir(out_dir):
-        raise ValueError(f"{out_dir!r} is not a folder")
-    if not os.path.isfile(search_path):
-        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (no search.json)")
-    try:
-        search = store.read_json(search_path)
-    except ValueError:
-        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (search.json is not valid JSON)") from None
-    if not isinstance(search, dict) or not str(search.get("format", "")).startswith("mpqjax-search/"):
-        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (search.json has no \"format\": \"{FORMAT}\")")
-    if search["format"] != FORMAT:
-        raise ValueError(f"{out_dir!r} holds a search of format {search['format']!r}; this mpqjax reads {FORMAT!r}")
-
-    def optional_json(name):
-        path = os.path.join(out_dir, name)
-        if not os.path.isfile(path):
-            return None
-        value = store.read_json(path)
-        if not isinstance(value, dict):
-            raise ValueError(f"{path!r} is not a JSON object")
-        return value
-
-    return Run(
-        out_dir=out_dir,
-        search=search,
-        trials=store.read_jsonl(os.path.join(out_dir, "trials.jsonl")),
-        baseline=store.read_jsonl(os.path.join(out_dir, "baseline.jsonl")),
-        hessian=optional_json("hessian.json"),
-        best_config=optional_json("best_config.json"),
-    )
 
 
 def _as_float_array(values: Sequence) -> np.ndarray:
@@ -165,36 +72,6 @@ def pareto_front(accuracy: Sequence, cost: Sequence) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def _number(value) -> float | None:
-    """A finite float, or None (missing, null, NaN, non-numeric)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _is_ok(record: dict) -> bool:
-    return record.get("status") == "ok" and _number(record.get("validation_accuracy")) is not None
-
-
-def best_trial(records: Sequence[dict]) -> dict | None:
-    """The ok, feasible trial with the highest objective (the earliest on ties), or None when there is none.
-
-    Example:
-        >>> best_trial(load_run("runs/digits").trials)["trial"]
-        17
-    """
-    best, best_objective = None, -math.inf
-    for record in records:
-        objective = _number(record.get("objective"))
-        if _is_ok(record) and record.get("feasible", True) and objective is not None and objective > best_objective:
-            best, best_objective = record, objective
-    return best
-
-
 # -- formatting ---------------------------------------------------------------------------------------------------
 
 
@@ -207,7 +84,7 @@ def _unit(value: float, units) -> tuple[float, str]:
 
 
 def _format_quantity(value, units) -> str:
-    value = _number(value)
+    value = number(value)
     if value is None:
         return "–"
     scale, name = _unit(value, units)
@@ -225,17 +102,17 @@ def format_seconds(seconds) -> str:
 
 
 def _percent(value, digits: int = 2) -> str:
-    value = _number(value)
+    value = number(value)
     return "–" if value is None else f"{100 * value:.{digits}f} %"
 
 
 def _times(value) -> str:
-    value = _number(value)
+    value = number(value)
     return "–" if value is None else f"{value:.2f}x"
 
 
 def _integer(value) -> str:
-    value = _number(value)
+    value = number(value)
     return "–" if value is None else f"{round(value):,}"
 
 
@@ -407,30 +284,30 @@ def plot_pareto(path: str | os.PathLike, run: Run) -> None:
         >>> plot_pareto("runs/digits/pareto.png", load_run("runs/digits"))
     """
     limits = run.search.get("limits") or {}
-    float_accuracy = _number((run.search.get("float") or {}).get("validation_accuracy"))
+    float_accuracy = number((run.search.get("float") or {}).get("validation_accuracy"))
     best, best_is_final = _best_record(run)
-    ok = [record for record in run.trials if _is_ok(record)]
-    failed = [record for record in run.trials if not _is_ok(record)]
-    baseline = [record for record in run.baseline if _is_ok(record)]
+    ok = [record for record in run.trials if is_ok(record)]
+    failed = [record for record in run.trials if not is_ok(record)]
+    baseline = [record for record in run.baseline if is_ok(record)]
 
     figure = _new_figure(figsize=(12.0, 5.5), layout="constrained")
     panels = figure.subplots(1, 2, sharey=True)
     legend: dict[str, Any] = {}  # one legend for both panels, below them, so it hides no point
     shown_of = {}
     for key in ("size_bytes", "latency_seconds"):
-        shown = [_number(r.get(key)) for r in [*run.trials, *run.baseline]] + [_number(limits.get(key))]
+        shown = [number(r.get(key)) for r in [*run.trials, *run.baseline]] + [number(limits.get(key))]
         shown_of[key] = [value for value in shown if value is not None and value > 0]
     # A wide range (the 8-bit baseline beside 2-bit trials) would squeeze the trials into a corner: log scale, the
     # same for both panels so they read alike.
     log_scale = any(shown and max(shown) > 4 * min(shown) for shown in shown_of.values())
     for axes, key, units, title in ((panels[0], "size_bytes", _SIZE_UNITS, "size"),
                                     (panels[1], "latency_seconds", _TIME_UNITS, "latency")):
-        limit = _number(limits.get(key))
+        limit = number(limits.get(key))
         shown = shown_of[key]
         scale, unit = _unit(max(shown), units) if shown else units[-1]
 
         def xy(records, key=key, scale=scale):
-            pairs = [(_number(r.get(key)), _number(r.get("validation_accuracy"))) for r in records]
+            pairs = [(number(r.get(key)), number(r.get("validation_accuracy"))) for r in records]
             pairs = [(x / scale, 100 * y) for x, y in pairs if x is not None and y is not None]
             return (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])) if pairs else ([], [])
 
@@ -444,7 +321,7 @@ def plot_pareto(path: str | os.PathLike, run: Run) -> None:
         infeasible = [r for r in ok if not r.get("feasible", True)]
         if infeasible:
             axes.scatter(*xy(infeasible), s=24, marker="x", color="tab:red", label=f"infeasible ({len(infeasible)})")
-        failed_x = [_number(r.get(key)) for r in failed]
+        failed_x = [number(r.get(key)) for r in failed]
         failed_x = [x / scale for x in failed_x if x is not None]
         if failed_x:
             # Failed trials have a cost but no accuracy: ticks on the bottom edge, whatever the y range.
@@ -470,8 +347,8 @@ def plot_pareto(path: str | os.PathLike, run: Run) -> None:
         if float_accuracy is not None:
             axes.axhline(100 * float_accuracy, ls=":", color="tab:green", lw=1.2,
                          label=f"float model {100 * float_accuracy:.2f} %")
-        if best is not None and None not in (_number(best.get(key)), _number(best.get("validation_accuracy"))):
-            axes.scatter([_number(best[key]) / scale], [100 * _number(best["validation_accuracy"])], marker="*",
+        if best is not None and None not in (number(best.get(key)), number(best.get("validation_accuracy"))):
+            axes.scatter([number(best[key]) / scale], [100 * number(best["validation_accuracy"])], marker="*",
                          s=220, color="gold", edgecolor="black", zorder=5,
                          label=f"best{'' if best_is_final else ' so far'} (trial {best.get('trial')})")
         if not ok and not baseline:
@@ -509,8 +386,8 @@ def _limits_text(limits: dict) -> str:
     parts = []
     for key, label, fmt in (("size_bytes", "size", format_size), ("latency_seconds", "latency", format_seconds),
                             ("energy_joules", "energy", lambda v: _format_quantity(v, _ENERGY_UNITS)),
-                            ("throughput_per_second", "throughput", lambda v: f"{_number(v):.4g} /s")):
-        if _number(limits.get(key)) is not None:
+                            ("throughput_per_second", "throughput", lambda v: f"{number(v):.4g} /s")):
+        if number(limits.get(key)) is not None:
             parts.append(f"{label} {'>=' if key == 'throughput_per_second' else '<='} {fmt(limits[key])}")
     return ", ".join(parts) or "none"
 
@@ -524,15 +401,15 @@ def _target_text(target: dict) -> str:
         details.append(f"{target['rows']}x{target['cols']} systolic array")
     if "bops_per_cycle" in target:
         details.append(f"{target['bops_per_cycle']:g} bit-ops/cycle")
-    if _number(target.get("clock_hz")) is not None:
+    if number(target.get("clock_hz")) is not None:
         details.append(f"{target['clock_hz'] / 1e6:g} MHz")
     return f"{name} ({kind}{': ' + ', '.join(details) if details else ''})"
 
 
 def _timings_lines(timings: dict, running: bool) -> list[str]:
-    parts = {k: _number(v) for k, v in timings.items() if k != "total" and _number(v) is not None}
+    parts = {k: number(v) for k, v in timings.items() if k != "total" and number(v) is not None}
     keys = [k for k in _TIMING_ORDER if k in parts] + [k for k in parts if k not in _TIMING_ORDER]
-    total = _number(timings.get("total"))
+    total = number(timings.get("total"))
     if total is None:
         total = sum(parts.values())
     rows = [[key.replace("_", " "), f"{parts[key]:.2f}", f"{100 * parts[key] / total:.1f} %" if total else "–"]
@@ -551,7 +428,7 @@ def _layer_lines(run: Run, best: dict, best_is_final: bool) -> list[str]:
         rows = [[i, layer.get("name", "?"), layer.get("bits", "–"), _join([layer.get("width")]),
                  _integer(layer.get("weights")), format_size(layer.get("size_bytes")), _integer(layer.get("cycles"))]
                 for i, layer in enumerate(layers)]
-        totals = {key: sum(_number(layer.get(key)) or 0.0 for layer in layers)
+        totals = {key: sum(number(layer.get(key)) or 0.0 for layer in layers)
                   for key in ("weights", "size_bytes", "cycles")}
         rows.append(["", "**total**", "", "", _integer(totals["weights"]), format_size(totals["size_bytes"]),
                      _integer(totals["cycles"])])
@@ -573,15 +450,15 @@ def _best_lines(run: Run) -> list[str]:
     best, best_is_final = _best_record(run)
     if best is None:
         return ["## Best configuration", "", "No successful feasible trial yet.", ""]
-    float_test = _number(best.get("float_test_accuracy"))
+    float_test = number(best.get("float_test_accuracy"))
     if float_test is None:
-        float_test = _number((run.search.get("float") or {}).get("test_accuracy"))
+        float_test = number((run.search.get("float") or {}).get("test_accuracy"))
     rows = [["trial", f"{best.get('trial', '–')} ({best.get('phase', '–')} phase)"],
-            ["objective", f"{_number(best.get('objective')):.4f}" if _number(best.get("objective")) is not None
+            ["objective", f"{number(best.get('objective')):.4f}" if number(best.get("objective")) is not None
              else "–"],
             ["validation accuracy (short fine-tune)", _percent(best.get("validation_accuracy"))]]
     if best_is_final:
-        test = _number(best.get("test_accuracy"))
+        test = number(best.get("test_accuracy"))
         versus = f" (float model {_percent(float_test)}, {100 * (test - float_test):+.2f} points)" if (
             test is not None and float_test is not None) else ""
         rows += [["validation accuracy (final training)", _percent(best.get("final_validation_accuracy"))],
@@ -599,7 +476,7 @@ def _best_lines(run: Run) -> list[str]:
 
 
 def _front_lines(run: Run, key: str, title: str) -> list[str]:
-    ok = [record for record in run.trials if _is_ok(record)]
+    ok = [record for record in run.trials if is_ok(record)]
     front = [ok[i] for i in pareto_front([r["validation_accuracy"] for r in ok], [r.get(key) for r in ok])]
     if not front:
         return []
@@ -615,12 +492,12 @@ def _front_lines(run: Run, key: str, title: str) -> list[str]:
 def _baseline_lines(run: Run) -> list[str]:
     if not run.baseline:
         return []
-    ok = [record for record in run.trials if _is_ok(record)]
+    ok = [record for record in run.trials if is_ok(record)]
     rows = []
-    for record in sorted(run.baseline, key=lambda r: _number(r.get("size_bytes")) or 0.0):
-        size = _number(record.get("size_bytes"))
+    for record in sorted(run.baseline, key=lambda r: number(r.get("size_bytes")) or 0.0):
+        size = number(record.get("size_bytes"))
         # The search's answer to this baseline: its most accurate trial no larger than the uniform model.
-        rivals = [r for r in ok if size is not None and (_number(r.get("size_bytes")) or math.inf) <= size]
+        rivals = [r for r in ok if size is not None and (number(r.get("size_bytes")) or math.inf) <= size]
         rival = max(rivals, key=lambda r: (r["validation_accuracy"], -r.get("trial", 0)), default=None)
         row = [_uniform_label(record), _percent(record.get("validation_accuracy")),
                _percent(record.get("test_accuracy")), format_size(size), format_seconds(record.get("latency_seconds"))]
@@ -649,7 +526,7 @@ def markdown(run: Run) -> str:
     """
     search = run.search
     running = run.status != "finished"
-    ok = [record for record in run.trials if _is_ok(record)]
+    ok = [record for record in run.trials if is_ok(record)]
     phases = {}
     for record in run.trials:
         phases[record.get("phase", "?")] = phases.get(record.get("phase", "?"), 0) + 1
@@ -663,9 +540,9 @@ def markdown(run: Run) -> str:
                    ["dataset", search.get("dataset", "–")], ["target", _target_text(search.get("target") or {})],
                    ["limits", _limits_text(search.get("limits") or {})], ["seed", search.get("seed", "–")],
                    ["trials", trial_counts]]
-    if _number(space.get("log10_size_before")) is not None:
+    if number(space.get("log10_size_before")) is not None:
         pruned = f", 10^{space['log10_size_after']:.2f} after pruning" if (
-            space.get("pruned") and _number(space.get("log10_size_after")) is not None) else " (not pruned)"
+            space.get("pruned") and number(space.get("log10_size_after")) is not None) else " (not pruned)"
         header_rows.append(["search space", f"10^{space['log10_size_before']:.2f} configurations{pruned}"])
     header_rows.append(["float model", f"validation accuracy {_percent(float_model.get('validation_accuracy'))}, "
                                        f"test accuracy {_percent(float_model.get('test_accuracy'))}"

@@ -43,26 +43,15 @@ from mpqjax.nn import models
 from mpqjax.optim import tpe
 from mpqjax.search import objective
 from mpqjax.sensitivity import hessian
+from mpqjax.store import run_folder
+from mpqjax.store.run_folder import FILES, FORMAT, PHASES, RESUMABLE_CHANGES
 from mpqjax.training import population, train
 
 __all__ = ["DEFAULT_SIZE_REDUCTION", "FILES", "Problem", "SearchConfig", "SearchResult", "analyze_sensitivity",
            "default_cache_dir", "default_out_dir", "enable_compilation_cache", "float_model", "run"]
 
-FORMAT = "mpqjax-search/1"
 DEFAULT_SIZE_REDUCTION = 6.0  # the paper's ResNet-20 reached 6.1x against FiP16 at no accuracy loss
-FILES = {
-    "search": "search.json",
-    "trials": "trials.jsonl",
-    "baseline": "baseline.jsonl",
-    "state": "tpe_state.npz",
-    "float": "float_params.msgpack",
-    "hessian": "hessian.json",
-    "best": "best_config.json",
-    "model": "model.npz",
-}
-# Settings that may change when a search is resumed: everything else must match the interrupted run.
-RESUMABLE_CHANGES = ("trials", "baseline")
-PHASES = ("float_model", "hessian", "evaluations", "optimiser", "io", "final_training", "baseline")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -602,12 +591,6 @@ def _restore_state(opt: tpe.KMeansTPE, path: str, records: list[dict], space,
     return state
 
 
-def _best(records: list[dict]) -> dict | None:
-    """The record of the highest objective among successful trials (the earliest on ties)."""
-    finished = [record for record in records if record["status"] == "ok" and record["objective"] is not None]
-    return max(finished, key=lambda record: record["objective"]) if finished else None
-
-
 def _layers_of(problem: Problem, bits, widths) -> list[dict]:
     """The per-layer table of a configuration: bits, width, weights at that width, size and cycles."""
     cost = problem.cost(bits, widths)
@@ -806,10 +789,11 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
         rate = (time.perf_counter() - session_start) / session_trials
         for record in new_records:
             notify(_progress_event("trial", trial=record["trial"] + 1, trials=config.trials, record=record,
-                                   best=_best(records[: record["trial"] + 1]), elapsed=clock.to_dict()["total"],
+                                   best=run_folder.best_trial(records[: record["trial"] + 1]),
+                                   elapsed=clock.to_dict()["total"],
                                    eta=rate * (config.trials - first - count)))
 
-    best = _best(records)
+    best = run_folder.best_trial(records)
     if best is None:
         raise ValueError(f"all {len(records)} trials failed (training diverged); lower the fine-tune learning rate")
     notify(_progress_event("phase", phase="final_training",

@@ -4,11 +4,12 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["files", "tpe_state"],
+    submodules=["files", "run_folder", "tpe_state"],
     names={
         **{name: "files" for name in (
             "TrialLog", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
             "load_variables", "read_json", "read_jsonl", "save_variables", "to_json_value")},
         "load_tpe_state": "tpe_state", "save_tpe_state": "tpe_state",
+        **{name: "run_folder" for name in ("FILES", "FORMAT", "Run", "best_trial", "load_run")},
     },
 )
