@@ -2,10 +2,9 @@
 
 One evaluation is what a search trial does: transfer the float weights, calibrate, fine-tune, validation accuracy
 (`mpqjax.training.population.finetune` + `evaluate`; the one-by-one peer is `mpqjax.training.train.finetune` +
-`evaluate`, the
-``sequential`` strategy at population 1). For every model, strategy and population size the script times whole
-evaluations of P random configurations (bits from {2, 3, 4, 6, 8}, widths from {0.75 .. 1.25}) after one warm-up
-call (the compilation), and reports the median seconds, configurations per hour and the ratio to one-by-one.
+`evaluate`, the ``sequential`` strategy at population 1). For every model, strategy and population size the script
+times whole evaluations of P random configurations (bits from {2, 3, 4, 6, 8}, widths from {0.75 .. 1.25}) after one
+warm-up call (the compilation), and reports the median seconds, configurations per hour and the ratio to one-by-one.
 
 Models: ``digits_cnn`` on the real digits data, ``resnet20`` on CIFAR-shaped random data (32x32x3, 10 classes; the
 values do not change the cost). Weights are freshly initialised: the cost does not depend on them.
@@ -75,7 +74,7 @@ def bench_model(name: str, *, populations, strategies, train_examples: int, epoc
     import jax
 
     from mpqjax.nn import models
-    from mpqjax.training import population, train
+    from mpqjax.training import devices, population, train
 
     dataset = _dataset(name, train_examples, seed)
     table = models.layer_table(name, input_shape=dataset.input_shape)
@@ -98,7 +97,7 @@ def bench_model(name: str, *, populations, strategies, train_examples: int, epoc
     rows.append({"strategy": "one_by_one", "population": 1, "devices": 1, "first_call_seconds": first,
                  "median_seconds": seconds, "configurations_per_hour": reference, "ratio_to_one_by_one": 1.0})
     for count in device_counts:
-        mesh = population.population_mesh(None if count is None else jax.devices()[:count])
+        mesh = devices.population_mesh(None if count is None else jax.devices()[:count])
         for strategy in strategies:
             for size in populations:
                 if strategy == "sequential" and (size == 1 or count not in (None, 1)):
@@ -119,10 +118,10 @@ def bench_model(name: str, *, populations, strategies, train_examples: int, epoc
                 print(json.dumps({"model": name, **rows[-1]}), file=sys.stderr, flush=True)
     memory = None
     try:
-        need = population.member_memory_bytes(model, dataset.input_shape, batch_size=batch_size)
-        free, where = population.free_memory_bytes()
+        need = devices.member_memory_bytes(model, dataset.input_shape, batch_size=batch_size)
+        free, where = devices.free_memory_bytes()
         memory = {"member_bytes": need, "free_bytes": free, "where": where,
-                  "max_population": population.max_population(model, dataset.input_shape, batch_size=batch_size)}
+                  "max_population": devices.max_population(model, dataset.input_shape, batch_size=batch_size)}
     except ValueError as error:
         memory = {"error": str(error)}
     return {"model": name, "dataset": dataset.name, "train_examples": len(dataset.train),

@@ -13,3 +13,82 @@ os.environ.setdefault("MPQJAX_CACHE_DIR", tempfile.mkdtemp(prefix="mpqjax-test-c
 # resume test): identical programs compile once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["MPQJAX_CACHE_DIR"], "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+# -- shared models and data (tests/training, ...) -------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits dataset (`mpqjax.data.load_digits_splits(0)`): train, validation and test splits."""
+    from mpqjax import data
+
+    return data.load_digits_splits(0)
+
+
+@pytest.fixture(scope="session")
+def trained_float_mlp(digits):
+    """Factory ``epochs -> (model, variables, losses)``: the float 3-layer MLP (hidden 32, 16; width 1) trained on
+    digits for ``epochs`` (key 0, peak learning rate 1e-2); each epoch count is trained once per session."""
+    import jax
+
+    from mpqjax.nn import models
+    from mpqjax.training import train
+
+    trained = {}
+
+    def make(epochs: int):
+        if epochs not in trained:
+            model = models.get("mlp", hidden=(32, 16), quantize=False, widths=(1.0, 1.0, 1.0))
+            variables, losses = train.train_float(jax.random.key(0), model, digits, epochs=epochs, learning_rate=1e-2)
+            trained[epochs] = (model, variables, losses)
+        return trained[epochs]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def masked_mlp():
+    """The masked quantised 3-layer MLP (hidden 32, 16; widths up to 1.25): every configuration shares its steps."""
+    from mpqjax.nn import models
+
+    return models.get("mlp", hidden=(32, 16), max_width=1.25)
+
+
+# -- hand-written layer tables (tests/cost, tests/nn) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def two_layer_table():
+    """A 3x3 conv 3->8 on a 4x4 output with batch-norm, then a dense head 8->10 with a bias (not scalable)."""
+    from mpqjax.nn.table import LayerSpec, LayerTable
+
+    return LayerTable(
+        (
+            LayerSpec("conv", "conv", 3, 8, kernel=(3, 3), out_hw=(4, 4), width_group=0, batch_norm=True),
+            LayerSpec("head", "dense", 8, 10, input_layer=0, width_group=1, scalable=False, use_bias=True),
+        ),
+        model="two_layer",
+    )
+
+
+@pytest.fixture(scope="session")
+def branchy_table():
+    """Residual and depthwise wiring: stem -> depthwise (tied to the stem) -> pointwise -> conv, with a residual add
+    of the pointwise and the last conv (one width group), and a dense head (not scalable) reading the residual stream.
+    """
+    from mpqjax.nn.table import LayerSpec, LayerTable
+
+    return LayerTable(
+        (
+            LayerSpec("stem", "conv", 3, 8, kernel=(3, 3), stride=(2, 2), out_hw=(8, 8), width_group=0,
+                      batch_norm=True),
+            LayerSpec("dw", "depthwise", 8, 8, kernel=(3, 3), out_hw=(8, 8), input_layer=0, width_group=0),
+            LayerSpec("pw", "conv", 8, 16, out_hw=(8, 8), input_layer=1, width_group=2, batch_norm=True),
+            LayerSpec("conv", "conv", 16, 16, kernel=(3, 3), out_hw=(8, 8), input_layer=2, width_group=2),
+            LayerSpec("head", "dense", 16, 10, input_layer=3, width_group=4, scalable=False, use_bias=True),
+        ),
+        model="branchy",
+    )

@@ -2,8 +2,7 @@
 
 Each layer's Hessian trace is divided by its number of weights; k-means (k = 4 by default, deterministic, from
 `mpqjax.optim.cluster`) groups these normalised traces; clusters sorted from the largest centroid to the smallest get
-the
-candidate bit-width sets ``bit_sets[0], bit_sets[1], ...`` (the paper's example: {8, 6}, {6, 4, 3}, {4, 3, 2},
+the candidate bit-width sets ``bit_sets[0], bit_sets[1], ...`` (the paper's example: {8, 6}, {6, 4, 3}, {4, 3, 2},
 {3, 2}). Width multipliers are never pruned. The result is a `SearchSpace` with, per layer, an ordinal dimension
 ``"bits/<layer name>"`` and, per width group, an ordinal dimension ``"width/<first layer of the group>"`` (groups whose
 layers are all unscalable, such as a classifier head, have none: their width is 1).
@@ -216,6 +215,7 @@ class Sensitivity:
 
     @property
     def space(self) -> SearchSpace:
+        """The pruned `SearchSpace` (``layer_space.space``)."""
         return self.layer_space.space
 
     def to_dict(self) -> dict:

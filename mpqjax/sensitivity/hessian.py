@@ -10,10 +10,11 @@ blocks of ``v`` are independent. Parameters that belong to no layer (biases, bat
 probe, which keeps the estimate unbiased and removes their share of the variance.
 
 Sharing has a price: the variance of layer l's estimate includes the cross terms with every other layer. For a layer
-whose own block is small next to its coupling with the others (typically a first convolution) that can take 100x the
-probes for the same standard error (measured on a tiny CNN: 10x the standard deviation). ``probing="per_layer"``
-confines each probe to one layer, one HVP per layer per probe, without those terms. Every estimate comes with its
-standard error, so the caller can see which case it is in.
+whose own block is small next to its coupling with the others (typically a first convolution) that can take many
+times the probes for the same standard error (measured in docs/results.md, section "Hessian traces").
+``probing="per_layer"`` confines each probe to one layer, one HVP per layer per probe, without those terms. Every
+estimate comes with its standard error, so the caller can see which case it is in. A layer is a group of parameter
+leaves (`mpqjax.sensitivity.leaves`).
 
 Example:
     >>> traces = layer_traces(jax.random.key(0), loss_fn, params, [batch_a, batch_b])
@@ -32,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["PROBINGS", "LayerTraces", "default_chunk_size", "group_leaves", "hvp", "layer_traces", "probe_step"]
+from mpqjax.sensitivity.leaves import leaf_layers, leaf_paths
+
+__all__ = ["PROBINGS", "LayerTraces", "default_chunk_size", "hvp", "layer_traces", "probe_step"]
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
@@ -58,74 +61,6 @@ def hvp(loss_fn: LossFn, params: PyTree, batch: Any, vector: PyTree) -> PyTree:
     """
     gradient = lambda p: jax.grad(loss_fn)(p, batch)
     return jax.jvp(gradient, (params,), (vector,))[1]
-
-
-def _path_name(path) -> str:
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(str(key.name))
-        else:
-            parts.append(str(getattr(key, "key", key)))
-    return "/".join(parts)
-
-
-def _leaf_paths(params: PyTree) -> list[str]:
-    return [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
-def group_leaves(
-    params: PyTree, prefixes: Sequence[str] | None = None, *, leaf_names: Sequence[str] | None = ("kernel",)
-) -> dict[str, tuple[str, ...]]:
-    """Which parameter leaves make up each layer: ``{layer name: (leaf path, ...)}``, paths joined with '/'.
-
-    By default a layer is the parent module of each ``kernel`` leaf and holds only that kernel: the weights whose
-    bit-width the search chooses. Biases and batch-norm parameters are NOT included (the paper normalises the trace by
-    the number of weights); pass ``leaf_names=("kernel", "bias")`` to include biases, or ``leaf_names=None`` to take
-    every leaf under each prefix.
-
-    Args:
-        params: the model's parameters (the ``params`` collection, not the whole variables dict).
-        prefixes: layer names in the order wanted, each a module path such as ``"stage1/block0/conv1"``; a layer
-            holds the leaves under its prefix. Default: every parent of a leaf named in ``leaf_names``, in the order
-            of ``jax.tree_util`` flattening.
-        leaf_names: the last path component of the leaves to keep; ``None`` keeps all leaves.
-
-    Returns:
-        An ordered dict from layer name to the paths of its leaves.
-
-    Raises:
-        ValueError: a prefix matches no leaf, or no leaf matches at all.
-
-    Example:
-        >>> group_leaves({"Dense_0": {"kernel": w, "bias": b}})
-        {'Dense_0': ('Dense_0/kernel',)}
-    """
-    paths = _leaf_paths(params)
-    keep = lambda path: leaf_names is None or path.rsplit("/", 1)[-1] in leaf_names
-    groups: dict[str, tuple[str, ...]] = {}
-    if prefixes is None:
-        for path in paths:
-            if keep(path) and "/" in path:
-                layer = path.rsplit("/", 1)[0]
-                groups[layer] = groups.get(layer, ()) + (path,)
-            elif keep(path):
-                groups[path] = groups.get(path, ()) + (path,)
-        if not groups:
-            raise ValueError(f"no parameter leaf is named any of {tuple(leaf_names or ())}; pass the layers explicitly")
-        return groups
-    if isinstance(prefixes, str):
-        raise ValueError("prefixes must be a sequence of layer names, not one string")
-    for prefix in prefixes:
-        members = tuple(path for path in paths if (path == prefix or path.startswith(prefix + "/")) and keep(path))
-        if not members:
-            raise ValueError(f"layer {prefix!r} matches no parameter leaf (leaf names {leaf_names})")
-        groups[prefix] = members
-    return groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,41 +125,15 @@ def _batch_size(batch: Any) -> int:
     return sizes[0] if sizes else 1
 
 
-def _resolve_layers(params: PyTree, layers) -> tuple[tuple[str, ...], list[int]]:
-    """Layer names and, for each parameter leaf, the index of its layer (-1: not probed)."""
-    if layers is None:
-        groups = group_leaves(params)
-    elif isinstance(layers, Mapping):
-        groups = {str(name): tuple(members) for name, members in layers.items()}
-    else:
-        groups = group_leaves(params, list(layers))
-    paths = _leaf_paths(params)
-    index_of_path = {path: i for i, path in enumerate(paths)}
-    leaf_layer = [-1] * len(paths)
-    for layer_index, (name, members) in enumerate(groups.items()):
-        if isinstance(members, str):
-            raise ValueError(f"layer {name!r}: give a sequence of leaf paths, not one string")
-        for member in members:
-            if member not in index_of_path:
-                raise ValueError(f"layer {name!r}: no parameter leaf at path {member!r}")
-            leaf = index_of_path[member]
-            if leaf_layer[leaf] != -1:
-                raise ValueError(f"parameter leaf {member!r} belongs to more than one layer")
-            leaf_layer[leaf] = layer_index
-    if not groups:
-        raise ValueError("no layers to estimate")
-    return tuple(groups), leaf_layer
-
-
 def _check_params(params: PyTree) -> None:
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves:
         raise ValueError("params hold no arrays")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    for path, leaf in zip(leaf_paths(params), leaves, strict=True):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-            raise ValueError(f"parameter {_path_name(path)!r} is not a float array (dtype {jnp.result_type(leaf)})")
+            raise ValueError(f"parameter {path!r} is not a float array (dtype {jnp.result_type(leaf)})")
         if not bool(jnp.all(jnp.isfinite(leaf))):
-            raise ValueError(f"parameter {_path_name(path)!r} contains NaN or inf")
+            raise ValueError(f"parameter {path!r} contains NaN or inf")
 
 
 def _check_loss(loss_fn: LossFn, params: PyTree, batch: Any) -> None:
@@ -278,9 +187,9 @@ PROBINGS = ("shared", "per_layer")
 def default_chunk_size() -> int:
     """Probes per vmapped step when none is given: 1 on CPU, 8 on accelerators.
 
-    Measured on a 2-core CPU (jax 0.10, batch 256): one probe of the digits CNN cost 0.14 s alone and 0.24 s inside a
-    vmapped chunk of 16; ResNet-20 (batch 16) 0.44 s alone and 0.60 s in a chunk of 4. XLA's CPU convolutions with
-    a batch of kernel tangents take a slow path; accelerators gain from the batching.
+    XLA's CPU convolutions with a batch of kernel tangents take a slow path, so a chunk of probes costs nearly its
+    size in single probes there; accelerators gain from the batching (measured in docs/results.md, section "Hessian
+    traces").
     """
     return 1 if jax.default_backend() == "cpu" else 8
 
@@ -308,7 +217,7 @@ def probe_step(
         ``(names, step)`` with ``step(params, batch, key) -> [chunk_size, len(names)]`` estimates ``v_l . (H v)_l``
         (their mean over probes estimates each layer's trace).
     """
-    names, leaf_layer = _resolve_layers(params, layers)
+    names, leaf_layer = leaf_layers(params, layers)
     chunk_size = default_chunk_size() if chunk_size is None else chunk_size
     chunk = _chunk_estimator(loss_fn, tuple(leaf_layer), len(names), int(chunk_size), bool(jit))
     mask = jnp.asarray(np.asarray(leaf_layer) >= 0, jnp.float32)
@@ -346,9 +255,9 @@ def layer_traces(
         params: parameters at which the Hessian is taken.
         batches: one batch, or a Python ``list`` of batches (a tuple is one batch, e.g. ``(images, labels)``);
             each distinct batch shape compiles the step once.
-        layers: ``None`` (one layer per ``kernel`` leaf, see `group_leaves`), a sequence of layer-name prefixes, or a
-            mapping from layer name to the paths of its leaves (an empty sequence gives a layer with no weights,
-            reported with trace 0).
+        layers: ``None`` (one layer per ``kernel`` leaf, see `mpqjax.sensitivity.leaves.group_leaves`), a sequence
+            of layer-name prefixes, or a mapping from layer name to the paths of its leaves (an empty sequence gives a
+            layer with no weights, reported with trace 0).
         max_probes: probe budget (>= 1).
         tol: relative change of every layer's running mean at which to stop (> 0).
         std_error_rtol: optional extra stopping condition on every layer's relative standard error (> 0).
@@ -372,17 +281,7 @@ def layer_traces(
         ...     {"params": p, "batch_stats": stats}, b[0], train=False), b[1]).mean()
         >>> traces = layer_traces(jax.random.key(0), loss, params, (images, labels), max_probes=64)
     """
-    if not isinstance(max_probes, int | np.integer) or max_probes < 1:
-        raise ValueError(f"max_probes must be an integer >= 1, got {max_probes!r}")
-    if not (isinstance(tol, int | float | np.floating) and tol > 0):
-        raise ValueError(f"tol must be a number > 0, got {tol!r}")
-    if std_error_rtol is not None and not std_error_rtol > 0:
-        raise ValueError(f"std_error_rtol must be > 0 or None, got {std_error_rtol!r}")
-    chunk_size = default_chunk_size() if chunk_size is None else chunk_size
-    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    if probing not in PROBINGS:
-        raise ValueError(f"probing must be one of {PROBINGS}, got {probing!r}")
+    chunk_size = _check_settings(max_probes, tol, std_error_rtol, chunk_size, probing)
     batch_list = list(batches) if isinstance(batches, list) else [batches]
     if not batch_list:
         raise ValueError("empty batch list: give at least one batch")
@@ -391,24 +290,14 @@ def layer_traces(
     _check_params(params)
     for batch in batch_list:
         _check_loss(loss_fn, params, batch)
-    names, leaf_layer = _resolve_layers(params, layers)
+    names, leaf_layer = leaf_layers(params, layers)
     num_layers = len(names)
     weights = np.zeros(num_layers, dtype=np.int64)
     for leaf, layer in zip(jax.tree_util.tree_leaves(params), leaf_layer, strict=True):
         if layer >= 0:
             weights[layer] += int(np.size(leaf))
-
     chunk_step = _chunk_estimator(loss_fn, tuple(leaf_layer), num_layers, int(chunk_size), bool(jit))
-    leaf_layer_array = np.asarray(leaf_layer)
-    # Each pass is one vmapped chunk of products: (mask of the probed leaves, the layers whose estimates it gives).
-    if probing == "shared":
-        passes = [(jnp.asarray(leaf_layer_array >= 0, jnp.float32), np.arange(num_layers))]
-    else:
-        passes = [
-            (jnp.asarray(leaf_layer_array == layer, jnp.float32), np.array([layer]))
-            for layer in range(num_layers)
-            if weights[layer] > 0
-        ]
+    passes = _passes(np.asarray(leaf_layer), weights, probing)
 
     def estimate_chunk(batch, chunk_key):
         chunk = np.zeros((chunk_size, num_layers))
@@ -417,35 +306,13 @@ def layer_traces(
             chunk[:, layer_indices] = products[:, layer_indices]
         return chunk
 
-    estimates: list[np.ndarray] = []
-    used = 0
-    previous_mean = None
-    converged = False
-    chunk_index = 0
-    while used < max_probes:
-        chunk_key = jax.random.fold_in(key, chunk_index)
-        chunk_index += 1
-        chunk = sum(
+    def draw(chunk_key):  # the Hessian of the mean loss: products weighted by the batches' sizes
+        return sum(
             weight * estimate_chunk(batch, chunk_key) for weight, batch in zip(batch_weights, batch_list, strict=True)
         )
-        chunk = chunk[: max_probes - used]
-        if not np.all(np.isfinite(chunk)):
-            raise ValueError("a Hessian-vector product is NaN or inf: check the loss at these parameters")
-        estimates.append(chunk)
-        used += len(chunk)
-        all_estimates = np.concatenate(estimates)
-        mean = all_estimates.mean(axis=0)
-        if previous_mean is not None:
-            stable = np.all(np.abs(mean - previous_mean) <= tol * np.abs(mean))
-            if stable and std_error_rtol is not None:
-                std_error = all_estimates.std(axis=0, ddof=1) / math.sqrt(used)
-                stable = bool(np.all(std_error <= std_error_rtol * np.abs(mean)))
-            if stable:
-                converged = True
-                break
-        previous_mean = mean
 
-    all_estimates = np.concatenate(estimates)
+    all_estimates, converged = _until_stable(key, draw, max_probes=max_probes, tol=tol, std_error_rtol=std_error_rtol)
+    used = len(all_estimates)
     trace = all_estimates.mean(axis=0)
     if used > 1:
         std_error = all_estimates.std(axis=0, ddof=1) / math.sqrt(used)
@@ -460,3 +327,62 @@ def layer_traces(
         batches=len(batch_list),
         converged=converged,
     )
+
+
+def _check_settings(max_probes, tol, std_error_rtol, chunk_size, probing) -> int:
+    """Raise ValueError for a bad setting of `layer_traces`; returns the chunk size (default filled in)."""
+    if not isinstance(max_probes, int | np.integer) or max_probes < 1:
+        raise ValueError(f"max_probes must be an integer >= 1, got {max_probes!r}")
+    if not (isinstance(tol, int | float | np.floating) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if std_error_rtol is not None and not std_error_rtol > 0:
+        raise ValueError(f"std_error_rtol must be > 0 or None, got {std_error_rtol!r}")
+    chunk_size = default_chunk_size() if chunk_size is None else chunk_size
+    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if probing not in PROBINGS:
+        raise ValueError(f"probing must be one of {PROBINGS}, got {probing!r}")
+    return chunk_size
+
+
+def _passes(leaf_layer: np.ndarray, weights: np.ndarray, probing: str) -> list[tuple[jax.Array, np.ndarray]]:
+    """One vmapped chunk of products per pass: (mask of the probed leaves, the layers whose estimates it gives)."""
+    if probing == "shared":
+        return [(jnp.asarray(leaf_layer >= 0, jnp.float32), np.arange(len(weights)))]
+    return [
+        (jnp.asarray(leaf_layer == layer, jnp.float32), np.array([layer]))
+        for layer in range(len(weights))
+        if weights[layer] > 0
+    ]
+
+
+def _until_stable(key, draw: Callable[[jax.Array], np.ndarray], *, max_probes: int, tol: float,
+                  std_error_rtol: float | None) -> tuple[np.ndarray, bool]:
+    """Chunks ``draw(fold_in(key, i))`` of per-probe estimates ``[chunk, L]`` until every running mean settles.
+
+    Returns:
+        ``(estimates, converged)``: every estimate used ``[probes, L]`` (exactly ``max_probes`` when the budget ran
+        out), and whether the stopping condition was met first.
+    """
+    estimates: list[np.ndarray] = []
+    used = 0
+    previous_mean = None
+    chunk_index = 0
+    while used < max_probes:
+        chunk = draw(jax.random.fold_in(key, chunk_index))[: max_probes - used]
+        chunk_index += 1
+        if not np.all(np.isfinite(chunk)):
+            raise ValueError("a Hessian-vector product is NaN or inf: check the loss at these parameters")
+        estimates.append(chunk)
+        used += len(chunk)
+        all_estimates = np.concatenate(estimates)
+        mean = all_estimates.mean(axis=0)
+        if previous_mean is not None:
+            stable = np.all(np.abs(mean - previous_mean) <= tol * np.abs(mean))
+            if stable and std_error_rtol is not None:
+                std_error = all_estimates.std(axis=0, ddof=1) / math.sqrt(used)
+                stable = bool(np.all(std_error <= std_error_rtol * np.abs(mean)))
+            if stable:
+                return all_estimates, True
+        previous_mean = mean
+    return np.concatenate(estimates), False

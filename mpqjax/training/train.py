@@ -1,7 +1,8 @@
 """Training and evaluation: float training, activation calibration, quantisation-aware fine-tune of a
 configuration, accuracy.
 
-Training is a Python loop over one jitted step (on this CPU about 11x faster than ``lax.scan`` over convolutions).
+Training is a Python loop over one jitted step (on CPU much faster than ``lax.scan`` over convolutions: measured in
+docs/results.md, section "Population training").
 Bits, widths and the learning rate are traced arguments of the step, so every configuration of one model reuses
 one compilation; compiled steps are cached per model. The optimiser is Adam with decoupled weight decay on kernels
 only, and a one-cycle learning-rate schedule computed on the host.
@@ -20,8 +21,31 @@ from flax import traverse_util
 
 from mpqjax.data import Dataset, Split, batches
 from mpqjax.nn import quant
-from mpqjax.nn.models import QModel, init_variables, transfer_variables, validate_config
-from mpqjax.nn.models.core import trace
+from mpqjax.nn.config import check_config
+from mpqjax.nn.models import QModel, init_variables, trace, transfer_variables
+
+__all__ = [
+    "CALIBRATION_COLUMNS",
+    "TrainState",
+    "calibrate",
+    "calibrate_with",
+    "calibration_function",
+    "config_arrays",
+    "evaluate",
+    "finetune",
+    "forward_function",
+    "init_state",
+    "logits_in_batches",
+    "one_cycle",
+    "optimizer",
+    "predict",
+    "schedule",
+    "state_variables",
+    "step_function",
+    "train",
+    "train_float",
+    "train_step",
+]
 
 CALIBRATION_COLUMNS = {method: column for column, method in enumerate(quant.CALIBRATION_METHODS)}
 
@@ -71,19 +95,33 @@ def one_cycle(step: int, total_steps: int, peak: float, *, warmup_fraction: floa
     return float(peak / 1e4 + (peak - peak / 1e4) * (1 + np.cos(np.pi * progress)) / 2)
 
 
-def _config_arrays(model: QModel, bits, widths, input_shape):
-    """Validated per-layer ``(bits, widths)`` float32 arrays; scalars apply to every layer, None means float / 1."""
+def config_arrays(model: QModel, bits, widths, input_shape) -> tuple[jax.Array, jax.Array]:
+    """Validated per-layer ``(bits, widths)`` float32 arrays of one configuration.
+
+    Args:
+        model: a zoo model; a materialised one (fixed widths) uses its own widths whatever ``widths`` says.
+        bits: ``[L]`` bit-widths, a scalar for every layer, or None for float.
+        widths: ``[L]`` width multipliers, a scalar for every layer, or None for 1.
+        input_shape: one example's shape (traces the layer table).
+
+    Returns:
+        ``(bits, widths)``, each ``[L]`` float32.
+
+    Raises:
+        ValueError: a length other than the layer table's, or an invalid bit-width or width (naming the layer).
+    """
     table = trace(model, input_shape=input_shape)[0]
     length = len(table)
-    bits = quant.FLOAT_BITS if bits is None else bits
-    bits = np.full(length, bits) if np.ndim(bits) == 0 else np.asarray(bits)
+    # None is float: the layers' internal FLOAT_BITS, not a user's bit-width, so only the widths are checked.
+    float_model = bits is None
     if model.widths is not None:
         widths = np.asarray(model.widths)
     else:
         widths = 1.0 if widths is None else widths
         widths = np.full(length, widths) if np.ndim(widths) == 0 else np.asarray(widths)
     max_width = None if model.widths is not None else model.max_width
-    bits, widths = validate_config(table, bits, widths, max_width=max_width)
+    bits, widths = check_config(table, None if float_model else bits, widths, max_width=max_width)
+    bits = np.full(length, quant.FLOAT_BITS) if float_model else bits
     return jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32)
 
 
@@ -183,7 +221,7 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
         The trained variables and the per-step training losses (NumPy array).
     """
     split = data.train if isinstance(data, Dataset) else data
-    bits_array, widths_array = _config_arrays(model, bits, widths, split.x.shape[1:])
+    bits_array, widths_array = config_arrays(model, bits, widths, split.x.shape[1:])
     step_fn = train_step(model)
     state = init_state(variables)
     losses = []
@@ -195,7 +233,7 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
 
 def predict(model: QModel, variables, x, *, bits=None, widths=None, batch_size: int = 512) -> np.ndarray:
     """Logits for ``x`` in batches of one fixed shape (the last one padded), so one compilation serves all."""
-    bits_array, widths_array = _config_arrays(model, bits, widths, x.shape[1:])
+    bits_array, widths_array = config_arrays(model, bits, widths, x.shape[1:])
     return logits_in_batches(_predict(model), variables, x, bits_array, widths_array, batch_size=batch_size)
 
 
@@ -235,7 +273,7 @@ def calibrate(model: QModel, variables, x, *, bits=None, widths=None, method: st
         raise ValueError(f"calibration method must be one of {quant.CALIBRATION_METHODS}, got {method!r}")
     if not model.quantize:
         return variables
-    bits_array, widths_array = _config_arrays(model, bits, widths, x.shape[1:])
+    bits_array, widths_array = config_arrays(model, bits, widths, x.shape[1:])
     return calibrate_with(_calibration_stats(model), model, variables, x, bits_array, widths_array, method=method,
                           batch_size=batch_size, num_batches=num_batches)
 

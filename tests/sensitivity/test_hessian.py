@@ -1,5 +1,7 @@
 """Specification of `mpqjax.sensitivity.hessian`: Hessian-vector products and per-layer Hutchinson traces.
 
+(Which leaves make up a layer: tests/sensitivity/test_leaves.py.)
+
 Reference values come from `jax.hessian` on tiny models (the exact diagonal block of each layer's kernel).
 """
 
@@ -14,7 +16,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from sklearn.datasets import load_digits
 
-from mpqjax.sensitivity.hessian import LayerTraces, group_leaves, hvp, layer_traces
+from mpqjax.sensitivity.hessian import PROBINGS, LayerTraces, default_chunk_size, hvp, layer_traces, probe_step
+from mpqjax.sensitivity.leaves import group_leaves
 
 
 class TinyMLP(nn.Module):
@@ -209,6 +212,20 @@ def test_one_compilation_serves_every_chunk(small, digits):
     assert traces_of[64] == traces_of[4]
 
 
+def test_probe_step_is_the_estimators_inner_step(small, digits):
+    loss_fn, params = small
+    names, step = probe_step(loss_fn, params, chunk_size=4)
+    products = np.asarray(step(params, digits[0], jax.random.fold_in(jax.random.key(9), 0)))  # the first chunk's key
+    traces = layer_traces(jax.random.key(9), loss_fn, params, digits[0], max_probes=4, tol=1e-9, chunk_size=4)
+    assert products.shape == (4, 2) and names == traces.names
+    np.testing.assert_allclose(products.mean(axis=0), traces.trace, rtol=1e-6)
+
+
+def test_defaults_one_probe_per_step_on_cpu_and_two_probings():
+    assert jax.default_backend() != "cpu" or default_chunk_size() == 1
+    assert PROBINGS == ("shared", "per_layer")
+
+
 def test_single_probe_has_no_standard_error(mlp, digits):
     loss_fn, params, _ = mlp
     traces = layer_traces(jax.random.key(0), loss_fn, params, digits, max_probes=1)
@@ -219,16 +236,11 @@ def test_single_probe_has_no_standard_error(mlp, digits):
 # -- layers --------------------------------------------------------------------------------------------------------
 
 
-def test_default_layers_are_kernels_grouped_by_module(mlp):
-    _, params, _ = mlp
-    assert group_leaves(params) == {"Dense_0": ("Dense_0/kernel",), "Dense_1": ("Dense_1/kernel",)}
-    with_bias = group_leaves(params, leaf_names=("kernel", "bias"))
-    assert with_bias["Dense_0"] == ("Dense_0/bias", "Dense_0/kernel")
-    nested = {"stage1": {"block0": {"conv1": {"kernel": jnp.ones((3, 3, 1, 2)), "bn": {"scale": jnp.ones(2)}}}}}
-    assert group_leaves(nested) == {"stage1/block0/conv1": ("stage1/block0/conv1/kernel",)}
-    assert group_leaves(nested, ["stage1/block0"], leaf_names=None) == {
-        "stage1/block0": ("stage1/block0/conv1/bn/scale", "stage1/block0/conv1/kernel")
-    }
+def test_default_layers_are_the_kernels(mlp, digits):
+    loss_fn, params, _ = mlp
+    traces = layer_traces(jax.random.key(0), loss_fn, params, digits, max_probes=4)
+    assert traces.names == tuple(group_leaves(params)) == ("Dense_0", "Dense_1")
+    assert traces.weights.tolist() == [64 * 8, 8 * 10]  # kernels only: biases are not probed
 
 
 def test_layers_by_prefix_or_mapping_count_their_weights(small, digits):

@@ -1,6 +1,5 @@
 """Specification of mpqjax.training.population: a population of configurations fine-tuned and evaluated together equals
-fine-tuning them one by one, whatever the strategy or the device count; memory bounds; the measured choice; bad
-input."""
+fine-tuning them one by one, whatever the strategy or the device count; stacked members; scan chunks; bad input."""
 
 import json
 import os
@@ -12,9 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from mpqjax import data
-from mpqjax.nn import models
-from mpqjax.training import population, train
+from mpqjax.training import devices, population, train
 
 # Three configurations of a 3-layer MLP: high precision, mixed low precision and widths, near-float.
 BITS = np.array([[8, 8, 8], [4, 3, 6], [16, 16, 16]], np.float32)
@@ -23,16 +20,10 @@ FINETUNE = dict(epochs=1, batch_size=128, learning_rate=1e-3)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_splits(0)
-
-
-@pytest.fixture(scope="module")
-def setup(digits):
-    float_model = models.get("mlp", hidden=(32, 16), quantize=False, widths=(1.0, 1.0, 1.0))
-    float_variables, _ = train.train_float(jax.random.key(0), float_model, digits, epochs=2, learning_rate=1e-2)
-    model = models.get("mlp", hidden=(32, 16), max_width=1.25)
-    return float_model, float_variables, model
+def setup(trained_float_mlp, masked_mlp):
+    """The float MLP trained for 2 epochs (tests/conftest.py) and the masked model its configurations fine-tune."""
+    float_model, float_variables, _ = trained_float_mlp(2)
+    return float_model, float_variables, masked_mlp
 
 
 @pytest.fixture(scope="module")
@@ -82,38 +73,22 @@ def test_evaluate_equals_evaluating_each_member(setup, digits, one_by_one):
     np.testing.assert_allclose(together, accuracies, atol=1e-9)
 
 
-def test_padding_and_scan_chunks():
-    mesh = population.population_mesh()
-    assert population.padded_size(3, mesh) == 3  # one device here; see the forced-devices test for more
+def test_scan_chunks_divide_the_epoch():
     assert population.scan_chunk(19) == 19 and population.scan_chunk(703) == 19 and population.scan_chunk(64) == 32
     assert population.scan_chunk(37) == 1  # a prime above 32: still every step, one at a time
 
 
-def test_max_population_divides_the_memory_by_one_members_need(setup, digits):
-    _, _, model = setup
-    need = population.member_memory_bytes(model, digits.input_shape, batch_size=128)
-    assert need > 0
-    fits = population.max_population(model, digits.input_shape, batch_size=128, memory_bytes=int(10 * need / 0.8))
-    assert fits == 10
-    with pytest.raises(ValueError, match="one configuration of mlp at batch size 128 does not fit"):
-        population.max_population(model, digits.input_shape, batch_size=128, memory_bytes=need // 2)
-    with pytest.raises(ValueError, match="a population of 16 .* holds 10"):
-        population.max_population(model, digits.input_shape, batch_size=128, memory_bytes=int(10 * need / 0.8),
-                                  minimum=16)
-
-
-def test_choose_measures_the_candidates_and_prefers_the_smaller_population(setup, digits):
-    _, _, model = setup
-    choice = population.choose(model, digits, batch_size=128, steps_per_configuration=10, populations=[1, 2],
-                               strategies=("sequential", "vmap"), repeats=1, tolerance=0.0)
-    assert [(m["population"], m["strategy"]) for m in choice.measurements] == [(1, "sequential"), (2, "vmap")]
-    fastest = max(choice.measurements, key=lambda m: m["configurations_per_hour"])
-    assert (choice.population, choice.strategy) == (fastest["population"], fastest["strategy"])
-    for m in choice.measurements:
-        assert m["configurations_per_hour"] == pytest.approx(3600 * m["population"] / (m["seconds_per_step"] * 10))
-    anything = population.choose(model, digits, batch_size=128, steps_per_configuration=10, populations=[1, 2],
-                                 strategies=("sequential", "vmap"), repeats=1, tolerance=1.0)
-    assert anything.population == 1 and json.loads(json.dumps(anything.to_dict()))["strategy"] == "sequential"
+def test_stacked_members_and_their_training_state(setup):
+    float_model, float_variables, _ = setup
+    mesh = devices.population_mesh()
+    stacked = population.stack(float_variables, 3, mesh)
+    for leaf, single in zip(jax.tree.leaves(stacked), jax.tree.leaves(float_variables), strict=True):
+        assert leaf.shape == (3, *single.shape)
+        np.testing.assert_array_equal(leaf[2], single)
+    state = population.init_state(stacked, mesh)
+    assert state.step.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(jax.tree.leaves(state.params)[0], jax.tree.leaves(stacked["params"])[0])
+    assert train.state_variables(state).keys() == stacked.keys()
 
 
 @pytest.mark.parametrize("bits, widths, message", [
@@ -134,30 +109,19 @@ def test_bad_populations_are_refused_with_a_clear_message(setup, digits, bits, w
 def test_bad_strategy_and_materialised_models_are_refused(setup, digits):
     float_model, float_variables, model = setup
     with pytest.raises(ValueError, match="strategy must be one of sequential, vmap, scan"):
+        population.check_strategy("pmap")
+    with pytest.raises(ValueError, match="strategy must be one of sequential, vmap, scan"):
         population.finetune(jax.random.key(0), float_model, float_variables, model, digits, bits=BITS,
                             widths=WIDTHS, strategy="pmap")
     with pytest.raises(ValueError, match="needs a masked model"):
         population.config_arrays(float_model, BITS, WIDTHS, digits.input_shape)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (("localhost:1234", None, None), "needs all of"),
-    ((None, 2, 0), "needs all of"),
-    (("localhost", 2, 0), "host:port"),
-    (("localhost:1234", 2, 2), r"process id must be in \[0, 2\)"),
-    (("localhost:1234", 0, 0), "at least 1 process"),
-])
-def test_a_distributed_run_is_refused_before_it_starts_when_its_arguments_are_incomplete(arguments, message):
-    # (a two-process run that equals one process with as many devices: tests/test_cli_search.py)
-    with pytest.raises(ValueError, match=message):
-        population.initialize_distributed(*arguments)
-
-
 FORCED_DEVICES = textwrap.dedent("""
     import json, jax, numpy as np
     from mpqjax import data
     from mpqjax.nn import models
-    from mpqjax.training import population, train
+    from mpqjax.training import devices, population, train
     assert jax.device_count() == 4
     digits = data.load_digits_splits(0)
     float_model = models.get("mlp", hidden=(32, 16), quantize=False, widths=(1.0, 1.0, 1.0))
@@ -167,17 +131,23 @@ FORCED_DEVICES = textwrap.dedent("""
     widths = np.array([[1, 1, 1], [0.75, 1.25, 1], [1.25, 0.875, 1]], np.float32)
     out = {}
     for count in (1, 2, 4):
-        mesh = population.population_mesh(jax.devices()[:count])
+        mesh = devices.population_mesh(jax.devices()[:count])
         variables, losses = population.finetune(jax.random.key(5), float_model, float_variables, model, digits,
                                                 bits=bits, widths=widths, epochs=1, batch_size=128, mesh=mesh)
         accuracy = population.evaluate(model, variables, digits.validation, bits=bits, widths=widths, mesh=mesh)
         out[count] = {"losses": losses.tolist(), "accuracy": accuracy.tolist(),
-                      "padded": population.padded_size(3, mesh)}
-    mesh = population.population_mesh()
-    placed = population._stack(float_variables, 4, population._members(mesh))
+                      "padded": devices.padded_size(3, mesh)}
+    mesh = devices.population_mesh()
+    placed = population.stack(float_variables, 4, mesh)
     leaf = jax.tree.leaves(placed)[0]
     out["sharding"] = {"devices": len(leaf.sharding.device_set), "spec": list(leaf.sharding.spec),
                        "shard_rows": [shard.data.shape[0] for shard in leaf.addressable_shards]}
+    try:  # a population that does not divide over the devices is refused (finetune pads it; this does not)
+        three = jax.tree.map(lambda leaf: np.stack([leaf] * 3), float_variables)
+        population.train_population(jax.random.key(0), model, three, digits, bits=bits, widths=widths, epochs=1,
+                                    batch_size=128, mesh=mesh)
+    except ValueError as error:
+        out["undivided"] = str(error)
     print(json.dumps(out))
 """)
 
@@ -191,6 +161,7 @@ def test_the_population_axis_shards_over_forced_host_devices_with_the_same_resul
     out = json.loads(completed.stdout.strip().splitlines()[-1])
     assert [out[str(count)]["padded"] for count in (1, 2, 4)] == [3, 4, 4]
     assert out["sharding"] == {"devices": 4, "spec": ["population"], "shard_rows": [1, 1, 1, 1]}
+    assert out["undivided"].startswith("population of 3 does not divide over 4 devices; pad it")
     for count in ("2", "4"):  # one device, two and four agree (padding members are dropped)
         np.testing.assert_allclose(out[count]["losses"], out["1"]["losses"], rtol=2e-2)
         np.testing.assert_allclose(out[count]["accuracy"], out["1"]["accuracy"], atol=0.03)

@@ -5,22 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpqjax import data
-from mpqjax.nn import models
+from mpqjax.nn import models, quant
 from mpqjax.training import train
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return data.load_digits_splits(0)
-
-
-@pytest.fixture(scope="module")
-def float_mlp(digits):
-    """A small float MLP trained for a few epochs (shared by the tests below)."""
-    model = models.get("mlp", hidden=(32, 16), quantize=False, widths=(1.0, 1.0, 1.0))
-    variables, losses = train.train_float(jax.random.key(0), model, digits, epochs=4, learning_rate=1e-2)
-    return model, variables, losses
+def float_mlp(trained_float_mlp):
+    """The float MLP trained for 4 epochs (tests/conftest.py), shared by the tests below."""
+    return trained_float_mlp(4)
 
 
 def test_one_cycle_schedule():
@@ -63,10 +55,10 @@ def test_calibration_sets_clips_from_the_inputs(float_mlp, digits):
         train.calibrate(model, variables, x, method="magic")
 
 
-def test_finetune_at_four_bits_recovers_and_reuses_one_compilation(float_mlp, digits):
+def test_finetune_at_four_bits_recovers_and_reuses_one_compilation(float_mlp, masked_mlp, digits):
     float_model, float_variables, _ = float_mlp
     float_accuracy = train.evaluate(float_model, float_variables, digits.test)
-    model = models.get("mlp", hidden=(32, 16))  # masked: every configuration shares the step
+    model = masked_mlp  # every configuration shares the step
     results, compiled = {}, []
     for bits, widths in (((4, 4, 4), (1.0, 1.0, 1.0)), ((2, 3, 8), (1.25, 0.75, 1.0))):
         variables, _ = train.finetune(jax.random.key(2), float_model, float_variables, model, digits, bits=bits,
@@ -87,8 +79,20 @@ def test_learned_clips_are_trained(float_mlp, digits):
     assert float(trained["params"]["dense2"]["act_clip"]) != float(start["params"]["dense2"]["act_clip"])
 
 
-def test_bad_configuration_is_refused_before_training(float_mlp, digits):
-    model = models.get("mlp", hidden=(32, 16))
+def test_config_arrays_broadcast_scalars_and_default_to_float_at_width_one(masked_mlp, digits):
+    bits, widths = train.config_arrays(masked_mlp, 4, None, digits.input_shape)
+    assert bits.dtype == widths.dtype == np.float32
+    assert bits.tolist() == [4, 4, 4] and widths.tolist() == [1, 1, 1]
+    bits, widths = train.config_arrays(masked_mlp, None, [1.25, 0.75, 1.0], digits.input_shape)
+    assert bits.tolist() == [quant.FLOAT_BITS] * 3 and widths.tolist() == [1.25, 0.75, 1.0]
+    materialised = models.get("mlp", hidden=(32, 16), widths=(0.75, 1.0, 1.0))  # its own widths, whatever is given
+    assert train.config_arrays(materialised, 8, 1.25, digits.input_shape)[1].tolist() == [0.75, 1.0, 1.0]
+    with pytest.raises(ValueError, match="bits has 2 entries"):
+        train.config_arrays(masked_mlp, [4, 4], None, digits.input_shape)
+
+
+def test_bad_configuration_is_refused_before_training(masked_mlp, digits):
+    model = masked_mlp
     variables = models.init_variables(jax.random.key(5), model)
     with pytest.raises(ValueError, match="layer 'dense2': bit-width"):
         train.train(jax.random.key(6), model, variables, digits, epochs=1, bits=jnp.array([4, 1, 4]))
