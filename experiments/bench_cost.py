@@ -29,6 +29,7 @@ import numpy as np
 
 from mpqjax import cost as cost_model
 from mpqjax.nn import models
+from mpqjax.nn.config import check_config
 
 PAPER_BITS = (2, 3, 4, 6, 8)
 PAPER_WIDTHS = (0.75, 0.875, 1.0, 1.125, 1.25)
@@ -82,7 +83,7 @@ def run(settings: dict) -> dict:
     table = models.layer_table(settings["model"])
     target = cost_model.FPGATarget()
     bits, widths = random_configs(table, settings["num_configs"], settings["seed"])
-    cost_model.validate_config(table, bits, widths)
+    check_config(table, bits, widths)
     bits_device, widths_device = jnp.asarray(bits), jnp.asarray(widths)
 
     batched = jax.jit(jax.vmap(cost_model.cost, in_axes=(None, 0, 0, None)), static_argnums=0)

@@ -92,3 +92,32 @@ def branchy_table():
         ),
         model="branchy",
     )
+
+
+# -- counting XLA compilations (tests/optim, tests/integrations) -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def compilations():
+    """Context manager factory: ``with compilations() as compiled:`` collects the names of the XLA programs compiled
+    inside the block, from `jax.monitoring`'s backend-compile event (persistent-cache hits record it too, so the
+    count does not depend on the cache). Create the block's inputs before it: eager ops compile small programs."""
+    import contextlib
+
+    import jax
+
+    @contextlib.contextmanager
+    def compiled_programs():
+        compiled = []
+
+        def listener(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                compiled.append(kwargs.get("fun_name"))
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            yield compiled
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+
+    return compiled_programs

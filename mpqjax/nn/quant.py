@@ -6,23 +6,40 @@ value per tensor: unsigned inputs (after a ReLU) on ``[0, clip]`` with ``2^b - 1
 ``[-clip, clip]`` with ``2^(b-1) - 1`` steps each side. Rounding is to nearest, ties to even (``jnp.round``).
 
 The bit-width is an array, so one compiled function serves every bit-width and configurations can be vmapped.
-Bit-widths of `PASS_THROUGH_BITS` (16) and above leave values unchanged; `FLOAT_BITS` (32) is the conventional
-"float" sentinel. Supported bit-widths are the integers in [`MIN_BITS`, `FLOAT_BITS`].
+Bit-widths of `PASS_THROUGH_BITS` (16, `mpqjax.nn.config.MAX_BITS`) and above leave values unchanged; `FLOAT_BITS`
+(32) is the internal "float" value the layers and the float model use. A user's bit-widths are checked by
+`mpqjax.nn.config` (integers in [2, 16]) before they reach these functions, which cannot raise on traced values.
 
 The activation clipping value is either calibrated (a constant found from a few batches: `calibration_stats`
 gives max, percentile and MSE-optimal candidates) or learned by gradient descent: ``"pact"`` (gradient only from
 clipped values, Choi et al. 2018) or ``"lsq"`` (the rounding residual also reaches the clip, as LSQ's step-size
-gradient, Esser et al. 2020). `experiments/bench_quant.py` compares them at 2-3 bits.
+gradient, Esser et al. 2020). `experiments/bench_quant.py` compares them at 2-3 bits: measured in docs/results.md
+(section "Quantisation-aware training").
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-MIN_BITS = 2
-PASS_THROUGH_BITS = 16
+from mpqjax.nn.config import MAX_BITS
+from mpqjax.nn.config import MIN_BITS as MIN_BITS  # kept reachable here: callers read quant.MIN_BITS
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "CLIPPING_MODES",
+    "FLOAT_BITS",
+    "PASS_THROUGH_BITS",
+    "calibration_stats",
+    "is_pass_through",
+    "quantize_activations",
+    "quantize_weights",
+    "round_ste",
+    "signed_levels",
+    "unsigned_levels",
+]
+
+PASS_THROUGH_BITS = MAX_BITS
 FLOAT_BITS = 32
 CLIPPING_MODES = ("calibrated", "pact", "lsq")
 CALIBRATION_METHODS = ("max", "percentile", "mse")
@@ -160,18 +177,3 @@ def calibration_stats(x, bits, *, signed: bool, channel_mask=None, percentile: f
     mse_value = jnp.where(is_pass_through(bits), max_value, candidates[jnp.argmin(errors)])
     return jnp.stack([max_value, percentile_value, mse_value]).astype(jnp.float32)
 
-
-def check_bits(bits, names) -> np.ndarray:
-    """Validate concrete per-layer bit-widths; returns them as an int array.
-
-    Raises:
-        ValueError: naming the first layer whose bit-width is not an integer in [`MIN_BITS`, `FLOAT_BITS`].
-    """
-    values = np.asarray(bits, dtype=np.float64).reshape(-1)
-    for name, value in zip(names, values, strict=True):
-        if not (np.isfinite(value) and value == np.round(value) and MIN_BITS <= value <= FLOAT_BITS):
-            raise ValueError(
-                f"layer {name!r}: bit-width must be an integer in [{MIN_BITS}, {FLOAT_BITS}] "
-                f"(>= {PASS_THROUGH_BITS} means float), got {value:g}"
-            )
-    return values.astype(np.int32)

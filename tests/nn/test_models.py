@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mpqjax.nn import models
+from mpqjax.nn import config, models
 
 ZOO = ("digits_cnn", "mlp", "resnet20", "resnet32", "resnet56", "resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")
 SMALL_INPUT = {"digits_cnn": (8, 8, 1), "mlp": (64,), "mobilenet_v1": (32, 32, 3), "mobilenet_v2": (32, 32, 3)}
@@ -237,15 +237,18 @@ def test_wrong_length_config(small_mlp):
     with pytest.raises(ValueError, match="widths has 4 entries"):
         model.apply(variables, x, jnp.full(3, 4), jnp.ones(4))
     with pytest.raises(ValueError, match="widths has 4 entries"):
-        models.validate_config(models.layer_table(model), 4, np.ones(4))
+        config.check_config(models.layer_table(model), 4, np.ones(4))
 
 
 def test_bits_out_of_range_names_the_layer(small_mlp):
     model, x, variables = small_mlp
     with pytest.raises(ValueError, match="layer 'dense2': bit-width"):
         model.apply(variables, x, jnp.array([4, 1, 4]), jnp.ones(3))
+    # 17..32 were float values for the models once; a user's bit-widths are now 2..16 everywhere (16: not quantised)
+    with pytest.raises(ValueError, match=r"layer 'head': bit-width must be an integer in \[2, 16\]"):
+        model.apply(variables, x, jnp.array([4, 4, 32]), jnp.ones(3))
     with pytest.raises(ValueError, match="layer 'head': bit-width"):
-        models.validate_config(models.layer_table(model), [4, 4, 64], None)
+        config.check_config(models.layer_table(model), [4, 4, 64], None)
 
 
 def test_width_rounding_to_zero_names_the_layer(small_mlp):
@@ -263,7 +266,7 @@ def test_tied_widths_must_agree():
     widths = np.ones(20)
     widths[2] = 0.75  # stage1_block0_conv2 is tied to the stem
     with pytest.raises(ValueError, match="layer 'stage1_block0_conv2' must share the width multiplier of layer 'stem'"):
-        models.validate_config(table, 4, widths)
+        config.check_config(table, 4, widths)
 
 
 # ------------------------------------------------------------------------------------------------- transfer

@@ -136,16 +136,6 @@ def test_unknown_clipping_mode():
         quant.quantize_activations(jnp.ones(3), 4, 1.0, signed=False, mode="magic")
 
 
-@pytest.mark.parametrize("bad", (1, 0, 33, 4.5, float("nan")))
-def test_check_bits_names_the_layer(bad):
-    with pytest.raises(ValueError, match="layer 'conv2'.*bit-width"):
-        quant.check_bits([8, bad], ["conv1", "conv2"])
-
-
-def test_check_bits_accepts_supported_range():
-    assert quant.check_bits([2, 3, 8, 16, 32], list("abcde")).tolist() == [2, 3, 8, 16, 32]
-
-
 def test_calibration_stats_against_numpy():
     rng = np.random.default_rng(0)
     x = np.maximum(rng.normal(size=(64, 8)), 0).astype(np.float32)

@@ -17,7 +17,6 @@ from mpqjax.nn.models.core import (
     init_variables,
     layer_table,
     trace,
-    validate_config,
 )
 from mpqjax.nn.models.transfer import materialize, transfer_variables
 from mpqjax.nn.table import LayerSpec, LayerTable, scale_channels
@@ -35,5 +34,4 @@ __all__ = [
     "scale_channels",
     "trace",
     "transfer_variables",
-    "validate_config",
 ]

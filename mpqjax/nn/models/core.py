@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpqjax.nn import quant
+from mpqjax.nn.config import check_config
 from mpqjax.nn.layers import DEFAULT_ACT_CLIP, QConv, QDense
 from mpqjax.nn.table import LayerSpec, LayerTable, scale_channels
 
@@ -104,8 +105,8 @@ class LayerBuilder:
             # Concrete configurations (eager calls, materialised widths) are checked before any layer runs, with
             # messages naming the layer; traced ones are checked by the callers that build them (mpqjax.training.train).
             table = trace(model, input_shape=x.shape[1:])[0]
-            validate_config(table, bits if concrete_bits else None, widths if _is_concrete(widths) else None,
-                            max_width=None if self.materialised else model.max_width)
+            check_config(table, bits if concrete_bits else None, widths if _is_concrete(widths) else None,
+                         max_width=None if self.materialised else model.max_width)
         self.names: list[str] = []
         self.base_channels: list[int] = []
         self.channels: list[int] = []
@@ -365,8 +366,8 @@ def init_variables(key, model: QModel, input_shape: Sequence[int] | None = None)
 
     Same shapes and distributions as ``model.init`` (kernels: truncated normal with He fan-in scaling for
     convolutions, LeCun for dense layers; batch norm at identity; clips at their default), but no random-number
-    program is compiled: on a CPU, XLA takes about a second per parameter tensor to compile threefry draws, more
-    than training the digits model. Deterministic: the same key gives the same variables.
+    program is compiled: on a CPU, compiling threefry draws for every parameter tensor can take longer than training
+    a small model. Deterministic: the same key gives the same variables.
 
     Args:
         key: a JAX PRNG key.
@@ -401,48 +402,3 @@ def init_variables(key, model: QModel, input_shape: Sequence[int] | None = None)
 
     return jax.tree_util.tree_map_with_path(draw, abstract)
 
-
-def validate_config(table: LayerTable, bits=None, widths=None, *, max_width: float | None = None):
-    """Check concrete per-layer configuration arrays against a table; returns ``(bits, widths)`` as NumPy arrays.
-
-    Raises:
-        ValueError: wrong length, a bit-width outside [2, 32], a non-positive width, a width that rounds a layer
-            to zero channels or exceeds ``max_width``, or widths that differ inside a width group; the message
-            names the layer.
-    """
-    names = table.names
-    bits_array = widths_array = None
-    if bits is not None:
-        bits_array = np.asarray(bits).reshape(-1) if np.ndim(bits) else np.full(len(table), bits)
-        if bits_array.shape[0] != len(table):
-            raise ValueError(f"bits has {bits_array.shape[0]} entries but model {table.model!r} has {len(table)} "
-                             "weight layers")
-        bits_array = quant.check_bits(bits_array, names)
-    if widths is not None:
-        widths_array = np.asarray(widths, np.float64).reshape(-1)
-        if widths_array.shape[0] != len(table):
-            raise ValueError(f"widths has {widths_array.shape[0]} entries but model {table.model!r} has "
-                             f"{len(table)} weight layers")
-        first_of_group = {}
-        for group in table.width_groups():
-            for index in group:
-                first_of_group[index] = group[0]
-        for index, layer in enumerate(table):
-            width = widths_array[index]
-            if not np.isfinite(width) or width <= 0:
-                raise ValueError(f"layer {layer.name!r}: width multiplier must be positive, got {width:g}")
-            if not layer.scalable:
-                continue
-            if scale_channels(layer.out_channels, float(width)) < 1:
-                raise ValueError(f"layer {layer.name!r}: width multiplier {width:g} leaves {layer.out_channels} "
-                                 "channels at zero")
-            if max_width is not None and scale_channels(layer.out_channels, float(width)) > scale_channels(
-                layer.out_channels, max_width
-            ):
-                raise ValueError(f"layer {layer.name!r}: width multiplier {width:g} exceeds max_width {max_width:g}")
-            first = first_of_group[index]
-            if first != index and not np.isclose(widths_array[first], width):
-                raise ValueError(f"layer {layer.name!r} must share the width multiplier of layer "
-                                 f"{table[first].name!r} ({widths_array[first]:g}), got {width:g}")
-        widths_array = widths_array.astype(np.float32)
-    return bits_array, widths_array
