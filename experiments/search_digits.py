@@ -36,11 +36,13 @@ from mpqjax.optim import tpe
 def optimiser_step_seconds(out_dir: str, config: search.SearchConfig) -> float:
     """Median seconds of one ask + tell on the search's own space and history (after compilation)."""
     from mpqjax import cost as cost_model
-    from mpqjax import sensitivity, store
+    from mpqjax import sensitivity
     from mpqjax.nn import models
     from mpqjax.search import objective
+    from mpqjax.store import run_folder
 
-    meta = store.read_json(os.path.join(out_dir, "search.json"))
+    run = run_folder.load_run(out_dir)
+    meta = run.search
     table = models.layer_table(config.model, input_shape=(8, 8, 1))
     candidates = [next(d["choices"] for d in meta["space"]["dimensions"] if d["name"] == f"bits/{name}")
                   for name in table.names]
@@ -55,7 +57,7 @@ def optimiser_step_seconds(out_dir: str, config: search.SearchConfig) -> float:
     opt = tpe.KMeansTPE(layer_space.space, maximize=True, n_initial=config.n_initial, capacity=config.trials,
                         feasible=feasible)
     state = opt.init()
-    records = store.read_jsonl(os.path.join(out_dir, "trials.jsonl"))
+    records = run.trials
     seconds = []
     for index, record in enumerate(records):
         start = time.perf_counter()

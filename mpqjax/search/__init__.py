@@ -1,11 +1,30 @@
-"""The search: its configuration, the objective with limits, and the pipeline from float model to export."""
+"""The search: its configuration, the objective with limits, the problem, the pipeline's steps and the run loop.
+
+Modules: `config` (`SearchConfig`: settings, defaults, help and validation), `objective` (limits and the
+Lagrangian objective), `problem` (`Problem`: one configuration's trial, the limits in absolute units), `steps` (the
+float model, the sensitivity analysis, the final training and export, shared with the command line) and `loop`
+(`run`: the trials, resume, the population choice, the baseline). Every public name is re-exported here.
+
+Example:
+    >>> from mpqjax import search
+    >>> result = search.run(search.SearchConfig(trials=30), "runs/digits")
+"""
 
 from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["objective", "pipeline"],
-    names={name: "pipeline" for name in (
-        "DEFAULT_SIZE_REDUCTION", "FILES", "Problem", "SearchConfig", "SearchResult", "analyze_sensitivity",
-        "default_cache_dir", "default_out_dir", "enable_compilation_cache", "float_model", "run")},
+    submodules=["config", "loop", "objective", "problem", "steps"],
+    names={
+        "DEFAULT_SIZE_REDUCTION": "config", "GROUPS": "config", "SearchConfig": "config",
+        **{name: "objective" for name in (
+            "DEFAULT_MULTIPLIER", "LIMIT_NAMES", "Limits", "is_feasible", "make_limits", "violations")},
+        **{name: "problem" for name in ("COST_FIELDS", "Problem", "check_attainable", "config_limits", "full_space")},
+        **{name: "steps" for name in (
+            "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
+            "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
+            "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
+            "sensitivity_of")},
+        **{name: "loop" for name in ("FILES", "SearchResult", "choose_population", "default_out_dir", "run")},
+    },
 )

@@ -10,6 +10,8 @@ __getattr__, __dir__, __all__ = attach(
             "TrialLog", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
             "load_variables", "read_json", "read_jsonl", "save_variables", "to_json_value")},
         "load_tpe_state": "tpe_state", "save_tpe_state": "tpe_state",
-        **{name: "run_folder" for name in ("FILES", "FORMAT", "Run", "best_trial", "load_run")},
+        **{name: "run_folder" for name in (
+            "FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "best_trial", "check_folder",
+            "file_path", "is_finished", "is_ok", "load_run", "number", "read_best_layers", "settings_differences")},
     },
 )

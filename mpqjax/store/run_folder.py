@@ -1,19 +1,36 @@
-"""The run folder's contract: its file names and format, reading it back, and the one definition of the best trial.
+"""The run folder: its file names and format, creating and resuming it, the trial log, and the one definition of the
+best trial.
 
-A search writes everything to one folder (``mpqjax search --out``); the search, the report and the command line all
-name its files through `FILES` and pick the winner with `best_trial`, so they cannot disagree.
+A search writes everything to one folder (``mpqjax search --out``). This module owns that folder: the search writes
+it through `RunFolder` (created after `check_folder` accepted it), the report and the command line read it with
+`load_run`, everyone names its files through `FILES` and picks the winner with `best_trial`, so they cannot disagree.
+
+Crash safety: every file is written atomically (`mpqjax.store.files`), and a population of trials is written in one
+order, the trial records, then the optimiser checkpoint, then ``search.json``. A process killed at any moment leaves
+a checkpoint at most one population behind the log, which `RunFolder.restore_state` completes exactly.
+
+Example:
+    >>> previous = check_folder("runs/digits", config.to_dict(), resume=False)
+    >>> folder = RunFolder.create("runs/digits", {"model": "digits_cnn"})
+    >>> folder.append_trials(records, state)
+    >>> best_trial(load_run("runs/digits").trials)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from mpqjax.store.files import read_json, read_jsonl
+import numpy as np
 
-__all__ = ["FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "best_trial", "is_ok", "load_run", "number"]
+from mpqjax.store.files import TrialLog, atomic_write_json, read_json, read_jsonl, save_variables
+
+__all__ = ["FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "best_trial", "check_folder",
+           "file_path", "is_finished", "is_ok", "load_run", "number", "read_best_layers", "settings_differences"]
 
 FORMAT = "mpqjax-search/1"
 FILES = {
@@ -25,11 +42,26 @@ FILES = {
     "hessian": "hessian.json",
     "best": "best_config.json",
     "model": "model.npz",
+    # written by `mpqjax.report` (derived from the files above)
+    "csv": "trials.csv",
+    "pareto": "pareto.png",
+    "hessian_plot": "hessian.png",
+    "report": "report.md",
+    # written by ``mpqjax train`` (a trained configuration's folder)
+    "train": "train.json",
 }
 # Settings that may change when a search is resumed: everything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trials", "baseline")
 # The phases of a search's time split, in pipeline order.
 PHASES = ("float_model", "hessian", "evaluations", "optimiser", "io", "final_training", "baseline")
+
+
+def file_path(out_dir: str | os.PathLike, name: str) -> str:
+    """The path of one of a run folder's files, by its `FILES` key (``"search"``, ``"trials"``, ...)."""
+    return os.path.join(os.fspath(out_dir), FILES[name])
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,17 +122,18 @@ def load_run(out_dir: str | os.PathLike) -> Run:
         'finished'
     """
     out_dir = os.fspath(out_dir)
-    search_path = os.path.join(out_dir, FILES["search"])
+    search_path = file_path(out_dir, "search")
     if not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir!r} is not a folder")
     if not os.path.isfile(search_path):
-        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (no search.json)")
+        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (no {FILES['search']})")
     try:
         search = read_json(search_path)
     except ValueError:
-        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (search.json is not valid JSON)") from None
+        raise ValueError(f"{out_dir!r} is not an mpqjax search folder ({FILES['search']} is not valid JSON)") from None
     if not isinstance(search, dict) or not str(search.get("format", "")).startswith("mpqjax-search/"):
-        raise ValueError(f"{out_dir!r} is not an mpqjax search folder (search.json has no \"format\": \"{FORMAT}\")")
+        raise ValueError(f"{out_dir!r} is not an mpqjax search folder ({FILES['search']} has no "
+                         f"\"format\": \"{FORMAT}\")")
     if search["format"] != FORMAT:
         raise ValueError(f"{out_dir!r} holds a search of format {search['format']!r}; this mpqjax reads {FORMAT!r}")
 
@@ -116,11 +149,28 @@ def load_run(out_dir: str | os.PathLike) -> Run:
     return Run(
         out_dir=out_dir,
         search=search,
-        trials=read_jsonl(os.path.join(out_dir, FILES["trials"])),
-        baseline=read_jsonl(os.path.join(out_dir, FILES["baseline"])),
+        trials=read_jsonl(file_path(out_dir, "trials")),
+        baseline=read_jsonl(file_path(out_dir, "baseline")),
         hessian=optional_json(FILES["hessian"]),
         best_config=optional_json(FILES["best"]),
     )
+
+
+def read_best_layers(path: str | os.PathLike) -> tuple[list[str], list[int], list[float]]:
+    """The per-layer configuration of a ``best_config.json``: ``(layer names, bits, widths)``.
+
+    Raises:
+        ValueError: the file is not valid JSON or holds no per-layer configuration.
+    """
+    best = read_json(path)
+    try:
+        rows = best["layers"]
+        return [row["name"] for row in rows], [row["bits"] for row in rows], [row["width"] for row in rows]
+    except (KeyError, TypeError):
+        raise ValueError(f"{os.fspath(path)!r} is not a {FILES['best']} of mpqjax search") from None
+
+
+# -- the best trial ------------------------------------------------------------------------------------------------
 
 
 def number(value) -> float | None:
@@ -152,3 +202,182 @@ def best_trial(records: Sequence[dict]) -> dict | None:
         if is_ok(record) and record.get("feasible", True) and objective is not None and objective > best_objective:
             best, best_objective = record, objective
     return best
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+
+
+def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The settings (names, sorted) that differ between two runs, except the `RESUMABLE_CHANGES`."""
+    return sorted(name for name in set(old) | set(new)
+                  if name not in RESUMABLE_CHANGES and old.get(name) != new.get(name))
+
+
+def check_folder(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, resume: bool) -> dict | None:
+    """Validate an output folder before anything is written to it.
+
+    A new run needs a new or empty folder; a resumed one, the folder of a search with the same settings (only the
+    `RESUMABLE_CHANGES` may differ) and no more logged trials than ``settings["trials"]``.
+
+    Args:
+        out_dir: the folder.
+        settings: the run's settings in JSON form (`mpqjax.search.SearchConfig.to_dict`).
+        resume: whether the run continues the search in ``out_dir``.
+
+    Returns:
+        The interrupted run's ``search.json`` when resuming, else None.
+
+    Raises:
+        ValueError: the folder is a file, holds another search (or no search to resume), or is not empty.
+    """
+    out_dir = os.fspath(out_dir)
+    search_path = file_path(out_dir, "search")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"output folder {out_dir!r} is a file")
+    if resume:
+        if not os.path.isfile(search_path):
+            raise ValueError(f"--resume: {out_dir!r} holds no search to resume (no {FILES['search']})")
+        previous = read_json(search_path)
+        if not isinstance(previous, dict) or previous.get("format") != FORMAT:
+            raise ValueError(f"--resume: {search_path!r} is not an mpqjax search file")
+        differences = settings_differences(previous.get("settings", {}), settings)
+        if differences:
+            raise ValueError(f"--resume: settings differ from the interrupted search in {', '.join(differences)}")
+        logged = len(read_jsonl(file_path(out_dir, "trials")))
+        if settings["trials"] < logged:
+            raise ValueError(f"--resume: {logged} trials are already logged, more than trials={settings['trials']}")
+        return previous
+    if os.path.isfile(search_path):
+        raise ValueError(f"output folder {out_dir!r} holds another search: use --resume to continue it, or another "
+                         f"--out")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"output folder {out_dir!r} is not empty; choose a new or empty folder")
+    return None
+
+
+def is_finished(out_dir: str | os.PathLike, previous: Mapping[str, Any] | None, trials: int) -> bool:
+    """Whether a resumed folder already holds the finished search of ``trials`` trials (nothing left to run).
+
+    Args:
+        out_dir: the folder.
+        previous: its ``search.json`` (`check_folder`'s result), or None for a new run.
+        trials: the trials the run asks for.
+    """
+    return (previous is not None and previous.get("status") == "finished"
+            and previous.get("settings", {}).get("trials") == trials
+            and os.path.isfile(file_path(out_dir, "best")))
+
+
+class RunFolder:
+    """A search's output folder while the search writes it: ``search.json``, the logs, checkpoints and results.
+
+    Create one with `RunFolder.create` once `check_folder` accepted the folder. ``meta`` holds ``search.json``'s
+    fields; `update` changes them in memory, `save` also writes the file.
+
+    Args:
+        out_dir: the folder.
+        meta: the ``search.json`` fields.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, meta: dict):
+        self.out_dir = os.fspath(out_dir)
+        self.meta = meta
+        self._log: TrialLog | None = None
+
+    @classmethod
+    def create(cls, out_dir: str | os.PathLike, fields: Mapping[str, Any]) -> RunFolder:
+        """Create the folder (or take over a resumed one) and write its ``search.json``: format, status
+        ``"running"``, then ``fields`` in their order."""
+        folder = cls(out_dir, {"format": FORMAT, "status": "running", **fields})
+        os.makedirs(folder.out_dir, exist_ok=True)
+        folder.save()
+        return folder
+
+    def path(self, name: str) -> str:
+        """The path of a file of the folder by its `FILES` key."""
+        return file_path(self.out_dir, name)
+
+    def has(self, name: str) -> bool:
+        """Whether the file named by a `FILES` key exists."""
+        return os.path.isfile(self.path(name))
+
+    def update(self, **fields: Any) -> None:
+        """Set ``search.json`` fields in memory (written by the next `save`)."""
+        self.meta.update(fields)
+
+    def save(self, **fields: Any) -> None:
+        """Set ``search.json`` fields and write the file atomically."""
+        self.meta.update(fields)
+        atomic_write_json(self.path("search"), self.meta)
+
+    def save_float(self, variables) -> None:
+        """Keep the float model's variables (for a resume), unless the folder already holds them."""
+        if not self.has("float"):
+            save_variables(self.path("float"), variables)
+
+    def read_hessian(self) -> dict | None:
+        """The recorded sensitivity analysis (``hessian.json``), or None."""
+        return read_json(self.path("hessian")) if self.has("hessian") else None
+
+    def write_hessian(self, summary: Mapping[str, Any]) -> None:
+        """Record the sensitivity analysis (`mpqjax.search.analyze_sensitivity`'s summary)."""
+        atomic_write_json(self.path("hessian"), summary)
+
+    def trials(self) -> list[dict]:
+        """The logged trial records, in order (an append interrupted by a kill is truncated from the file first)."""
+        if self._log is None:
+            self._log = TrialLog(self.path("trials"))
+        return self._log.records()
+
+    def append_trials(self, records: Sequence[Mapping[str, Any]], state, **fields: Any) -> None:
+        """Log a population's records in one write, then checkpoint the optimiser ``state``, then save
+        ``search.json`` with ``fields``: in this order, the checkpoint never runs ahead of the log."""
+        from mpqjax.store.tpe_state import save_tpe_state  # JAX, only for a search: reading a folder needs none
+
+        if self._log is None:
+            self._log = TrialLog(self.path("trials"))
+        self._log.extend(records)
+        save_tpe_state(self.path("state"), state)
+        self.save(**fields)
+
+    def restore_state(self, opt, records: Sequence[Mapping[str, Any]], space, population_size: int = 1):
+        """The optimiser state after the logged ``records``: the checkpoint, completed from the log if it lags.
+
+        The checkpoint is written after the log lines, so it is at most one population behind; ``opt.tell`` is
+        deterministic, so telling the missing trials in the search's populations (aligned at multiples of
+        ``population_size``) gives exactly the state of an uninterrupted run. A checkpoint that is unreadable, of
+        another shape (the capacity grew with ``trials``) or ahead of the log is rebuilt from the log.
+
+        Args:
+            opt: the `mpqjax.optim.KMeansTPE` of the search.
+            records: the logged trial records.
+            space: the search space (encodes each record's ``config``).
+            population_size: the configurations the search asks and tells at once.
+        """
+        from mpqjax.store.tpe_state import load_tpe_state  # JAX, only for a search: reading a folder needs none
+
+        state = None
+        if self.has("state"):
+            with contextlib.suppress(ValueError):
+                state = load_tpe_state(self.path("state"))
+                if state.x.shape != (opt.capacity, opt.num_dims) or int(state.count) > len(records):
+                    state = None
+        if state is None:
+            state = opt.init()
+        start = int(state.count)
+        while start < len(records):
+            chunk = records[start : (start // population_size + 1) * population_size]
+            x = np.stack([space.encode(record["config"]) for record in chunk])
+            y = [math.nan if record["objective"] is None else record["objective"] for record in chunk]
+            state = opt.tell(state, x, np.asarray(y, np.float32))
+            start += len(chunk)
+        return state
+
+    def baseline_log(self) -> TrialLog:
+        """The uniform-precision baseline's log (``baseline.jsonl``)."""
+        return TrialLog(self.path("baseline"))
+
+    def finish(self, best_config: Mapping[str, Any], **fields: Any) -> None:
+        """Write ``best_config.json``, then mark the search finished in ``search.json`` (with ``fields``)."""
+        atomic_write_json(self.path("best"), best_config)
+        self.save(status="finished", **fields)

@@ -1,13 +1,16 @@
-"""Specification of ``mpqjax hessian``: table, JSON and plot of per-layer traces; bad input exits 2 in one line."""
+"""Specification of ``mpqjax hessian``: the search's sensitivity step on its own (same float model, same traces),
+its table, JSON and plot; bad input exits 2 in one line."""
 
 import json
 
+import jax
+import numpy as np
 import pytest
 
-from mpqjax import cli
+from mpqjax import cli, search, store
 from mpqjax.nn import models
 
-SMALL = ["--batch-size", "64", "--batches", "1", "--max-probes", "8", "--chunk-size", "8"]
+SMALL = ["--hessian-batch-size", "64", "--batches", "1", "--max-probes", "8", "--chunk-size", "8"]
 
 
 @pytest.mark.slow
@@ -31,6 +34,15 @@ def test_trains_briefly_then_reports_traces_clusters_and_bits(tmp_path, capsys):
     assert result["log10_size_after"] < result["log10_size_before"]
     assert (out / "hessian.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # the float model is the search's with the same settings: the same cache entry, the same variables
+    config = search.SearchConfig(float_epochs=1)
+    dataset = search.load_dataset(config)
+    float_net = search.float_model_of(config, dataset)
+    assert float_net.source.startswith("cache ")
+    saved = store.load_variables(out / "float_params.msgpack", float_net.variables)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(float_net.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
     # the saved float checkpoint is accepted by --params: no training, same traces with the same seed
     again = tmp_path / "again"
     assert cli.main(["hessian", "--model", "digits_cnn", "--params", str(out / "float_params.msgpack"),
@@ -50,8 +62,10 @@ def test_trains_briefly_then_reports_traces_clusters_and_bits(tmp_path, capsys):
         (["--model", "digits_cnn", "--probing", "diagonal"], "--probing"),
         (["--model", "digits_cnn", "--bit-sets", "8,x"], "--bit-sets"),
         (["--model", "digits_cnn", "--fix-bits", "conv9=8"], "unknown layers"),
-        (["--model", "digits_cnn", "--params", "missing.msgpack"], "no such file"),
-        (["--model", "digits_cnn", "--params", "garbage"], "not a float checkpoint"),
+        (["--model", "digits_cnn", "--params", "missing.msgpack"], "missing.msgpack' does not exist"),
+        (["--model", "digits_cnn", "--params", "garbage"], "(expected a float digits_cnn at width 1 for digits)"),
+        (["--model", "digits_cnn", "--hessian-tol", "-1"], "--tol must be a positive number, got -1.0"),
+        (["--model", "digits_cnn", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, arguments, message):

@@ -1,5 +1,6 @@
-"""Specification of ``mpqjax search``, ``mpqjax train`` and ``mpqjax report``: the main job from the command line,
-its summary, and one-line errors with exit code 2 that leave existing folders alone."""
+"""Specification of ``mpqjax search``: the main job from the command line (then ``mpqjax report`` and ``mpqjax train``
+on its folder), its summary, options from the search's settings, the distributed run, and one-line errors with exit
+code 2 that leave existing folders alone."""
 
 import json
 import os
@@ -38,12 +39,19 @@ def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
     assert cli.main(["report", str(out)]) == 0
     assert "report.md" in capsys.readouterr().out and (out / "report.md").is_file()
 
+    # mpqjax train runs the search's final step: with the search's settings it reproduces its model exactly
     trained = tmp_path / "trained"
     assert cli.main(["train", "--config", str(out / "best_config.json"), "--epochs", "1", "--float-epochs", "2",
                      "--batch-size", "128", "--out", str(trained)]) == 0
     summary = json.loads((trained / "train.json").read_text())
     assert summary["bits"] == [row["bits"] for row in best["layers"]]
+    assert summary["test_accuracy"] == best["test_accuracy"]
+    assert summary["validation_accuracy"] == best["final_validation_accuracy"]
     assert export.load_model(trained / "model.npz").bits.tolist() == summary["bits"]
+    searched, retrained = np.load(out / "model.npz"), np.load(trained / "model.npz")
+    assert sorted(retrained.files) == sorted(searched.files)
+    for name in searched.files:
+        np.testing.assert_array_equal(retrained[name], searched[name])
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -57,9 +65,18 @@ def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
     (["search", "--params", "garbage.msgpack"], "garbage.msgpack"),
     (["search", "--max-size", "1kB"], "smallest possible size is"),
     (["search", "--resume"], "--resume needs --out"),
-    (["search", "--population", "0"], "--population: must be a positive integer or 'auto'"),
-    (["search", "--population", "many"], "--population: must be a positive integer or 'auto'"),
-    (["search", "--strategy", "pmap"], "--strategy"),
+    (["search", "--population", "0"], "--population must be a positive integer or 'auto', got 0"),
+    (["search", "--population", "many"], "--population: must be a positive integer or 'auto', got 'many'"),
+    (["search", "--population", "8", "--trials", "4"], "--population 8 exceeds --trials=4"),
+    (["search", "--strategy", "pmap"], "--strategy must be auto or one of sequential, vmap, scan"),
+    (["search", "--bits", "8,x"], "--bits: expected comma-separated integers, got '8,x'"),
+    (["search", "--bits", "8,1"], "--bits: bit-width must be an integer in [2, 16]"),
+    (["search", "--bit-sets", "8,6;x"], "--bit-sets: expected groups of integers"),
+    (["search", "--fix-bits", "conv1"], "--fix-bits: expected 'layer=bits' items, got 'conv1'"),
+    (["search", "--fix-bits", "conv9=8"], "fixed_bits names unknown layers ['conv9']"),
+    (["search", "--calibration", "median"], "--calibration must be one of max, percentile, mse"),
+    (["search", "--finetune-lr", "0"], "--finetune-lr must be a positive number, got 0.0"),
+    (["search", "--no-size-limit", "--max-size", "2kB"], "--no-size-limit contradicts --max-size"),
     (["search", "--distributed"], "--distributed needs --out"),
     (["search", "--coordinator", "localhost:1234"], "need --distributed"),
     (["search", "--distributed", "--out", "x", "--coordinator", "localhost:1234"], "needs all of"),
@@ -67,9 +84,6 @@ def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
       "--process-id", "0"], "host:port"),
     (["search", "--distributed", "--out", "x", "--coordinator", "localhost:1234", "--num-processes", "2",
       "--process-id", "2"], "process id must be in [0, 2)"),
-    (["train", "--out", "x"], "--config or --bits"),
-    (["train", "--bits", "4,4", "--out", "x"], "--bits"),
-    (["report", "nowhere"], "not"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)

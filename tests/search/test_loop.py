@@ -1,5 +1,5 @@
-"""Specification of mpqjax.search: Algorithm 1 end to end on digits, its output folder, exact resume after kill -9,
-failed trials, and the checks that refuse bad input before anything is written."""
+"""Specification of mpqjax.search.loop: Algorithm 1 end to end on digits, its output folder, exact resume after kill -9,
+failed trials, populations, the population choice, and the checks that refuse bad input before anything is written."""
 
 import json
 import os
@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
 import pytest
 
-from mpqjax import export, search, store
-from mpqjax.training import train
+from mpqjax import data, export, search, store
+from mpqjax.training import devices, strategy, train
 
 # Tiny but real: every phase runs (float training, Hessian pruning, random and model-based trials, final training,
 # export, report) in seconds once compiled.
@@ -75,7 +74,7 @@ def test_a_search_writes_every_output_and_its_best_meets_the_limit(finished):
 def test_the_exported_model_reproduces_the_reported_test_accuracy(finished):
     result, out, _ = finished
     loaded = export.load_model(out / "model.npz")
-    dataset = search.data.load("digits", seed=0)
+    dataset = data.load("digits", seed=0)
     accuracy = train.evaluate(loaded.model, loaded.variables, dataset.test, bits=loaded.bits)
     assert accuracy == pytest.approx(result.best["test_accuracy"], abs=1e-9)
     assert list(loaded.bits) == [row["bits"] for row in result.best["layers"]]
@@ -200,17 +199,7 @@ def test_an_output_folder_holding_another_search_is_never_touched(tmp_path):
         search.run(search.SearchConfig(), str(other), resume=True)
 
 
-def test_limits_combine_absolute_values_and_reductions_against_fip16():
-    table = search.models.layer_table("digits_cnn")
-    target = search.hardware.load_target("fpga")
-    fip16 = search.hardware.fip16_size_bytes(table)
-    limits = search._limits(search.SearchConfig(min_size_reduction=4.0, max_size_bytes=fip16 / 5), table, target)
-    assert limits.size_bytes == pytest.approx(fip16 / 5)  # the stricter one
-    limits = search._limits(search.SearchConfig(min_size_reduction=None), table, target)
-    assert limits.to_dict()["size_bytes"] is None
-
-
-def test_population_choice_measures_only_when_asked(monkeypatch):
+def test_population_choice_measures_only_when_asked(monkeypatch, digits):
     asked = []
 
     def fake_choose(model, dataset, **kwargs):
@@ -219,15 +208,13 @@ def test_population_choice_measures_only_when_asked(monkeypatch):
                          "configurations_per_hour": 100.0},
                         {"population": 4, "strategy": "vmap", "seconds_per_step": 2.0,
                          "configurations_per_hour": 200.0})
-        return search.population.Choice(4, "vmap", measurements, 32)
+        return strategy.Choice(4, "vmap", measurements, 32)
 
-    monkeypatch.setattr(search.population, "choose", fake_choose)
-    monkeypatch.setattr(search.population, "max_population", lambda *args, **kwargs: 32)
-    dataset = search.data.load_digits_splits(0)
+    monkeypatch.setattr(strategy, "choose", fake_choose)
+    monkeypatch.setattr(devices, "max_population", lambda *args, **kwargs: 32)
 
     def choice(**settings):
-        problem = types.SimpleNamespace(config=search.SearchConfig(**settings), quant_model=None, dataset=dataset)
-        return search._choose_population(problem)
+        return search.choose_population(search.SearchConfig(**settings), None, digits)
 
     assert choice() == {"population": 1, "strategy": "sequential", "measured": False}
     assert choice(population=8, strategy="scan") == {"population": 8, "strategy": "scan", "measured": False}
@@ -235,7 +222,16 @@ def test_population_choice_measures_only_when_asked(monkeypatch):
     auto = choice(population="auto")
     assert auto["population"] == 4 and auto["strategy"] == "vmap" and auto["measured"]
     assert asked[-1]["populations"] is None and asked[-1]["max_size"] == 60
-    assert asked[-1]["steps_per_configuration"] == 4 * (len(dataset.train) // 64)
+    assert asked[-1]["steps_per_configuration"] == 4 * (len(digits.train) // 64)
     explicit = choice(population=8)  # the size is the user's; the fastest strategy is measured at it
     assert explicit["population"] == 8 and explicit["strategy"] == "vmap"
     assert asked[-1]["populations"] == [8] and tuple(asked[-1]["strategies"]) == ("sequential", "vmap", "scan")
+
+
+def test_an_explicit_population_that_does_not_fit_is_refused_before_any_trial(monkeypatch, digits):
+    def too_small(*args, minimum, **kwargs):
+        raise ValueError(f"a population of {minimum} does not fit")
+
+    monkeypatch.setattr(devices, "max_population", too_small)
+    with pytest.raises(ValueError, match="a population of 8 does not fit"):
+        search.choose_population(search.SearchConfig(population=8, strategy="vmap"), None, digits)

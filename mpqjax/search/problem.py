@@ -1,0 +1,220 @@
+"""One search problem: the limits in absolute units, the space they leave, and the objective of a configuration.
+
+`Problem` holds everything fixed during a search (data, float model, masked quantised model, space, hardware, limits);
+`Problem.evaluate` is one trial: a short quantisation-aware fine-tune, the validation accuracy, the cost and the
+objective (accuracy with Lagrangian penalties, `mpqjax.search.objective`).
+
+Example:
+    >>> limits = config_limits(config, table, target)
+    >>> check_attainable(full_space(config, table), target, limits)
+    >>> record = problem.evaluate(key, bits, widths)
+    >>> record["objective"], record["size_bytes"], record["feasible"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpqjax import cost as cost_model
+from mpqjax import data, sensitivity
+from mpqjax.nn import models
+from mpqjax.nn.config import MAX_BITS
+from mpqjax.search import objective, steps
+from mpqjax.search.config import SearchConfig
+from mpqjax.training import population, train
+
+__all__ = ["COST_FIELDS", "Problem", "check_attainable", "config_limits", "full_space"]
+
+# The cost fields of a trial record (and of best_config.json).
+COST_FIELDS = ("size_bytes", "latency_seconds", "latency_cycles", "energy_joules", "throughput_per_second",
+               "speedup_vs_fip16", "size_reduction_vs_fip16", "size_reduction_vs_fp32")
+
+
+def config_limits(config: SearchConfig, table: models.LayerTable, target) -> objective.Limits:
+    """A search's limits in absolute units: reductions and speed-ups are taken against the FiP16 model, and of a
+    size (or latency) given both ways the stricter applies.
+
+    Example:
+        >>> config_limits(SearchConfig(min_size_reduction=4.0), table, target).size_bytes  # FiP16 size / 4
+    """
+    ones = np.ones(len(table), np.float32)
+    fip16 = cost_model.cost(table, np.full(len(table), MAX_BITS), ones, target)
+    sizes = [config.max_size_bytes]
+    if config.min_size_reduction is not None:
+        sizes.append(float(fip16.size_bytes) / config.min_size_reduction)
+    latencies = [config.max_latency_seconds]
+    if config.min_speedup is not None:
+        latencies.append(float(fip16.latency_seconds) / config.min_speedup)
+    smallest = lambda values: min((v for v in values if v is not None), default=None)  # noqa: E731
+    return objective.make_limits(size_bytes=smallest(sizes), latency_seconds=smallest(latencies),
+                                 energy_joules=config.max_energy_joules,
+                                 throughput_per_second=config.min_throughput)
+
+
+def full_space(config: SearchConfig, table: models.LayerTable) -> sensitivity.LayerSpace:
+    """The unpruned space: every layer takes ``config.bits`` (or its ``fixed_bits``) and the width multipliers.
+
+    Raises:
+        ValueError: ``fixed_bits`` names a layer the model does not have.
+    """
+    fixed_bits = dict(config.fixed_bits)
+    unknown = sorted(set(fixed_bits) - set(table.names))
+    if unknown:
+        raise ValueError(f"fixed_bits names unknown layers {unknown}; layers are {list(table.names)}")
+    return sensitivity.layer_space(
+        table, [(fixed_bits[name],) if name in fixed_bits else config.bits for name in table.names],
+        widths=config.widths)
+
+
+def _describe(name: str, value: float) -> str:
+    if name == "size_bytes":
+        return f"{value / 1e6:.4g} MB" if value >= 1e5 else f"{value / 1e3:.4g} kB"
+    if name == "latency_seconds":
+        return f"{value * 1e3:.4g} ms" if value >= 1e-3 else f"{value * 1e6:.4g} us"
+    if name == "energy_joules":
+        return f"{value * 1e3:.4g} mJ"
+    return f"{value:.4g} inferences/s"
+
+
+def check_attainable(layer_space: sensitivity.LayerSpace, target, limits: objective.Limits, where: str = "") -> None:
+    """Raise ValueError when even the cheapest configuration of the space breaks a limit.
+
+    Size, latency and energy grow with every layer's bits and width in the cost model, so the configuration of the
+    smallest bits and widths is the cheapest in every respect at once (throughput is the inverse of latency).
+
+    Args:
+        layer_space: the space.
+        target: the hardware target.
+        limits: the limits.
+        where: appended to the quantity in the message (e.g. ``" after Hessian pruning"``).
+    """
+    space = layer_space.space
+    cheapest = {dimension.name: min(dimension.choices) for dimension in space.dimensions}
+    bits, widths = layer_space.to_arrays(cheapest)
+    cheapest_cost = cost_model.cost(layer_space.table, bits, widths, target)
+    over = np.asarray(objective.violations(cheapest_cost, limits))
+    for index, name in enumerate(objective.LIMIT_NAMES):
+        if over[index] > 0:
+            value, limit = float(getattr(cheapest_cost, name)), float(getattr(limits, name))
+            relation = "below" if name == "throughput_per_second" else "above"
+            adjective = "highest" if name == "throughput_per_second" else "smallest"
+            what = name.split("_")[0]
+            raise ValueError(f"the {adjective} possible {what}{where} is {_describe(name, value)}, {relation} the "
+                             f"limit {_describe(name, limit)}: relax the limit or allow fewer bits / narrower widths")
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_cost(table):
+    """The cost model of one layer table, compiled once per table (bits, widths and target are traced)."""
+    return jax.jit(lambda bits, widths, target: cost_model.cost(table, bits, widths, target))
+
+
+@dataclasses.dataclass
+class Problem:
+    """Everything fixed during one search: data, float model, space, hardware, limits; `evaluate` scores a
+    configuration.
+
+    ``quant_model`` is the masked quantised model (`mpqjax.search.steps.quantized_model`): every configuration of
+    bits and widths shares its one compiled training step.
+    """
+
+    config: SearchConfig
+    dataset: data.Dataset
+    table: models.LayerTable
+    target: Any
+    limits: objective.Limits
+    float_model: models.QModel
+    float_variables: dict
+    quant_model: models.QModel
+    layer_space: sensitivity.LayerSpace
+
+    def cost(self, bits, widths) -> cost_model.Cost:
+        """The cost model at per-layer ``bits`` and ``widths``."""
+        return _jitted_cost(self.table)(jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32),
+                                        self.target)
+
+    def feasible_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """``values[D] -> bool`` for `KMeansTPE(feasible=...)`: the configuration meets every hard limit."""
+        table, target, limits, layer_space = self.table, self.target, self.limits, self.layer_space
+
+        def feasible(values):
+            bits, widths = layer_space.values_to_arrays(values)
+            return objective.is_feasible(cost_model.cost(table, bits, widths, target), limits)
+
+        return feasible
+
+    def finetune(self, key, bits, widths, *, epochs: int, learning_rate: float):
+        """Fine-tune a configuration from the float model; returns ``(variables, losses)``."""
+        return steps.finetune_configuration(key, self.config, self.dataset, self.float_model, self.float_variables,
+                                            self.quant_model, bits, widths, epochs=epochs, learning_rate=learning_rate)
+
+    def evaluate(self, key, bits, widths) -> dict:
+        """Short fine-tune, validation accuracy, cost and objective of one configuration (a trial record's fields).
+
+        A run whose loss becomes NaN or infinite is a failed trial (objective None), never an error.
+        """
+        start = time.perf_counter()
+        variables, losses = self.finetune(key, bits, widths, epochs=self.config.finetune_epochs,
+                                          learning_rate=self.config.finetune_learning_rate)
+        accuracy = math.nan
+        if np.all(np.isfinite(losses)):
+            accuracy = train.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits, widths=widths)
+        return self._trial_fields(bits, widths, losses, accuracy, time.perf_counter() - start)
+
+    def evaluate_population(self, key, bits, widths, *, strategy: str = "vmap", mesh=None) -> list[dict]:
+        """`evaluate` of P configurations (``bits``, ``widths``: ``[P, L]``) fine-tuned together with one key
+        (`mpqjax.training.population.finetune`): one record each, its ``seconds`` the population's time over P."""
+        start = time.perf_counter()
+        variables, losses = population.finetune(
+            key, self.float_model, self.float_variables, self.quant_model, self.dataset, bits=bits, widths=widths,
+            epochs=self.config.finetune_epochs, batch_size=self.config.batch_size,
+            learning_rate=self.config.finetune_learning_rate, calibration=self.config.calibration,
+            weight_decay=self.config.weight_decay, strategy=strategy, mesh=mesh)
+        accuracies = population.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits,
+                                         widths=widths, mesh=mesh)
+        seconds = (time.perf_counter() - start) / len(bits)
+        return [self._trial_fields(bits[i], widths[i], losses[i], float(accuracies[i]), seconds)
+                for i in range(len(bits))]
+
+    def _trial_fields(self, bits, widths, losses, accuracy: float, seconds: float) -> dict:
+        """A trial's record from its fine-tune losses and validation accuracy (failed when either is not finite)."""
+        error = None
+        if not np.all(np.isfinite(losses)):
+            error, accuracy = "training diverged (non-finite loss)", math.nan
+        elif not math.isfinite(accuracy):
+            error = "non-finite validation accuracy"
+        record = self.cost_record(bits, widths, accuracy)
+        record.update(status="ok" if error is None else "failed", seconds=seconds, error=error)
+        return record
+
+    def cost_record(self, bits, widths, accuracy: float) -> dict:
+        """Bits, widths, cost fields, feasibility and objective of a configuration with a given accuracy."""
+        cost = self.cost(bits, widths)
+        value = float(objective.objective(accuracy, cost, self.limits, self.config.penalty))
+        return {
+            "bits": [int(b) for b in np.asarray(bits)],
+            "widths": [float(w) for w in np.asarray(widths)],
+            "objective": value if math.isfinite(value) else None,
+            "validation_accuracy": accuracy if math.isfinite(accuracy) else None,
+            **{name: float(getattr(cost, name)) for name in COST_FIELDS},
+            "feasible": bool(objective.is_feasible(cost, self.limits)),
+        }
+
+    def layer_rows(self, bits, widths) -> list[dict]:
+        """The per-layer table of a configuration: bits, width, weights at that width, size and cycles."""
+        cost = self.cost(bits, widths)
+        return [
+            {"name": layer.name, "bits": int(bits[index]), "width": float(widths[index]),
+             "weights": int(round(float(cost.layer_weights[index]))),
+             "size_bytes": float(cost.layer_size_bytes[index]), "cycles": float(cost.layer_cycles[index])}
+            for index, layer in enumerate(self.table)
+        ]

@@ -1,0 +1,316 @@
+"""The pipeline's steps, shared by `mpqjax.search.run` and every command: the float model (loaded, cached or
+trained), its sensitivity analysis, and the final training of a configuration with its export.
+
+Each ``*_of(config, ...)`` step takes a `SearchConfig` and derives its PRNG key from ``config.seed``
+(`search_keys`), so ``mpqjax search``, ``mpqjax hessian`` and ``mpqjax train`` with the same settings compute the
+same float model, the same traces and the same trained configuration. The lower-level `float_model` and
+`analyze_sensitivity` take explicit keys and settings for pipelines of their own.
+
+Example:
+    >>> config = SearchConfig(float_epochs=5)
+    >>> dataset = load_dataset(config)
+    >>> float_net = float_model_of(config, dataset)
+    >>> pruned, summary = sensitivity_of(config, float_net, dataset)
+    >>> quant_model = quantized_model(config, dataset.num_classes)
+    >>> trained = final_training(config, dataset, float_net, quant_model, bits, widths)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from mpqjax import data, sensitivity, store
+from mpqjax.nn import models
+from mpqjax.search.config import SearchConfig
+from mpqjax.sensitivity import hessian
+from mpqjax.training import train
+
+__all__ = ["FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
+           "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
+           "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
+           "sensitivity_of"]
+
+
+class SearchKeys(NamedTuple):
+    """The PRNG keys of a search, one per use, all folded from ``jax.random.key(seed)``."""
+
+    float: jax.Array  # the float model's initialisation and training
+    probe: jax.Array  # the Hessian probes
+    ask: jax.Array  # the optimiser's proposals (folded with the trial index)
+    trial: jax.Array  # the trials' fine-tunes (folded with the trial index)
+    final: jax.Array  # the final training of the best configuration
+
+
+def search_keys(seed: int) -> SearchKeys:
+    """The keys of a search of ``seed``: ``fold_in(key(seed), i)`` for i = 0 .. 4, in `SearchKeys`' order."""
+    key = jax.random.key(seed)
+    return SearchKeys(*(jax.random.fold_in(key, index) for index in range(len(SearchKeys._fields))))
+
+
+def default_cache_dir() -> str:
+    """Where trained float models are cached: ``$MPQJAX_CACHE_DIR``, else ``~/.cache/mpqjax``."""
+    return os.environ.get("MPQJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mpqjax")
+
+
+def enable_compilation_cache(path: str | None = None, *, min_compile_seconds: float = 0.2) -> str:
+    """Keep compiled XLA programs on disk (JAX's persistent compilation cache), so a second search of the same
+    model skips compiling its training step, Hessian probes and optimiser. The CLI turns it on.
+
+    Args:
+        path: cache folder (default ``<default_cache_dir()>/xla``).
+        min_compile_seconds: programs that compile faster than this are not stored.
+
+    Returns:
+        The cache folder.
+    """
+    path = path or os.path.join(default_cache_dir(), "xla")
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def load_dataset(config: SearchConfig) -> data.Dataset:
+    """The dataset of a search, split by ``config.seed`` (from ``config.data_dir`` when given)."""
+    return data.load(config.dataset, seed=config.seed, **({"data_dir": config.data_dir} if config.data_dir else {}))
+
+
+# -- the float model -----------------------------------------------------------------------------------------------
+
+
+class FloatModel(NamedTuple):
+    """A trained float model at width 1: the module, its ``{'params', 'batch_stats'}`` and where they came from."""
+
+    model: models.QModel
+    variables: dict
+    source: str
+
+
+def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None = None,
+                epochs: int = SearchConfig.float_epochs, learning_rate: float = SearchConfig.float_learning_rate,
+                batch_size: int = SearchConfig.batch_size, weight_decay: float = SearchConfig.weight_decay,
+                cache_dir: str | None = None) -> FloatModel:
+    """The trained float model at width 1: loaded from ``checkpoint``, else from the cache, else trained and cached.
+
+    Args:
+        key: PRNG key of the initialisation and the training.
+        name: zoo model name.
+        dataset: the data (its train split trains the model).
+        checkpoint: a flax msgpack file or orbax folder of ``{'params', 'batch_stats'}`` at width 1.
+        epochs, learning_rate, batch_size, weight_decay: the training without checkpoint.
+        cache_dir: cache folder (default `default_cache_dir`); the cache key holds every setting above and the
+            key's data, so a different seed or schedule trains a new model.
+
+    Returns:
+        A `FloatModel` ``(model, variables, source)``: the float `QModel`, its ``{'params', 'batch_stats'}`` and a
+        description of where they came from.
+
+    Raises:
+        ValueError: the checkpoint is missing, unreadable or of another model, or the training diverged.
+    """
+    table = models.layer_table(name, input_shape=dataset.input_shape)
+    # materialised at width 1, so its parameters are exactly the table's base layers
+    model = models.get(name, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table))
+    template = models.init_variables(key, model, dataset.input_shape)
+    template = {collection: template[collection] for collection in ("params", "batch_stats") if collection in template}
+    if checkpoint is not None:
+        try:
+            return FloatModel(model, store.load_variables(checkpoint, template), f"checkpoint {checkpoint}")
+        except ValueError as error:
+            raise ValueError(f"{error} (expected a float {name} at width 1 for {dataset.name})") from None
+    key_data = "-".join(str(int(v)) for v in np.asarray(jax.random.key_data(key)).reshape(-1))
+    cache_name = (f"{name}-{dataset.name}-{'x'.join(map(str, dataset.input_shape))}-{dataset.num_classes}-k{key_data}"
+                  f"-e{epochs}-lr{learning_rate:g}-b{batch_size}-wd{weight_decay:g}.msgpack")
+    cached = os.path.join(cache_dir or default_cache_dir(), "float", cache_name)
+    if os.path.isfile(cached):
+        try:
+            return FloatModel(model, store.load_variables(cached, template), f"cache {cached}")
+        except ValueError:
+            pass  # a stale or damaged cache entry: train again and overwrite it
+    variables, losses = train.train_float(key, model, dataset, epochs=epochs, learning_rate=learning_rate,
+                                          batch_size=batch_size, weight_decay=weight_decay)
+    if not np.all(np.isfinite(losses)):
+        raise ValueError(f"training the float {name} diverged (non-finite loss); lower the float learning rate")
+    variables = {collection: variables[collection] for collection in template}
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next run a retraining
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        store.save_variables(cached, variables)
+    return FloatModel(model, jax.tree.map(np.asarray, variables), f"trained {epochs} epochs (cached at {cached})")
+
+
+def float_model_of(config: SearchConfig, dataset: data.Dataset, *, checkpoint: str | None = None,
+                   cache_dir: str | None = None) -> FloatModel:
+    """`float_model` of a search: its key and float training settings.
+
+    Args:
+        config: the settings (``float_checkpoint``, ``float_epochs``, ``float_learning_rate``, ``batch_size``,
+            ``weight_decay``, ``seed``).
+        dataset: `load_dataset`'s.
+        checkpoint: read this checkpoint instead of ``config.float_checkpoint`` (a resumed search's own copy).
+        cache_dir: the float-model cache (default `default_cache_dir`).
+    """
+    return float_model(search_keys(config.seed).float, config.model, dataset,
+                       checkpoint=checkpoint or config.float_checkpoint, epochs=config.float_epochs,
+                       learning_rate=config.float_learning_rate, batch_size=config.batch_size,
+                       weight_decay=config.weight_decay, cache_dir=cache_dir)
+
+
+# -- the sensitivity analysis --------------------------------------------------------------------------------------
+
+
+def analyze_sensitivity(key, model: models.QModel, variables, dataset: data.Dataset, *,
+                        batch_size: int = SearchConfig.hessian_batch_size,
+                        num_batches: int = SearchConfig.hessian_batches,
+                        max_probes: int = SearchConfig.hessian_max_probes, tol: float = SearchConfig.hessian_tol,
+                        chunk_size: int | None = None, probing: str = "shared",
+                        bit_sets: Sequence[Sequence[int]] = SearchConfig.bit_sets,
+                        fixed_bits: dict[str, int] | None = None, widths: Sequence[float] = SearchConfig.widths,
+                        all_bits: Sequence[int] = SearchConfig.bits,
+                        log_scale: bool = False) -> tuple[sensitivity.Sensitivity, dict]:
+    """Per-layer Hessian traces of a float model's training loss and the pruned search space.
+
+    Args:
+        key: PRNG key of the probes.
+        model: the width-1 float model; ``variables`` its ``{'params', 'batch_stats'}``.
+        dataset: its train split supplies ``num_batches`` batches of ``batch_size`` (in order, not shuffled).
+        max_probes, tol, chunk_size, probing: see `mpqjax.sensitivity.hessian.layer_traces`.
+        bit_sets, fixed_bits, widths, all_bits, log_scale: see `mpqjax.sensitivity.candidates.prune_space`.
+
+    Returns:
+        ``(sensitivity, summary)``: the `Sensitivity` (with ``.layer_space``) and a JSON-ready dict (layers with
+        trace, standard error, trace per weight, cluster and candidate bits; centroids; sizes before and after).
+    """
+    table = models.layer_table(model, input_shape=dataset.input_shape)
+    split = dataset.train
+    if len(split) < batch_size:
+        raise ValueError(f"the Hessian batch size {batch_size} exceeds the {len(split)} training examples")
+    others = {name: value for name, value in variables.items() if name != "params"}
+
+    def loss_fn(params, batch):
+        logits = model.apply({"params": params, **others}, batch[0], None, None, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+    batch_list = list(itertools.islice(data.batches(None, split, batch_size, shuffle=False), num_batches))
+    traces = hessian.layer_traces(key, loss_fn, variables["params"], batch_list, layers=list(table.names),
+                                  max_probes=max_probes, tol=tol, chunk_size=chunk_size, probing=probing)
+    pruned = sensitivity.prune_space(table, traces, bit_sets=bit_sets, fixed_bits=fixed_bits, widths=widths,
+                                     all_bits=all_bits, log_scale=log_scale)
+    rows = [
+        {**row, "cluster": int(pruned.cluster[index]), "candidate_bits": list(pruned.candidate_bits[index])}
+        for index, row in enumerate(traces.to_dict()["layers"])
+    ]
+    summary = {
+        "model": table.model,
+        "dataset": dataset.name,
+        "hessian": {"examples": sum(len(batch[1]) for batch in batch_list), "batches": len(batch_list),
+                    "probes": int(traces.probes[0]), "converged": bool(traces.converged), "tol": tol,
+                    "probing": probing},
+        "layers": rows,
+        "centroids": [float(c) for c in pruned.centroids],
+        "bit_sets": [list(s) for s in bit_sets],
+        "fixed_bits": dict(fixed_bits or {}),
+        "log10_size_before": pruned.log10_size_before,
+        "log10_size_after": pruned.log10_size_after,
+    }
+    return pruned, summary
+
+
+def sensitivity_of(config: SearchConfig, float_net: FloatModel, dataset: data.Dataset, *,
+                   chunk_size: int | None = None, probing: str = "shared") -> tuple[sensitivity.Sensitivity, dict]:
+    """`analyze_sensitivity` of a search: its probe key, Hessian settings and candidate bits.
+
+    Args:
+        config: the settings (``hessian_*``, ``bit_sets``, ``fixed_bits``, ``widths``, ``bits``, ``log_scale``,
+            ``seed``).
+        float_net: `float_model_of`'s.
+        dataset: `load_dataset`'s.
+        chunk_size, probing: how the probes run (`mpqjax.sensitivity.hessian.layer_traces`; not results).
+    """
+    return analyze_sensitivity(
+        search_keys(config.seed).probe, float_net.model, float_net.variables, dataset,
+        batch_size=config.hessian_batch_size, num_batches=config.hessian_batches,
+        max_probes=config.hessian_max_probes, tol=config.hessian_tol, chunk_size=chunk_size, probing=probing,
+        bit_sets=config.bit_sets, fixed_bits=dict(config.fixed_bits), widths=config.widths, all_bits=config.bits,
+        log_scale=config.log_scale)
+
+
+def layer_space_from_summary(table: models.LayerTable, summary: dict, widths: Sequence[float]
+                             ) -> sensitivity.LayerSpace:
+    """The pruned space recorded in a ``hessian.json`` summary (a resumed search does not recompute the traces)."""
+    by_name = {row["name"]: tuple(row["candidate_bits"]) for row in summary["layers"]}
+    return sensitivity.layer_space(table, [by_name[name] for name in table.names], widths=widths)
+
+
+# -- training and export of a configuration ------------------------------------------------------------------------
+
+
+def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[float] = ()) -> models.QModel:
+    """The masked quantised model of a search: wide enough for every width multiplier of ``config.widths`` (and
+    of ``widths``), so all its configurations share one compiled training step."""
+    return models.get(config.model, num_classes=num_classes,
+                      max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
+
+
+def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.QModel,
+                           float_variables, quant_model: models.QModel, bits, widths, *, epochs: int,
+                           learning_rate: float):
+    """Train a configuration from the float model with the search's batch size, calibration and weight decay;
+    returns ``(variables, losses)`` (`mpqjax.training.train.finetune`). A trial and the final training differ only
+    in their key, epochs and learning rate."""
+    return train.finetune(key, float_model, float_variables, quant_model, dataset, bits=bits, widths=widths,
+                          epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate,
+                          calibration=config.calibration, weight_decay=config.weight_decay)
+
+
+class Trained(NamedTuple):
+    """A configuration after its final training: its variables and accuracies."""
+
+    variables: dict
+    validation_accuracy: float
+    test_accuracy: float
+
+
+def final_training(config: SearchConfig, dataset: data.Dataset, float_net: FloatModel, quant_model: models.QModel,
+                   bits, widths, *, what: str = "the best configuration") -> Trained:
+    """The final training of a configuration (``final_epochs`` at ``final_learning_rate``, the search's final key)
+    and its validation and test accuracies.
+
+    Args:
+        config: the settings.
+        dataset, float_net, quant_model: `load_dataset`'s, `float_model_of`'s and `quantized_model`'s.
+        bits, widths: the configuration, per layer.
+        what: the configuration in the error message.
+
+    Raises:
+        ValueError: the training diverged (a non-finite loss).
+    """
+    variables, losses = finetune_configuration(search_keys(config.seed).final, config, dataset, float_net.model,
+                                               float_net.variables, quant_model, bits, widths,
+                                               epochs=config.final_epochs, learning_rate=config.final_learning_rate)
+    if not np.all(np.isfinite(losses)):
+        raise ValueError(f"the final training of {what} diverged (non-finite loss); lower final_learning_rate")
+    validation = train.evaluate(quant_model, variables, dataset.validation, bits=bits, widths=widths)
+    test = train.evaluate(quant_model, variables, dataset.test, bits=bits, widths=widths)
+    return Trained(variables, validation, test)
+
+
+def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant_model: models.QModel,
+                   trained: Trained, bits, widths) -> None:
+    """Export a trained configuration (`mpqjax.export.export_model`) with its dataset and accuracies."""
+    from mpqjax import export  # the top of the house: imported when used, so the steps stay light
+
+    export.export_model(path, model_name=config.model,
+                        model_kwargs={"num_classes": dataset.num_classes, "max_width": quant_model.max_width},
+                        variables=trained.variables, bits=bits, widths=widths, input_shape=dataset.input_shape,
+                        num_classes=dataset.num_classes,
+                        metadata={"test_accuracy": trained.test_accuracy, "dataset": config.dataset,
+                                  "validation_accuracy": trained.validation_accuracy})
