@@ -27,15 +27,13 @@ Tasks (a registry: each is a function returning a `Task`, an objective over conf
 - ``digits_mpq``: the real mixed-precision task: bits (2, 3, 4, 6, 8) of each of ``digits_cnn``'s 4 layers and
   widths (0.75 .. 1.25) of its 3 width groups (the full space, 5^7 configurations) on scikit-learn's digits, built
   from the library (`mpqjax.search.float_model`, `mpqjax.sensitivity.candidates.layer_space`, the masked quantised
-  model,
-  `mpqjax.nn.models.transfer_variables`, `mpqjax.training.train.calibrate` / `evaluate`,
-  `mpqjax.search.objective.objective` with a
-  size limit 6x below FiP16 and the default multiplier 10, as soft limits so that every optimiser sees the same
-  objective). Each evaluation is post-training quantisation of the float model (calibrate the activation clips on
-  256 training images, validation accuracy: about 0.06 s), not a fine-tune: a 4-epoch fine-tune per evaluation
-  (seconds each) is too slow for 10 seeds x 100 evaluations x 5 optimisers on this 2-core CPU. Minimised:
-  ``1 - objective`` (validation error plus the size penalty). Built only when selected (the float model is
-  trained once, about 20 s, then cached).
+  model, `mpqjax.nn.models.transfer_variables`, `mpqjax.training.train.calibrate` / `evaluate`,
+  `mpqjax.search.objective.objective` with a size limit 6x below FiP16 and the default multiplier 10, as soft
+  limits so that every optimiser sees the same objective). Each evaluation is post-training quantisation of the
+  float model (calibrate the activation clips on 256 training images, validation accuracy: about 0.06 s), not a
+  fine-tune: a 4-epoch fine-tune per evaluation (seconds each) is too slow for 10 seeds x 100 evaluations x 5
+  optimisers on this 2-core CPU. Minimised: ``1 - objective`` (validation error plus the size penalty). Built only
+  when selected (the float model is trained once, about 20 s, then cached).
 - ``digits_resnet20_mpq`` (on request: about an hour for the six optimisers): the same with ResNet-20 (20 layers'
   bits and 12 width groups, 32 dimensions, 10^22 configurations; about 0.5 s an evaluation), the size of space the
   library searches for the paper's CIFAR models; it settled the default kernel mode (`mpqjax.optim.tpe.auto_joint`).

@@ -206,7 +206,7 @@ def plot(results: dict, curves: dict, path: str) -> None:
     plt.close(figure)
 
 
-def main(argv=None):
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds x 32 evaluations on discrete40 (smoke test)")
     parser.add_argument("--tasks", nargs="+", default=None, help=f"task names from {sorted(TASKS)}")
@@ -220,6 +220,11 @@ def main(argv=None):
                         help="evaluations per run, past the budget, to see when slower runs reach q = 1's final "
                              "level (default 2 x trials; quick: trials)")
     parser.add_argument("--out", default=None, help="JSON path (default experiments/results/population_quality*.json)")
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     trials = args.trials or (32 if args.quick else 100)
     horizon = args.horizon or (trials if args.quick else 2 * trials)
@@ -261,7 +266,7 @@ def main(argv=None):
         curves[task_name] = task_curves
         results["tasks"][task_name] = {
             "description": task_.description, "optimum": task_.optimum,
-            "joint": bool(opt.joint),  # the kernel mode the defaults chose for this space
+            "joint": opt.joint_kernels,  # the kernel mode the defaults chose for this space
             "summary": summarise(task_curves, seconds, trials),
             "best_so_far": {variant: {str(q): best.round(6).tolist() for q, best in by_q.items()}
                             for variant, by_q in task_curves.items()},

@@ -1,9 +1,9 @@
 """k-means TPE as a hyperopt algorithm: ``fmin(fn, space, algo=mpqjax.integrations.hyperopt.suggest, ...)``.
 
 `suggest` has the signature of hyperopt's ``tpe.suggest`` and ``rand.suggest``: it reads the history from the
-``Trials`` object, rebuilds a k-means TPE state from it in one batch (`mpqjax.integrations.propose`, compiled once
-per space, power-of-two history bucket and number of new ids), proposes one distinct configuration per new trial
-id in one batch, and returns the new trial documents.
+``Trials`` object, rebuilds a k-means TPE state from it in one batch (`mpqjax.integrations.proposals.propose`,
+compiled once per space, power-of-two history bucket and number of new ids), proposes one distinct configuration
+per new trial id in one batch, and returns the new trial documents.
 
 Supported labels: ``hp.choice`` (an unordered choice; its options may be any constants), ``hp.randint`` (ordered
 integers), ``hp.uniform``, ``hp.quniform``, ``hp.uniformint``, ``hp.loguniform`` and ``hp.qloguniform``. Refused
@@ -36,7 +36,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the peers extra
     raise ImportError("mpqjax.integrations.hyperopt needs hyperopt: pip install 'mpqjax[peers]'") from error
 
-from mpqjax.integrations import check_settings, propose
+from mpqjax.integrations.proposals import check_settings, propose
 from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, real
 
 SUPPORTED = "hp.choice, hp.randint, hp.uniform, hp.quniform, hp.uniformint, hp.loguniform, hp.qloguniform"

@@ -4,9 +4,9 @@ How the sampler maps optuna's model onto `mpqjax.optim.tpe.KMeansTPE`:
 
 - Relative (joint) sampling over the intersection search space of the study's complete and pruned trials (as
   optuna's multivariate TPE does; while none exists, of its failed trials): each call encodes the history,
-  rebuilds a k-means TPE state in one batch and asks it once (`mpqjax.integrations.propose`; compiled once per
-  space and power-of-two history bucket, shared by every sampler in the process). The first ``n_initial``
-  finished trials are uniformly random, and never repeat a configuration already tried or pending.
+  rebuilds a k-means TPE state in one batch and asks it once (`mpqjax.integrations.proposals.propose`; compiled
+  once per space and power-of-two history bucket, shared by every sampler in the process). The first
+  ``n_initial`` finished trials are uniformly random, and never repeat a configuration already tried or pending.
 - Parameters outside that space (dynamic, conditional ones) are sampled independently: uniformly at random
   (optuna's `RandomSampler`) until ``n_initial`` finished trials have the parameter, then by a one-dimension
   k-means TPE over those trials (on a canonical space, so all continuous parameters share one compilation); or by
@@ -48,7 +48,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the peers extra
     raise ImportError("mpqjax.integrations.optuna needs optuna: pip install 'mpqjax[peers]'") from error
 
-from mpqjax.integrations import DEFAULT_N_INITIAL, check_settings, propose
+from mpqjax.integrations.proposals import DEFAULT_N_INITIAL, check_settings, propose
 from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, real
 
 # trial system attribute holding a running trial's relative proposal (internal representation), so that other

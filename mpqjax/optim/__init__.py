@@ -1,19 +1,34 @@
 """The optimiser: search spaces, deterministic 1-D k-means, Parzen estimators and k-means TPE.
 
-Pure JAX: no Flax, no files. `KMeansTPE` follows the ask/tell shape of optax and evosax
-(``state = opt.init(key)``, ``x, state = opt.ask(key, state, n)``, ``state = opt.tell(state, x, y)``).
+Pure JAX: no Flax, no files. `KMeansTPE` has the shape of optax and evosax (``state = opt.init(key)``,
+``x, state = opt.ask(key, state, n)``, ``state = opt.tell(state, x, y)``), jitted with the optimiser static. Every
+public name of the modules is re-exported here:
+
+- `mpqjax.optim.space`: `SearchSpace` and its dimensions (`ordinal`, `categorical`, `integer`, `real`);
+- `mpqjax.optim.cluster`: deterministic k-means (`kmeans_1d`, `kmeans`);
+- `mpqjax.optim.parzen`: Parzen estimators over a space's encoding (`fit`, `log_prob`, `sample`, ...);
+- `mpqjax.optim.acquisition`: the pure steps of a k-means TPE proposal (`split`, `log_ratio`, `select`, ...);
+- `mpqjax.optim.tpe`: `KMeansTPE`, its state (`TPEState`, `TPEParams`) and the `run` loop.
 """
 
 from mpqjax._lazy import attach
 
+_MODULES = {
+    "space": ["CATEGORICAL", "CONTINUOUS", "GRID", "INTEGER", "LOG_INT", "MAX_TABLE_CHOICES", "ORDINAL", "REAL",
+              "TABLE", "Dimension", "SearchSpace", "SpaceSpec", "categorical", "encoded_values", "integer", "ordinal",
+              "real", "sample_uniform", "snap"],
+    "cluster": ["NUM_STARTS", "KMeansResult", "kmeans", "kmeans_1d"],
+    "parzen": ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "fit", "kernel_tables",
+               "kernels", "log_prob", "make_layout", "mixture_log_weights", "sample", "table_marginals"],
+    "acquisition": ["CLUSTER_ON", "MAX_ENUMERATED", "enumerate_configurations", "fingerprint", "hash_multipliers",
+                    "history_order", "log_ratio", "normal_kmeans_thresholds", "select", "split", "trial_outcomes",
+                    "uniform_pool"],
+    "tpe": ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "KMeansTPE", "TPEParams", "TPEState", "auto_batch",
+            "auto_joint", "run"],
+}
+
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["cluster", "parzen", "space", "tpe"],
-    names={
-        "Dimension": "space", "SearchSpace": "space", "categorical": "space", "integer": "space",
-        "ordinal": "space", "real": "space",
-        "KMeansResult": "cluster", "kmeans": "cluster", "kmeans_1d": "cluster",
-        "KMeansTPE": "tpe", "TPEParams": "tpe", "TPEState": "tpe", "auto_batch": "tpe", "auto_joint": "tpe",
-        "run": "tpe",
-    },
+    submodules=list(_MODULES),
+    names={name: module for module, names in _MODULES.items() for name in names},
 )

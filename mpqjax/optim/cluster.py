@@ -19,6 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+__all__ = ["NUM_STARTS", "KMeansResult", "kmeans", "kmeans_1d"]
+
 NUM_STARTS = 8  # deterministic Lloyd starts per 1-D clustering (a local optimum per start; the best is kept)
 
 
@@ -81,75 +83,111 @@ def kmeans_1d(values, num_clusters, *, mask=None, max_clusters: int | None = Non
         raise ValueError(f"the number of clusters must be >= 1, got {max_clusters}")
     if num_starts < 1:
         raise ValueError(f"num_starts must be >= 1, got {num_starts}")
+    if initial_thresholds is not None and jnp.shape(initial_thresholds) != (max_clusters - 1,):
+        raise ValueError(f"initial_thresholds must have shape ({max_clusters - 1},), got "
+                         f"{jnp.shape(initial_thresholds)}")
     mask = jnp.isfinite(values) if mask is None else jnp.asarray(mask, bool) & jnp.isfinite(values)
+    data = _sort(values, mask, num_clusters, max_clusters, order)
+    bounds = _best_partition(data, iterations, num_starts, initial_thresholds)
+    centroids, counts = _centroids(data, bounds)
+    sorted_labels = jnp.searchsorted(bounds[1:max_clusters], jnp.arange(values.shape[0]), side="right",
+                                     method="compare_all")
+    labels = jnp.zeros(values.shape[0], jnp.int32).at[data.order].set(sorted_labels.astype(jnp.int32))
+    return KMeansResult(centroids, jnp.where(mask, labels, -1), counts, data.k)
+
+
+# In one dimension a partition into k intervals of the sorted data is its k + 1 boundaries b_0 = 0 <= b_1 <= ...
+# <= b_k = num_valid (indices into the sorted values); entries past k stay at num_valid, up to max_clusters.
+
+
+class _Sorted(NamedTuple):
+    """The data of a 1-D clustering, sorted once: what every Lloyd iteration reads."""
+
+    order: jax.Array  # [n] argsort of the values, masked entries last
+    values: jax.Array  # [n] sorted values, masked entries +inf
+    finite: jax.Array  # [n] sorted values, masked entries 0
+    prefix: jax.Array  # [n + 1] prefix sums of the finite sorted values minus ``shift``
+    shift: jax.Array  # the smallest value: centring keeps prefix sums accurate in float32
+    num_valid: jax.Array
+    k: jax.Array  # clusters in use, min(k, num_valid), at least 1
+    max_clusters: int  # static
+
+
+def _sort(values, mask, num_clusters, max_clusters: int, order) -> _Sorted:
     n = values.shape[0]
     num_valid = jnp.sum(mask).astype(jnp.int32)
     k = jnp.clip(jnp.minimum(jnp.asarray(num_clusters, jnp.int32), num_valid), 1, max_clusters)
-
     order = jnp.argsort(jnp.where(mask, values, jnp.inf)) if order is None else jnp.asarray(order, jnp.int32)
     sorted_values = jnp.where(mask, values, jnp.inf)[order]
     finite_sorted = jnp.where(jnp.arange(n) < num_valid, sorted_values, 0.0)
-    shift = jnp.where(num_valid > 0, finite_sorted[0], 0.0)  # centring keeps prefix sums accurate in float32
+    shift = jnp.where(num_valid > 0, finite_sorted[0], 0.0)
     prefix = jnp.concatenate([jnp.zeros(1), jnp.cumsum(finite_sorted - shift)])
-    inner = jnp.arange(max_clusters + 1)
+    return _Sorted(order, sorted_values, finite_sorted, prefix, shift, num_valid, k, max_clusters)
 
-    def boundaries_from(raw):
-        # b_0 = 0, b_k..b_max = num_valid, and every active cluster keeps at least one point.
-        raw = jnp.where(inner == 0, 0, jnp.where(inner >= k, num_valid, raw))
-        spare = jnp.maximum(num_valid - k, 0)
-        fixed = jnp.clip(jax.lax.cummax(raw - inner), 0, spare) + inner
-        return jnp.where(inner >= k, num_valid, fixed).astype(jnp.int32)
 
-    def centroids_of(bounds):
-        counts = bounds[1:] - bounds[:-1]
-        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-        means = sums / jnp.maximum(counts, 1) + shift
-        last = means[jnp.maximum(k - 1, 0)]
-        return jnp.where(jnp.arange(max_clusters) < k, means, last), counts
+def _boundaries(data: _Sorted, raw) -> jax.Array:
+    """Valid boundaries [max_clusters + 1] nearest ``raw``: b_0 = 0, b_k.. = num_valid, every cluster non-empty."""
+    inner = jnp.arange(data.max_clusters + 1)
+    raw = jnp.where(inner == 0, 0, jnp.where(inner >= data.k, data.num_valid, raw))
+    spare = jnp.maximum(data.num_valid - data.k, 0)
+    fixed = jnp.clip(jax.lax.cummax(raw - inner), 0, spare) + inner
+    return jnp.where(inner >= data.k, data.num_valid, fixed).astype(jnp.int32)
+
+
+def _centroids(data: _Sorted, bounds) -> tuple[jax.Array, jax.Array]:
+    """Centroids [max_clusters] (past k: the last one repeated) and counts of a partition, from prefix sums."""
+    counts = bounds[1:] - bounds[:-1]
+    sums = data.prefix[bounds[1:]] - data.prefix[bounds[:-1]]
+    means = sums / jnp.maximum(counts, 1) + data.shift
+    last = means[jnp.maximum(data.k - 1, 0)]
+    return jnp.where(jnp.arange(data.max_clusters) < data.k, means, last), counts
+
+
+def _lloyd(data: _Sorted, initial, iterations: int) -> jax.Array:
+    """Lloyd's algorithm from raw boundaries ``initial``: the boundaries when none moves, or after ``iterations``."""
 
     def step(carry):
         bounds, _, iteration = carry
-        centroids, _ = centroids_of(bounds)
+        centroids, _ = _centroids(data, bounds)
         midpoints = 0.5 * (centroids[:-1] + centroids[1:])
         # points strictly above the midpoint between clusters j-1 and j go to cluster j
-        moved = jnp.searchsorted(sorted_values, midpoints, side="right", method="compare_all").astype(jnp.int32)
-        new_bounds = boundaries_from(jnp.concatenate([jnp.zeros(1, jnp.int32), moved, jnp.zeros(1, jnp.int32)]))
+        moved = jnp.searchsorted(data.values, midpoints, side="right", method="compare_all").astype(jnp.int32)
+        new_bounds = _boundaries(data, jnp.concatenate([jnp.zeros(1, jnp.int32), moved, jnp.zeros(1, jnp.int32)]))
         return new_bounds, jnp.any(new_bounds != bounds), iteration + 1
 
-    def lloyd(initial):
-        bounds, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] < iterations), step,
-                                          (boundaries_from(initial), jnp.asarray(True), jnp.asarray(0)))
-        return bounds
+    bounds, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] < iterations), step,
+                                      (_boundaries(data, initial), jnp.asarray(True), jnp.asarray(0)))
+    return bounds
 
-    def inertia(bounds):
-        counts = bounds[1:] - bounds[:-1]
-        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-        return -jnp.sum(jnp.where(counts > 0, sums**2 / jnp.maximum(counts, 1), 0.0))  # + sum of squares, fixed
 
+def _inertia(data: _Sorted, bounds) -> jax.Array:
+    """The within-cluster sum of squares of a partition, up to a constant (the data's own sum of squares)."""
+    counts = bounds[1:] - bounds[:-1]
+    sums = data.prefix[bounds[1:]] - data.prefix[bounds[:-1]]
+    return -jnp.sum(jnp.where(counts > 0, sums**2 / jnp.maximum(counts, 1), 0.0))
+
+
+def _best_partition(data: _Sorted, iterations: int, num_starts: int, initial_thresholds) -> jax.Array:
+    """The boundaries of the lowest-inertia Lloyd run among the starts (see `kmeans_1d`)."""
     # Lloyd's algorithm finds a local optimum; deterministic starts blending k groups of equal count with k
     # intervals of equal width cover balanced and skewed data, and the lowest inertia wins.
-    top = finite_sorted[jnp.maximum(num_valid - 1, 0)]
-    quantile_start = (inner * num_valid) // jnp.maximum(k, 1)
-    edges = finite_sorted[0] + (top - finite_sorted[0]) * inner / jnp.maximum(k, 1)
-    width_start = jnp.searchsorted(sorted_values, edges, side="right", method="compare_all")
+    inner = jnp.arange(data.max_clusters + 1)
+    top = data.finite[jnp.maximum(data.num_valid - 1, 0)]
+    quantile_start = (inner * data.num_valid) // jnp.maximum(data.k, 1)
+    edges = data.finite[0] + (top - data.finite[0]) * inner / jnp.maximum(data.k, 1)
+    width_start = jnp.searchsorted(data.values, edges, side="right", method="compare_all")
     if initial_thresholds is not None:
         thresholds = jnp.asarray(initial_thresholds, jnp.float32)
-        if thresholds.shape != (max_clusters - 1,):
-            raise ValueError(f"initial_thresholds must have shape ({max_clusters - 1},), got {thresholds.shape}")
-        inner_bounds = jnp.searchsorted(sorted_values, thresholds, side="right", method="compare_all")
+        inner_bounds = jnp.searchsorted(data.values, thresholds, side="right", method="compare_all")
         zero = jnp.zeros(1, jnp.int32)
-        bounds = lloyd(jnp.concatenate([zero, inner_bounds.astype(jnp.int32), zero]))
-    elif num_starts == 1:
-        bounds = lloyd(quantile_start.astype(jnp.int32))
-    else:
-        blend = jnp.linspace(0.0, 1.0, num_starts)[:, None]
-        starts = ((1 - blend) * quantile_start + blend * width_start).astype(jnp.int32)
-        candidates = jax.lax.map(lloyd, starts)  # one compiled body, unlike vmap of a while loop (slow to compile)
-        bounds = candidates[jnp.argmin(jax.vmap(inertia)(candidates))]
-    centroids, counts = centroids_of(bounds)
-    sorted_labels = jnp.searchsorted(bounds[1:max_clusters], jnp.arange(n), side="right", method="compare_all")
-    labels = jnp.zeros(n, jnp.int32).at[order].set(sorted_labels.astype(jnp.int32))
-    return KMeansResult(centroids, jnp.where(mask, labels, -1), counts, k)
+        return _lloyd(data, jnp.concatenate([zero, inner_bounds.astype(jnp.int32), zero]), iterations)
+    if num_starts == 1:
+        return _lloyd(data, quantile_start.astype(jnp.int32), iterations)
+    blend = jnp.linspace(0.0, 1.0, num_starts)[:, None]
+    starts = ((1 - blend) * quantile_start + blend * width_start).astype(jnp.int32)
+    # lax.map: one compiled body, unlike vmap of a while loop (slow to compile)
+    candidates = jax.lax.map(lambda start: _lloyd(data, start, iterations), starts)
+    return candidates[jnp.argmin(jax.vmap(lambda bounds: _inertia(data, bounds))(candidates))]
 
 
 def kmeans(points, num_clusters: int, *, mask=None, iterations: int = 100) -> KMeansResult:

@@ -32,6 +32,9 @@ from jax.scipy.special import log_ndtr, ndtr, ndtri
 
 from mpqjax.optim.space import GRID, LOG_INT, TABLE, SpaceSpec, snap
 
+__all__ = ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "fit", "kernel_tables", "kernels",
+           "log_prob", "make_layout", "mixture_log_weights", "sample", "table_marginals"]
+
 # Floor for per-kernel log-probabilities: keeps one-hot contractions free of -inf * 0 = NaN. A component that far
 # from a point contributes nothing next to the prior kernel, which is always present.
 LOG_FLOOR = -1e4

@@ -37,6 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["CATEGORICAL", "CONTINUOUS", "GRID", "INTEGER", "LOG_INT", "MAX_TABLE_CHOICES", "ORDINAL", "REAL", "TABLE",
+           "Dimension", "SearchSpace", "SpaceSpec", "categorical", "encoded_values", "integer", "ordinal", "real",
+           "sample_uniform", "snap"]
+
 # Kinds of dimension, as the optimiser sees them.
 ORDINAL, CATEGORICAL, INTEGER, REAL = "ordinal", "categorical", "integer", "real"
 

@@ -2,32 +2,34 @@
 
 Section III.B and Algorithm 1 of Azizi et al. Each model-based step:
 
-1. cluster the observed objective values with 1-D k-means into k clusters (`mpqjax.optim.cluster.kmeans_1d`), sorted by
-   centroid;
+1. cluster the observed objective values with 1-D k-means into k clusters (`mpqjax.optim.cluster.kmeans_1d`),
+   sorted by centroid;
 2. fit l(x) to the configurations of the best cluster and g(x) to those of the worst cluster (the middle clusters
    are left out; failed trials, NaN or infinite, always join g);
 3. draw candidates from l and propose the one maximising l(x) / g(x). A batch of q is q such proposals in turn,
    each made once the previous ones joined the history as pending trials (a constant liar; see ``batch``).
 
-The first ``n_initial`` trials are uniformly random. Two schedules anneal the search:
+The pure pieces of a step live in `mpqjax.optim.acquisition`; `KMeansTPE` composes them. The first ``n_initial``
+trials are uniformly random. Two schedules anneal the search:
 
 - k grows by one every ``k_interval`` model-based trials, from ``k_initial`` up to ``max_clusters``: the best and
   worst clusters get tighter, narrowing "desirable" to the very best configurations (the paper's annealing);
 - c, the kernel bandwidth scale (`mpqjax.optim.parzen`), starts at ``bandwidth`` (the paper's c = 0.25) and is
-multiplied
-  by ``bandwidth_decay`` (the paper's alpha = 0.98) after every model-based trial, down to ``min_bandwidth``: wide
-  kernels explore early, narrow ones refine late. ``experiments/bench_tpe.py --ablation`` compares this choice of
-  c's role with a fixed bandwidth.
+  multiplied by ``bandwidth_decay`` (the paper's alpha = 0.98) after every model-based trial, down to
+  ``min_bandwidth``: wide kernels explore early, narrow ones refine late. ``experiments/bench_tpe.py --ablation``
+  compares this choice of c's role with a fixed bandwidth (docs/results.md, Ablation).
 
-The API is pure and functional (evosax style); the static settings (space, capacity, candidate count, k's upper
-bound, joint or independent kernels, feasibility function) live in the object, every number that only changes
-values lives in the state (`TPEParams`), so it can change, or be vmapped over, without recompiling.
+The API has the shape of optax and evosax: ``state = opt.init(key)``, ``x, state = opt.ask(key, state, n)``,
+``state = opt.tell(state, x, y)``, pure functions over an explicit state, jitted with the optimiser static. The
+static settings (space, capacity, candidate count, k's upper bound, joint or independent kernels, feasibility
+function) live in the object; every number that only changes values lives in the state (`TPEParams`), so it can
+change, or be vmapped over, without recompiling.
 
 Example:
     >>> space = SearchSpace([ordinal("bits", (2, 3, 4, 6, 8)), real("lr", 1e-4, 1e-1, log=True)])
     >>> opt = KMeansTPE(space, capacity=64, maximize=True)
-    >>> state = opt.init()
-    >>> x, state = opt.ask(jax.random.key(0), state, n=4)
+    >>> state = opt.init(jax.random.key(0))
+    >>> x, state = opt.ask(jax.random.key(1), state, n=4)
     >>> state = opt.tell(state, x, jnp.array([0.1, 0.5, 0.3, 0.2]))
     >>> config = space.decode(x[0])
 """
@@ -35,20 +37,21 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
+import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtri
 
-from mpqjax.optim import parzen
-from mpqjax.optim.cluster import NUM_STARTS, kmeans_1d
-from mpqjax.optim.space import CONTINUOUS, GRID, LOG_INT, SearchSpace, sample_uniform, snap
+from mpqjax.optim import acquisition, parzen
+from mpqjax.optim.space import CONTINUOUS, SearchSpace, snap
 
-MAX_ENUMERATED = 4096  # spaces with at most this many configurations are enumerated for the uniform candidates
+__all__ = ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "KMeansTPE", "TPEParams", "TPEState", "auto_batch",
+           "auto_joint", "run"]
+
 AUTO_JOINT_MAX_DIMS = 20  # joint="auto": joint kernels up to this many dimensions, independent mixtures above
 BATCH_STRATEGIES = ("auto", "liar", "neutral_liar", "top_q")  # KMeansTPE(batch=...): how a batch ask proposes
 
@@ -86,6 +89,8 @@ class TPEState(NamedTuple):
             `ask` never sorts.
         count: number of trials told (may exceed capacity under jit; extra trials are dropped).
         params: the `TPEParams`.
+        hash_multipliers: [D] odd uint32 multipliers of the fingerprints, drawn by `KMeansTPE.init` from its key
+            (fixed ones without a key).
     """
 
     x: jax.Array
@@ -94,11 +99,15 @@ class TPEState(NamedTuple):
     order: jax.Array
     count: jax.Array
     params: TPEParams
+    hash_multipliers: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class KMeansTPE:
     """k-means tree-structured Parzen estimator over a `SearchSpace` (see the module docstring).
+
+    Hashed by identity: it is the static argument of its jitted methods, so each optimiser compiles its own
+    programs once and reuses them for every state of its shape.
 
     Args:
         space: the search space.
@@ -116,8 +125,7 @@ class KMeansTPE:
             draws ``max(num_candidates, 2 q)``).
         joint: how l(x) and g(x) combine the dimensions (static): True, one product kernel per observation;
             False, an independent mixture per dimension; ``"auto"`` (default), `auto_joint`: joint for spaces of
-            up to `AUTO_JOINT_MAX_DIMS` dimensions, independent above. After construction the attribute holds the
-            resolved bool.
+            up to `AUTO_JOINT_MAX_DIMS` dimensions, independent above. `joint_kernels` is the resolved choice.
         feasible: optional jittable ``values[D] -> bool`` on `SearchSpace.values` of a candidate; infeasible
             candidates are never proposed while a feasible one is available.
         kmeans_iterations: the paper's maxiters (default 100), Lloyd iteration budget.
@@ -127,22 +135,13 @@ class KMeansTPE:
             best one; normal scores keep the clusters' shape (small tail clusters, large middle ones) whatever the
             objective's scale, and are invariant to monotone transforms of it. ``bench_tpe.py --ablation``
             compares the two.
-        batch: how a batch ask (n > 1) makes its proposals (static): ``"liar"`` proposes one at a time inside the
-            jitted ask, each after the previous ones joined the history as pending trials that count as failed
-            (they join g(x): a constant liar with the worst value), so l(x)/g(x) drops around the earlier proposals
-            and each proposal is the best of its own candidates; ``"neutral_liar"`` proposes one at a time in the
-            same way, but the pending trials join neither l(x) nor g(x): they only advance the random start and the
-            schedule and are never proposed again, so each proposal is a fresh single ask of the same model (no
-            repulsion between the proposals of a batch); ``"top_q"`` takes the n best of one candidate pool by
-            l(x)/g(x), which loses quality per evaluation as n grows; ``"auto"`` (default, `auto_batch`): the
-            neutral liar when every dimension is continuous, the liar otherwise (every mixed-precision space).
-            ``experiments/population_quality.py`` compares them (evaluations to reach a single-ask search's median
-            best after 100, as a ratio to its own; 60 seeds): on Hartmann-6 the worst-value liar needs 1.44x
-            (n = 4) and 1.60x (n = 16), the neutral liar 0.99x and 1.47x (g(x) is only the worst cluster, a few
-            trials, so n - 1 pending trials told as failed outweigh it and push the batch away from the good
-            regions of a continuous space); on the mixed-precision digits_mpq the liar needs 0.94x and 0.89x, the
-            neutral liar 1.03x and 1.12x (on a discrete grid the draws from l(x) pile up on a few configurations,
-            and the liar spreads the batch). A single ask (n = 1) is the same under all of them.
+        batch: how a batch ask (n > 1) proposes (static): ``"liar"``, one at a time inside the jitted ask, each
+            after the earlier proposals joined the history as pending failed trials (in g(x): a constant liar with
+            the worst value, which spreads the batch); ``"neutral_liar"``, one at a time with the pending trials in
+            neither l(x) nor g(x) (each proposal a fresh single ask of the same model, never a repeat);
+            ``"top_q"``, the n best of one candidate pool by l(x)/g(x) (loses quality per evaluation as n grows);
+            ``"auto"`` (default, `auto_batch`): the neutral liar when every dimension is continuous, the liar
+            otherwise. `batch_strategy` is the resolved choice. A single ask (n = 1) is the same under all of them.
 
     Raises:
         ValueError: k_initial < 3, k_initial > max_clusters, capacity < 1 or < n_initial, other bad settings.
@@ -189,31 +188,45 @@ class KMeansTPE:
             raise ValueError(f"prior_weight must be > 0, got {self.prior_weight}")
         if not (isinstance(self.joint, bool) or self.joint == "auto"):
             raise ValueError(f"joint must be True, False or 'auto', got {self.joint!r}")
-        object.__setattr__(self, "joint", auto_joint(self.space) if self.joint == "auto" else self.joint)
-        if self.cluster_on not in ("normal_scores", "values"):
+        if self.cluster_on not in acquisition.CLUSTER_ON:
             raise ValueError(f"cluster_on must be 'normal_scores' or 'values', got {self.cluster_on!r}")
         if self.batch not in BATCH_STRATEGIES:
             raise ValueError(f"batch must be one of {BATCH_STRATEGIES}, got {self.batch!r}")
-        object.__setattr__(self, "batch", auto_batch(self.space) if self.batch == "auto" else self.batch)
         if self.num_candidates < 1 or self.kmeans_iterations < 1:
             raise ValueError("num_candidates and kmeans_iterations must be >= 1")
-        layout = parzen.make_layout(self.space.spec())
-        object.__setattr__(self, "_layout", layout)
-        rng = np.random.default_rng(0x5EED)
-        object.__setattr__(self, "_hash_multipliers", rng.integers(1, 2**31, len(self.space), dtype=np.uint32) * 2 + 1)
-        enumeration = None
-        index_encoded = bool(np.all(self.space.spec().model <= GRID))
-        if index_encoded and self.space.log10_size() <= math.log10(MAX_ENUMERATED):
-            grids = np.meshgrid(*[np.arange(d.num_choices) for d in self.space.dimensions], indexing="ij")
-            enumeration = np.stack([g.ravel() for g in grids], axis=1).astype(np.float32)
-        object.__setattr__(self, "_enumeration", enumeration)
-        object.__setattr__(self, "_normal_thresholds", _normal_kmeans_thresholds(self.max_clusters))
-        object.__setattr__(self, "ask", jax.jit(self._ask, static_argnames=("n",)))
-        object.__setattr__(self, "tell", jax.jit(self._tell))
+
+    # -- resolved settings and static data (computed once, on first use) ----------------------------------------
 
     @property
     def num_dims(self) -> int:
+        """D, the number of dimensions of the space."""
         return len(self.space)
+
+    @property
+    def joint_kernels(self) -> bool:
+        """The kernel mode in force: ``joint``, with ``"auto"`` resolved by `auto_joint`."""
+        return auto_joint(self.space) if self.joint == "auto" else self.joint
+
+    @property
+    def batch_strategy(self) -> str:
+        """The batch strategy in force: ``batch``, with ``"auto"`` resolved by `auto_batch`."""
+        return auto_batch(self.space) if self.batch == "auto" else self.batch
+
+    @functools.cached_property
+    def _layout(self) -> parzen.ParzenLayout:
+        return parzen.make_layout(self.space.spec())
+
+    @functools.cached_property
+    def _enumeration(self) -> np.ndarray | None:
+        return acquisition.enumerate_configurations(self.space)
+
+    @functools.cached_property
+    def _pool_feasibility(self) -> Callable[[jax.Array], jax.Array] | None:
+        if self.feasible is None:
+            return None
+        return lambda pool: jax.vmap(self.feasible)(self.space.values(pool)).astype(bool)
+
+    # -- init, schedule ------------------------------------------------------------------------------------------
 
     def default_params(self) -> TPEParams:
         """The object's numeric settings as a `TPEParams`."""
@@ -231,10 +244,13 @@ class KMeansTPE:
         """An empty search state.
 
         Args:
-            key: accepted for symmetry with other ask/tell optimisers; initialisation draws nothing.
+            key: PRNG key of the fingerprints' hash multipliers (duplicate detection only: two searches differ in
+                their proposals only through a rare hash collision); None: fixed multipliers.
             params: traced settings (default: `default_params`).
+
+        Returns:
+            A `TPEState` with no trial told.
         """
-        del key
         return TPEState(
             x=jnp.zeros((self.capacity, self.num_dims), jnp.float32),
             y=jnp.full((self.capacity,), jnp.nan, jnp.float32),
@@ -242,9 +258,8 @@ class KMeansTPE:
             order=jnp.arange(self.capacity, dtype=jnp.int32),
             count=jnp.asarray(0, jnp.int32),
             params=self.default_params() if params is None else params,
+            hash_multipliers=acquisition.hash_multipliers(key, self.num_dims),
         )
-
-    # -- the schedule ------------------------------------------------------------------------------------------
 
     def schedule(self, state: TPEState) -> tuple[jax.Array, jax.Array]:
         """``(k, c)`` in force for the next proposal: clusters and bandwidth scale after the told trials."""
@@ -254,18 +269,35 @@ class KMeansTPE:
         c = jnp.maximum(p.bandwidth * p.bandwidth_decay ** model_trials.astype(jnp.float32), p.min_bandwidth)
         return k, c
 
-    # -- ask ---------------------------------------------------------------------------------------------------
+    # -- ask -----------------------------------------------------------------------------------------------------
 
-    def _ask(self, key: jax.Array, state: TPEState, n: int = 1) -> tuple[jax.Array, TPEState]:
+    def ask(self, key: jax.Array, state: TPEState, n: int = 1) -> tuple[jax.Array, TPEState]:
         """Propose ``n`` distinct encoded configurations [n, D]; the state is returned unchanged.
 
         Random while fewer than ``n_initial`` trials are told, model-based afterwards. Candidates already in the
         history, repeated within the batch, or infeasible are skipped while others are available. A batch (n > 1)
-        is made as the ``batch`` setting says (see the class docstring).
+        is made as the ``batch`` setting says (see the class docstring). Every call form (``ask(key, state)``,
+        ``ask(key, state, 4)``, ``n=np.int64(4)``) runs the one program compiled for its n.
+
+        Args:
+            key: PRNG key.
+            state: the search state.
+            n: configurations to propose (a positive integer; static).
+
+        Returns:
+            ``(x, state)``: proposals [n, D] and the unchanged state.
         """
-        if not isinstance(n, int) or n < 1:
+        try:
+            size = operator.index(n)
+        except TypeError:
+            size = 0
+        if size < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        if n > 1 and self.batch in ("liar", "neutral_liar"):
+        return self._ask(key, state, size)
+
+    @functools.partial(jax.jit, static_argnames=("self", "n"))
+    def _ask(self, key: jax.Array, state: TPEState, n: int) -> tuple[jax.Array, TPEState]:
+        if n > 1 and self.batch_strategy in ("liar", "neutral_liar"):
             return self._ask_with_liar(key, state, n), state
         return self._propose(key, state, n), state
 
@@ -274,8 +306,8 @@ class KMeansTPE:
         avoid besides the history's; ``pending_from``: optional count of real trials, the history's later trials
         being pending ones that join neither l(x) nor g(x) (the neutral liar)."""
         model_key, fallback_key = jax.random.split(key)
-        # uniform candidates serve both the random phase and the model's fallback (one PRNG call: cheap to compile)
-        fallback, fallback_rank = self._uniform_pool(fallback_key, n)
+        # uniform candidates serve both the random phase and the model's fallback
+        fallback, fallback_rank = acquisition.uniform_pool(fallback_key, self.space.spec(), n, self._enumeration)
         use_model = (state.count >= state.params.n_initial) & (state.count >= 2)
         return jax.lax.cond(use_model,
                             lambda: self._model_proposals(model_key, fallback, fallback_rank, state, n, taken,
@@ -292,116 +324,63 @@ class KMeansTPE:
         sequential search. The proposals' own fingerprints are also kept aside, so the batch stays distinct when
         the history is full and a pending trial cannot be recorded.
         """
-        pending_from = state.count if self.batch == "neutral_liar" else None
+        pending_from = state.count if self.batch_strategy == "neutral_liar" else None
+        spec = self.space.spec()
 
         # a loop, not n unrolled copies: the body compiles once whatever n is
         def propose_next(i, carry):
             pending, proposals, proposal_hashes = carry
             x = self._propose(jax.random.fold_in(key, i), pending, 1, (proposal_hashes, jnp.arange(n) < i),
                               pending_from)
-            pending = self._tell(pending, x, jnp.full((1,), jnp.nan, jnp.float32))
-            x_hash = self.fingerprint(snap(self.space.spec(), x))[0]
+            pending = self.tell(pending, x, jnp.full((1,), jnp.nan, jnp.float32))
+            x_hash = acquisition.fingerprint(spec, state.hash_multipliers, snap(spec, x))[0]
             return pending, proposals.at[i].set(x[0]), proposal_hashes.at[i].set(x_hash)
 
         start = (state, jnp.zeros((n, self.num_dims), jnp.float32), jnp.zeros((n,), jnp.uint32))
         return jax.lax.fori_loop(0, n, propose_next, start)[1]
 
-    def _uniform_pool(self, key, n):
-        """Uniform candidates and a random rank for each: every configuration when the space is small enough to
-        enumerate (so a batch never repeats one while unseen ones remain), else ``max(4 n, 32)`` random draws."""
-        if self._enumeration is not None:
-            return self._enumeration, jax.random.uniform(key, (self._enumeration.shape[0],))
-        size = max(4 * n, 32)
-        return sample_uniform(key, self.space.spec(), size), -jnp.arange(size, dtype=jnp.float32)
-
     def _model_proposals(self, model_key, fallback, fallback_rank, state, n, taken=None, pending_from=None):
+        """n proposals by l(x)/g(x) among draws from l(x), the uniform ``fallback`` ranked below every draw."""
         k, c = self.schedule(state)
-        good, bad = self.split(state, k)
+        good, bad = acquisition.split(state.y, state.count, k, order=state.order, maximize=self.maximize,
+                                      cluster_on=self.cluster_on, max_clusters=self.max_clusters,
+                                      iterations=self.kmeans_iterations)
         if pending_from is not None:
             # the neutral liar: pending trials (told as failed, so never in l) are taken out of g as well
             bad = bad & (jnp.arange(self.capacity) < pending_from)
         kernels = parzen.kernels(self._layout, state.x, c)  # l and g share kernels; only their weights differ
         l_model = parzen.Parzen(parzen.mixture_log_weights(good, state.params.prior_weight), kernels)
         g_model = parzen.Parzen(parzen.mixture_log_weights(bad, state.params.prior_weight), kernels)
-        from_l = parzen.sample(model_key, self._layout, l_model, max(self.num_candidates, 2 * n), joint=self.joint)
-        score = self.acquisition(l_model, g_model, from_l)
+        from_l = parzen.sample(model_key, self._layout, l_model, max(self.num_candidates, 2 * n),
+                               joint=self.joint_kernels)
+        score = acquisition.log_ratio(self._layout, l_model, g_model, from_l, joint=self.joint_kernels)
         # uniform fallbacks are only used when too few candidates from l(x) are usable
         pool = jnp.concatenate([from_l, fallback])
         rank = jnp.concatenate([score, fallback_rank - 1e6 - jnp.max(jnp.abs(fallback_rank))])
         return self._select(pool, rank, state, n, taken)
 
-    def split(self, state: TPEState, k) -> tuple[jax.Array, jax.Array]:
-        """Masks [capacity] of the best cluster (l's data) and the worst cluster plus failed trials (g's data)."""
-        finite, failed, utility = self._utility(state.y, state.count)
-        if self.cluster_on == "normal_scores":
-            # rank-based Gaussianisation: the i-th worst of m finite values scores ndtri((i + 1/2) / m), so one
-            # outlier cannot claim a cluster of its own and the best cluster shrinks steadily as k grows
-            num_finite = jnp.maximum(jnp.sum(finite), 1)
-            rank = jnp.zeros(self.capacity).at[state.order].set(jnp.arange(self.capacity, dtype=jnp.float32))
-            utility = ndtri(jnp.clip((rank + 0.5) / num_finite, 1e-6, 1 - 1e-6))
-        # normal scores follow N(0, 1): start from its optimal k-cluster thresholds (one or two iterations)
-        start = (dict(initial_thresholds=jnp.asarray(self._normal_thresholds)[k])
-                 if self.cluster_on == "normal_scores" else dict(num_starts=NUM_STARTS))
-        clusters = kmeans_1d(utility, k, mask=finite, max_clusters=self.max_clusters,
-                             iterations=self.kmeans_iterations, order=state.order, **start)
-        good = finite & (clusters.labels == clusters.num_clusters - 1)
-        bad = (finite & (clusters.labels == 0)) | failed
-        return good, bad
-
-    def _utility(self, y, count):
-        """(finite, failed, utility): masks of told finite and failed trials, and values where higher is better."""
-        told = jnp.arange(self.capacity) < count
-        finite = told & jnp.isfinite(y)
-        return finite, told & ~jnp.isfinite(y), y if self.maximize else -y
-
-    def acquisition(self, l_model: parzen.Parzen, g_model: parzen.Parzen, x) -> jax.Array:
-        """log l(x) - log g(x) for encoded candidates [C, D] (l and g must share their kernels)."""
-        if not self.joint:
-            return (parzen.log_prob(self._layout, l_model, x, joint=False)
-                    - parzen.log_prob(self._layout, g_model, x, joint=False))
-        per_component = parzen.component_log_probs(self._layout, l_model.kernels, x)  # computed once for both
-        return (jax.nn.logsumexp(l_model.log_weights[None] + per_component, axis=1)
-                - jax.nn.logsumexp(g_model.log_weights[None] + per_component, axis=1))
-
     def _select(self, pool, score, state, n, taken=None):
-        """The n best-scoring usable candidates of a pool (usable: new, unique in the pool, feasible; new: neither
-        in the history nor among ``taken``'s (hashes, mask) if given)."""
-        pool = jnp.asarray(pool)
-        pool_hashes = self.fingerprint(pool)
-        told = jnp.arange(self.capacity) < state.count
-        seen = jnp.any((pool_hashes[:, None] == state.hashes[None, :]) & told[None, :], axis=1)
-        if taken is not None:
-            taken_hashes, taken_mask = taken
-            seen = seen | jnp.any((pool_hashes[:, None] == taken_hashes[None, :]) & taken_mask[None, :], axis=1)
-        earlier = jnp.arange(pool.shape[0])
-        repeated = jnp.any((pool_hashes[:, None] == pool_hashes[None, :]) & (earlier[None, :] < earlier[:, None]),
-                           axis=1)
-        usable = ~seen & ~repeated
-        if self.feasible is not None:
-            feasible = jax.vmap(self.feasible)(self.space.values(pool)).astype(bool)
-            # an infeasible candidate is proposed only when nothing feasible is left (then it ranks lowest)
-            score = score - jnp.where(feasible, 0.0, 1e9)
-        # unusable candidates rank below usable ones but still fill the batch when the space is exhausted
-        score = jnp.where(usable, score, score - 1e12)
-        _, best = jax.lax.top_k(score, n)
-        return pool[best]
+        """The n best usable candidates: new to the history (and to ``taken``), distinct, feasible."""
+        avoid = [(state.hashes, jnp.arange(self.capacity) < state.count)] + ([taken] if taken is not None else [])
+        return acquisition.select(self.space.spec(), state.hash_multipliers, pool, score, n, avoid=avoid,
+                                  feasible=self._pool_feasibility)
 
-    def fingerprint(self, x) -> jax.Array:
-        """uint32 fingerprints [C] of encoded configurations [C, D] (equal configurations, equal fingerprints)."""
-        model = self.space.spec().model
-        codes = jnp.where(model == CONTINUOUS, jax.lax.bitcast_convert_type(x, jnp.uint32),
-                          jnp.where(model == LOG_INT, jnp.round(jnp.exp(x)), x).astype(jnp.int32).astype(jnp.uint32))
-        mixed = codes * jnp.asarray(self._hash_multipliers)
-        mixed = mixed ^ (mixed >> 15)
-        return jnp.sum(mixed * jnp.uint32(0x2C1B3C6D), axis=-1, dtype=jnp.uint32)
+    # -- tell ----------------------------------------------------------------------------------------------------
 
-    # -- tell --------------------------------------------------------------------------------------------------
-
-    def _tell(self, state: TPEState, x, y) -> TPEState:
+    @functools.partial(jax.jit, static_argnames=("self",))
+    def tell(self, state: TPEState, x, y) -> TPEState:
         """Record evaluated configurations ``x`` [q, D] (or [D]) and their objective values ``y`` [q] (or scalar).
 
         NaN or infinite values mark failed trials (they join g(x)). Trials past the capacity are dropped; the
         eager `check_capacity` (used by `run`) refuses them before they are evaluated.
+
+        Args:
+            state: the search state.
+            x: encoded configurations (snapped to valid values here).
+            y: their objective values.
+
+        Returns:
+            The new state.
         """
         x = jnp.asarray(x, jnp.float32)
         y = jnp.asarray(y, jnp.float32)
@@ -413,20 +392,20 @@ class KMeansTPE:
             raise ValueError(f"tell: x must have shape [q, {self.num_dims}], got {x.shape}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"tell: y must have shape ({x.shape[0]},) to match x, got {y.shape}")
-        x = snap(self.space.spec(), x)
+        spec = self.space.spec()
+        x = snap(spec, x)
         slots = state.count + jnp.arange(x.shape[0])
         all_y = state.y.at[slots].set(y, mode="drop")
         count = state.count + x.shape[0]
-        finite, _, utility = self._utility(all_y, count)
         return state._replace(
             x=state.x.at[slots].set(x, mode="drop"),
             y=all_y,
-            hashes=state.hashes.at[slots].set(self.fingerprint(x), mode="drop"),
-            order=jnp.argsort(jnp.where(finite, utility, jnp.inf)).astype(jnp.int32),
+            hashes=state.hashes.at[slots].set(acquisition.fingerprint(spec, state.hash_multipliers, x), mode="drop"),
+            order=acquisition.history_order(all_y, count, maximize=self.maximize),
             count=count,
         )
 
-    # -- helpers -----------------------------------------------------------------------------------------------
+    # -- eager helpers -------------------------------------------------------------------------------------------
 
     def check_capacity(self, state: TPEState, extra: int) -> None:
         """Raise ValueError if ``extra`` more trials would not fit in the state's history (eager only)."""
@@ -449,10 +428,7 @@ def auto_batch(space: SearchSpace) -> str:
     On discrete grids (every mixed-precision space) draws from l(x) pile up on a few configurations, and the
     worst-value liar's repulsion spreads a batch usefully; on continuous spaces g(x), the worst k-means cluster of a
     few trials, is outweighed by the batch's pending "failed" trials, which push it away from every good region.
-    Measured with ``experiments/population_quality.py`` (evaluations to reach the single-ask search's median best
-    after 100, as a ratio to it; liar vs neutral liar at batch 4 / 16, 60 seeds): Hartmann-6 1.44x / 1.60x vs
-    0.99x / 1.47x, Branin 1.00x / 0.89x vs 0.93x / 0.85x; digits_cnn mixed precision 0.94x / 0.89x vs
-    1.03x / 1.12x, the 40-dimension mixed-precision proxy 1.02x / 1.27x vs 1.05x / 1.34x.
+    Measured with ``experiments/population_quality.py``: docs/results.md (Batch proposals).
 
     Args:
         space: the search space.
@@ -469,13 +445,8 @@ def auto_joint(space: SearchSpace) -> bool:
     In a few dimensions a product kernel per observation keeps each good trial's coordinates together, so separate
     good regions stay separate (independent per-dimension mixtures mix them and propose points between the modes).
     In many dimensions the few trials of the best cluster cannot cover the space with product kernels around
-    themselves, and recombining their coordinates dimension by dimension is what moves the search.
-
-    Measured with ``experiments/convergence.py`` (k-means TPE with n0 = 20, k = 4, alpha = 0.98; median final best
-    of 10 seeds x 100 evaluations, joint vs independent; lower is better): Branin (2 dimensions) 0.434 vs 1.38,
-    Hartmann-6 -3.05 vs -2.73, digits_cnn mixed precision (7) 0.064 vs 0.075, Iris (3) and Titanic (6) equal;
-    ResNet-20 mixed precision (32 dimensions) 0.567 vs 0.319, the 40-dimension mixed-precision proxy 4.46 vs
-    4.05, the same proxy at 30 dimensions 3.68 vs 3.47 and at 20 dimensions equal.
+    themselves, and recombining their coordinates dimension by dimension is what moves the search. Measured with
+    ``experiments/convergence.py``: docs/results.md (Kernel mode).
 
     Args:
         space: the search space.
@@ -486,35 +457,12 @@ def auto_joint(space: SearchSpace) -> bool:
     return len(space) <= AUTO_JOINT_MAX_DIMS
 
 
-def _normal_kmeans_thresholds(max_clusters: int, grid: int = 4096) -> np.ndarray:
-    """Thresholds between the optimal k clusters of the standard normal distribution, for k = 0..max_clusters.
-
-    Row k holds the k - 1 thresholds (Lloyd-Max quantiser of N(0, 1), found by Lloyd's algorithm on ``grid``
-    quantiles), padded with +inf to ``max_clusters - 1`` entries.
-    """
-    from scipy.special import ndtri as numpy_ndtri
-
-    quantiles = numpy_ndtri((np.arange(grid) + 0.5) / grid)
-    table = np.full((max_clusters + 1, max(max_clusters - 1, 0)), np.inf, dtype=np.float32)
-    for k in range(2, max_clusters + 1):
-        thresholds = numpy_ndtri(np.arange(1, k) / k)
-        for _ in range(500):
-            labels = np.searchsorted(thresholds, quantiles)
-            centroids = np.array([quantiles[labels == j].mean() for j in range(k)])
-            updated = (centroids[:-1] + centroids[1:]) / 2
-            if np.allclose(updated, thresholds, atol=1e-7):
-                break
-            thresholds = updated
-        table[k, : k - 1] = thresholds
-    return table
-
-
 def run(opt: KMeansTPE, key: jax.Array, objective: Callable[[jax.Array], jax.Array], num_trials: int, *,
         batch_size: int = 1, state: TPEState | None = None) -> TPEState:
     """Run ask -> evaluate -> tell until ``num_trials`` trials are told (continuing ``state`` if given).
 
-    The key of each round is ``fold_in(key, count)``, so a search resumed from a saved state makes exactly the
-    proposals of an uninterrupted one.
+    A fresh state is ``opt.init(key)``, and the key of each round is ``fold_in(key, count)``, so a search resumed
+    from a saved state makes exactly the proposals of an uninterrupted one.
 
     Args:
         opt: the optimiser.
@@ -526,8 +474,11 @@ def run(opt: KMeansTPE, key: jax.Array, objective: Callable[[jax.Array], jax.Arr
 
     Returns:
         The final state.
+
+    Example:
+        >>> state = run(opt, jax.random.key(0), lambda x: jnp.sum(x, axis=-1), 30, batch_size=2)
     """
-    state = opt.init() if state is None else state
+    state = opt.init(key) if state is None else state
     if num_trials < 1 or batch_size < 1:
         raise ValueError(f"num_trials and batch_size must be >= 1, got {num_trials}, {batch_size}")
     opt.check_capacity(state, num_trials - int(state.count))

@@ -142,6 +142,6 @@ def test_bad_settings_are_refused():
 def test_default_kernel_mode_is_the_librarys(searches):
     # no joint setting reaches the optimiser, so KMeansTPE's joint="auto" decides: joint kernels for these seven
     # labels (`mpqjax.optim.tpe.auto_joint`); the optimiser is the cached one that made the fixture's proposals
-    keys = [key for key in integrations._trace_counts if set(key[0].names) == set(SPACE)]
-    assert keys and all(static == () for _, _, static in keys)
-    assert all(integrations._proposer(*key)[0].joint is True for key in keys)
+    proposers = [p for p in integrations.cached_proposers() if set(p.space.names) == set(SPACE)]
+    assert proposers and all(p.settings == () for p in proposers)
+    assert all(p.optimiser.joint_kernels is True for p in proposers)

@@ -99,9 +99,9 @@ def test_maximising_the_negation_makes_the_same_search(studies):
 
 
 def test_one_compilation_serves_every_study_over_a_space(studies):
-    space_keys = [key for key in integrations._trace_counts if key[0].names == tuple(sorted(SPACE))]
-    assert len(space_keys) == 1  # 5 seeds x 2 directions x 30 trials (plus the rerun): one bucket, one trace
-    assert integrations._trace_counts[space_keys[0]] == 1
+    proposers = [p for p in integrations.cached_proposers() if p.space.names == tuple(sorted(SPACE))]
+    assert len(proposers) == 1  # 5 seeds x 2 directions x 30 trials (plus the rerun): one bucket, one trace
+    assert proposers[0].traces == 1
 
 
 def test_one_trial_history_and_first_trial():
@@ -154,8 +154,8 @@ def test_dynamic_parameters_fall_back_to_independent_sampling():
     assert all(0.0 <= t.params["slope"] <= 1.0 for t in with_slope)
     assert all(("slope" in t.params) == (t.params["x"] > 0) for t in study.trials)
     # the one-dimension k-means TPE ran, on the canonical [0, 1] space shared by every continuous parameter
-    unit_keys = [key for key in integrations._trace_counts if key[0].names == ("value",)]
-    assert unit_keys and integrations._trace_counts[unit_keys[0]] == 1
+    unit = [p for p in integrations.cached_proposers() if p.space.names == ("value",)]
+    assert unit and unit[0].traces == 1
 
 
 def test_running_trials_are_not_proposed_again(tmp_path):
@@ -223,10 +223,10 @@ def test_mpqjax_imports_without_the_peers():
 def test_default_kernel_mode_is_the_librarys(studies):
     # no joint setting reaches the optimiser, so KMeansTPE's joint="auto" decides: joint kernels for these six
     # parameters (`mpqjax.optim.tpe.auto_joint`); the optimiser is the cached one that made the fixture's proposals
-    (space, capacity, static), = [key for key in integrations._trace_counts if key[0].names == tuple(sorted(SPACE))]
-    assert static == ()
-    assert integrations._proposer(space, capacity, static)[0].joint is True
-    assert integrations._proposer(space, capacity, (("joint", False),))[0].joint is False  # builds, never compiles
+    proposer, = [p for p in integrations.cached_proposers() if p.space.names == tuple(sorted(SPACE))]
+    assert proposer.settings == ()
+    assert proposer.optimiser.joint_kernels is True
+    assert integrations.make_optimiser(proposer.space, proposer.capacity, joint=False).joint_kernels is False
 
 
 def test_fewer_clusters_than_the_default_k_initial():

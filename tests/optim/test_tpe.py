@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mpqjax.optim.acquisition import history_order
 from mpqjax.optim.space import SearchSpace, categorical, ordinal, real
 from mpqjax.optim.tpe import AUTO_JOINT_MAX_DIMS, KMeansTPE, auto_batch, auto_joint, run
 from mpqjax.store import load_tpe_state, save_tpe_state
@@ -18,8 +19,8 @@ def quadratic(x):
 
 
 @pytest.fixture(scope="module")
-def space():
-    return SearchSpace([ordinal(f"bits/{i}", BITS) for i in range(6)])
+def space(bits_space):
+    return bits_space
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ def test_state_records_every_trial(opt, searched):
     assert int(searched.count) == 30
     np.testing.assert_allclose(np.asarray(searched.y[:30]), np.asarray(quadratic(searched.x[:30])))
     assert np.all(np.isnan(np.asarray(searched.y[30:])))
+    # tell keeps the history sorted (worst to best), so that ask never sorts
+    np.testing.assert_array_equal(np.asarray(searched.order), np.asarray(history_order(searched.y, searched.count)))
 
 
 def test_same_seed_gives_the_same_search(opt, searched):
@@ -53,20 +56,39 @@ def test_same_seed_gives_the_same_search(opt, searched):
 def test_jit_and_eager_proposals_agree(opt, searched):
     key = jax.random.key(5)
     jitted, _ = opt.ask(key, searched, n=3)
-    eager, _ = opt._ask(key, searched, n=3)  # op by op (control flow primitives compile on their own)
+    with jax.disable_jit():  # op by op
+        eager, _ = opt.ask(key, searched, n=3)
     np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
 
 
-def test_no_recompilation_across_asks_tells_and_new_params(space):
+def test_no_recompilation_across_asks_tells_and_new_params(space, compilations):
     opt = KMeansTPE(space, capacity=32, n_initial=4)
-    state = opt.init()
-    for i in range(12):  # crosses the random/model-based boundary and k/c schedule changes
-        x, state = opt.ask(jax.random.key(i), state, n=2)
-        state = opt.tell(state, x, quadratic(x))
-    changed = state._replace(params=state.params._replace(bandwidth=jnp.float32(0.5), k_initial=jnp.int32(5)))
-    opt.ask(jax.random.key(0), changed, n=2)
-    assert opt.ask._cache_size() == 1
-    assert opt.tell._cache_size() == 1
+    keys = [jax.random.key(i) for i in range(12)]
+    x, state = opt.ask(keys[0], opt.init(keys[0]), n=2)
+    state = opt.tell(state, x, quadratic(x))  # the first ask and tell compile their programs
+    with compilations() as compiled:
+        for key in keys[1:]:  # crosses the random/model-based boundary and k/c schedule changes
+            x, state = opt.ask(key, state, n=2)
+            state = opt.tell(state, x, quadratic(x))
+        changed = state._replace(params=state.params._replace(bandwidth=jnp.float32(0.5), k_initial=jnp.int32(5)))
+        opt.ask(keys[0], changed, n=2)
+    assert compiled == []
+
+
+def test_every_call_form_of_ask_runs_one_program(compilations):
+    opt = KMeansTPE(SearchSpace([ordinal("a", (1, 2, 3)), ordinal("b", (1, 2))]), capacity=8, n_initial=2)
+    key, state = jax.random.key(0), opt.init()
+    with compilations() as compiled:
+        forms = [opt.ask(key, state), opt.ask(key, state, 1), opt.ask(key, state, n=1),
+                 opt.ask(key, state, n=np.int64(1))]
+    assert len(compiled) == 1, compiled
+    for x, _ in forms[1:]:
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(forms[0][0]))
+    x, y = forms[0][0], jnp.ones(1)
+    state = opt.tell(state, x, y)
+    with compilations() as compiled:
+        opt.tell(state, x, y)  # a second tell of the same shapes
+    assert compiled == []
 
 
 def test_batch_ask_gives_distinct_new_configurations():
@@ -147,28 +169,6 @@ def test_neutral_liar_pending_trials_join_neither_l_nor_g(opt, neutral, searched
     assert not np.array_equal(np.asarray(opt.ask(key, fixed, n=3)[0]), singles)
 
 
-def test_failed_trials_join_the_bad_cluster(opt):
-    state = opt.tell(opt.init(), jnp.arange(12.0)[:, None] % 5 * jnp.ones((12, 6)),
-                     jnp.array([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9, jnp.nan, jnp.inf]))
-    good, bad = opt.split(state, 4)
-    good, bad = np.asarray(good), np.asarray(bad)
-    assert bad[10] and bad[11] and not good[10] and not good[11]
-    assert good[0] and not good[9] and bad[9]  # minimising: 0 is best, 9 is worst
-    assert not np.any(good & bad)
-
-
-def test_an_outlier_does_not_claim_the_worst_cluster_with_normal_scores(space):
-    y = jnp.concatenate([jnp.linspace(0.0, 1.0, 19), jnp.array([1000.0])])  # one diverged, heavily penalised trial
-    x = space.sample(jax.random.key(0), 20)
-    on_values = KMeansTPE(space, capacity=20, n_initial=4, cluster_on="values")
-    on_scores = KMeansTPE(space, capacity=20, n_initial=4)
-    good_v, bad_v = on_values.split(on_values.tell(on_values.init(), x, y), 4)
-    good_s, bad_s = on_scores.split(on_scores.tell(on_scores.init(), x, y), 4)
-    assert int(bad_v.sum()) == 1  # the paper's raw values: g(x) is fitted to the outlier alone
-    assert int(bad_s.sum()) >= 3 and int(good_s.sum()) <= int(good_v.sum())  # normal scores: balanced tails
-    assert bool(good_s[0]) and bool(bad_s[19])
-
-
 @pytest.mark.parametrize("values", [np.full(12, 2.5), np.full(12, np.nan)])
 def test_flat_or_all_failed_objectives_do_not_break_the_search(opt, values):
     state = opt.tell(opt.init(), opt.space.sample(jax.random.key(0), 12), jnp.asarray(values))
@@ -206,7 +206,7 @@ def test_schedule_grows_k_and_anneals_c(space):
 
 def test_vmap_runs_independent_searches(opt, space):
     keys = jax.random.split(jax.random.key(7), 3)
-    states = jax.vmap(lambda _: opt.init())(keys)
+    states = jax.vmap(opt.init)(keys)
 
     def step(states, key):
         x, states = jax.vmap(lambda k, s: opt.ask(k, s, n=1))(jax.random.split(key, 3), states)
@@ -214,11 +214,12 @@ def test_vmap_runs_independent_searches(opt, space):
 
     for i in range(10):
         states, _ = step(states, jax.random.key(i))
-    single = opt.init()
+    single = opt.init(keys[1])
     for i in range(10):
         x, single = opt.ask(jax.random.split(jax.random.key(i), 3)[1], single, n=1)
         single = opt.tell(single, x, quadratic(x))
     np.testing.assert_array_equal(np.asarray(states.x[1]), np.asarray(single.x))
+    np.testing.assert_array_equal(np.asarray(states.hashes[1]), np.asarray(single.hashes))
 
 
 def test_scan_drives_the_search_like_a_python_loop(opt):
@@ -237,7 +238,9 @@ def test_scan_drives_the_search_like_a_python_loop(opt):
 def test_saved_state_resumes_exactly(opt, searched, tmp_path):
     half = run(opt, jax.random.key(0), quadratic, 15)
     save_tpe_state(tmp_path / "state.npz", half)
-    resumed = run(opt, jax.random.key(0), quadratic, 30, state=load_tpe_state(tmp_path / "state.npz"))
+    loaded = load_tpe_state(tmp_path / "state.npz")
+    jax.tree.map(np.testing.assert_array_equal, loaded, half)  # every field, the hash multipliers included
+    resumed = run(opt, jax.random.key(0), quadratic, 30, state=loaded)
     np.testing.assert_array_equal(np.asarray(resumed.x), np.asarray(searched.x))
     np.testing.assert_array_equal(np.asarray(resumed.y), np.asarray(searched.y))
     assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # no temporary file left behind
@@ -296,9 +299,21 @@ def test_more_trials_than_capacity_is_refused_before_evaluating(opt):
     assert not calls
 
 
-def test_ask_needs_a_positive_batch(opt):
+@pytest.mark.parametrize("n", [0, -1, 1.5, "2", None])
+def test_ask_needs_a_positive_batch(opt, n):
     with pytest.raises(ValueError, match="n must be a positive int"):
-        opt.ask(jax.random.key(0), opt.init(), n=0)
+        opt.ask(jax.random.key(0), opt.init(), n=n)
+
+
+def test_the_init_key_only_changes_the_fingerprints(opt, searched):
+    # init(key) draws the fingerprints' hash multipliers; they detect duplicates and never steer the search
+    fixed = run(opt, jax.random.key(0), quadratic, 30, state=opt.init())
+    np.testing.assert_array_equal(np.asarray(fixed.x), np.asarray(searched.x))
+    assert not np.array_equal(np.asarray(fixed.hashes), np.asarray(searched.hashes))
+    multipliers = np.asarray(opt.init(jax.random.key(1)).hash_multipliers)
+    assert multipliers.dtype == np.uint32 and np.all(multipliers % 2 == 1)
+    assert not np.array_equal(multipliers, np.asarray(opt.init(jax.random.key(2)).hash_multipliers))
+    np.testing.assert_array_equal(np.asarray(opt.init().hash_multipliers), np.asarray(opt.init().hash_multipliers))
 
 
 def test_auto_kernel_mode_is_joint_up_to_twenty_dimensions():
@@ -308,8 +323,9 @@ def test_auto_kernel_mode_is_joint_up_to_twenty_dimensions():
     many = SearchSpace([ordinal(f"bits/{i}", BITS) for i in range(AUTO_JOINT_MAX_DIMS + 1)])
     assert AUTO_JOINT_MAX_DIMS == 20
     assert auto_joint(few) is True and auto_joint(many) is False
-    assert KMeansTPE(few).joint is True and KMeansTPE(many).joint is False  # "auto" is the default
-    assert KMeansTPE(few, joint=False).joint is False and KMeansTPE(many, joint=True).joint is True
+    assert KMeansTPE(few).joint_kernels is True and KMeansTPE(many).joint_kernels is False  # "auto", the default
+    assert KMeansTPE(few).joint == "auto"  # the setting is kept as given; joint_kernels resolves it
+    assert KMeansTPE(few, joint=False).joint_kernels is False and KMeansTPE(many, joint=True).joint_kernels is True
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="joint must be True, False or 'auto'"):
             KMeansTPE(few, joint=bad)
@@ -323,5 +339,6 @@ def test_auto_batch_strategy_is_the_neutral_liar_on_continuous_spaces_only():
     mixed = SearchSpace([real("x", 0.0, 1.0), ordinal("bits/0", BITS)])
     assert auto_batch(continuous) == "neutral_liar"
     assert auto_batch(discrete) == auto_batch(mixed) == "liar"
-    assert KMeansTPE(continuous).batch == "neutral_liar" and KMeansTPE(mixed).batch == "liar"  # "auto": the default
-    assert KMeansTPE(continuous, batch="liar").batch == "liar"
+    assert KMeansTPE(continuous).batch_strategy == "neutral_liar"  # "auto", the default
+    assert KMeansTPE(mixed).batch_strategy == "liar" and KMeansTPE(mixed).batch == "auto"
+    assert KMeansTPE(continuous, batch="liar").batch_strategy == "liar"
