@@ -8,7 +8,6 @@ import pytest
 from mpqjax.optim.acquisition import history_order
 from mpqjax.optim.space import SearchSpace, categorical, ordinal, real
 from mpqjax.optim.tpe import AUTO_JOINT_MAX_DIMS, KMeansTPE, auto_batch, auto_joint, run
-from mpqjax.store import load_tpe_state, save_tpe_state
 
 BITS = (2, 3, 4, 6, 8)
 
@@ -233,25 +232,6 @@ def test_scan_drives_the_search_like_a_python_loop(opt):
     for key in keys:
         looped, _ = step(looped, key)
     np.testing.assert_array_equal(np.asarray(scanned.x), np.asarray(looped.x))
-
-
-def test_saved_state_resumes_exactly(opt, searched, tmp_path):
-    half = run(opt, jax.random.key(0), quadratic, 15)
-    save_tpe_state(tmp_path / "state.npz", half)
-    loaded = load_tpe_state(tmp_path / "state.npz")
-    jax.tree.map(np.testing.assert_array_equal, loaded, half)  # every field, the hash multipliers included
-    resumed = run(opt, jax.random.key(0), quadratic, 30, state=loaded)
-    np.testing.assert_array_equal(np.asarray(resumed.x), np.asarray(searched.x))
-    np.testing.assert_array_equal(np.asarray(resumed.y), np.asarray(searched.y))
-    assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # no temporary file left behind
-
-
-def test_loading_a_file_that_is_not_a_state_is_a_clear_error(tmp_path):
-    np.savez(tmp_path / "other.npz", weights=np.ones(3))
-    with pytest.raises(ValueError, match="not a TPE state file"):
-        load_tpe_state(tmp_path / "other.npz")
-    with pytest.raises(ValueError, match="cannot read a TPE state"):
-        load_tpe_state(tmp_path / "missing.npz")
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
