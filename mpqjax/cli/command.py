@@ -31,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mpqjax`` argument parser with every command."""
-    parser = _Parser(prog="mpqjax", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="mpqjax", description="Hardware-aware mixed-precision quantisation and width search for "
+                     "Flax models: search, train, cost, hessian, report.")
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
     for add in COMMANDS:
         add(subparsers)
