@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mpqjax.store.files import TrialLog, atomic_write_json, read_json, read_jsonl, save_variables
+from mpqjax.store.selection import best_trial, is_ok, number  # re-exported: readers of a folder use them
 
 __all__ = ["FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "best_trial", "check_folder",
            "file_path", "is_finished", "is_ok", "load_run", "number", "read_best_layers", "settings_differences"]
@@ -171,40 +172,6 @@ def read_best_layers(path: str | os.PathLike) -> tuple[list[str], list[int], lis
 
 
 # -- the best trial ------------------------------------------------------------------------------------------------
-
-
-def number(value) -> float | None:
-    """A record's numeric field as a finite float, or None (missing, null, NaN, non-numeric)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def is_ok(record: dict) -> bool:
-    """Whether a trial record finished with a validation accuracy."""
-    return record.get("status") == "ok" and number(record.get("validation_accuracy")) is not None
-
-
-def best_trial(records: Sequence[dict]) -> dict | None:
-    """The ok, feasible trial with the highest objective (the earliest on ties), or None when there is none.
-
-    Example:
-        >>> best_trial(load_run("runs/digits").trials)["trial"]
-        17
-    """
-    best, best_objective = None, -math.inf
-    for record in records:
-        objective = number(record.get("objective"))
-        if is_ok(record) and record.get("feasible", True) and objective is not None and objective > best_objective:
-            best, best_objective = record, objective
-    return best
-
-
-# -- writing -----------------------------------------------------------------------------------------------------
 
 
 def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
