@@ -11,8 +11,8 @@ __getattr__, __dir__, __all__ = attach(
             "load_variables", "read_json", "read_jsonl", "save_variables", "to_json_value")},
         "load_tpe_state": "tpe_state", "save_tpe_state": "tpe_state",
         **{name: "run_folder" for name in (
-            "FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "check_folder", "file_path", "is_finished",
-            "load_run", "read_best_layers", "settings_differences")},
+            "FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "check_folder", "file_path",
+            "is_finished", "load_run", "read_best_layers", "settings_differences")},
         **{name: "selection" for name in ("best_trial", "is_ok", "number")},
     },
 )
