@@ -21,7 +21,9 @@ def add_cost_command(subparsers) -> None:
             "applies to every layer; the defaults (16 bits, width 1) give the FiP16 baseline."
         ),
     )
-    parser.add_argument("--model", required=True, help="model zoo name, e.g. resnet20")
+    from mpqjax.nn import models
+
+    parser.add_argument("--model", required=True, help=f"model zoo name: {', '.join(models.available())}")
     parser.add_argument("--bits", type=options.number_list, default=(float(MAX_BITS),),
                         help=f"comma-separated bit-width per layer (integers {MIN_BITS}..{MAX_BITS}), or one")
     parser.add_argument("--widths", type=options.number_list, default=(1.0,),

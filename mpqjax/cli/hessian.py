@@ -52,6 +52,9 @@ def run_hessian(args) -> int:
     from mpqjax.training import train
 
     config = options.config_from_args(args)
+    if config.float_checkpoint is not None:  # these only train the float model here (no fine-tune follows)
+        options.refuse_unused(args, ["batch_size", "weight_decay"], f"with {args.config_options['float_checkpoint']}: "
+                              "the float model is read from it, not trained")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.probing not in PROBINGS:

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from mpqjax.search.config import GROUPS, SearchConfig
 
 __all__ = ["SIZE_UNITS", "TIME_UNITS", "add_config_options", "bit_sets", "config_from_args", "fixed_bits",
-           "float_list", "format_default", "int_list", "number_list", "option_names", "population", "quantity",
-           "seconds", "size_bytes"]
+           "float_list", "format_default", "given_options", "int_list", "number_list", "option_names", "population",
+           "quantity", "refuse_unused", "seconds", "size_bytes"]
 
 SIZE_UNITS = {"b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2}
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -98,15 +98,16 @@ def bit_sets(text: str) -> tuple[tuple[int, ...], ...]:
 
 
 def fixed_bits(text: str) -> tuple[tuple[str, int], ...]:
-    """Layers fixed by hand, ``conv1=8,head=8``, as sorted ``(name, bits)`` pairs."""
-    fixed = {}
+    """Layers fixed by hand, ``conv1=8,head=8``, as sorted ``(name, bits)`` pairs (a layer named twice stays twice:
+    `SearchConfig.validate` refuses it rather than keep one silently)."""
+    fixed = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, bits = item.partition("=")
         try:
-            fixed[name.strip()] = int(bits)
+            fixed.append((name.strip(), int(bits)))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected 'layer=bits' items, got {item!r}") from None
-    return tuple(sorted(fixed.items()))
+    return tuple(sorted(fixed))
 
 
 def population(text: str) -> int | str:
@@ -196,14 +197,33 @@ def add_config_options(parser: argparse.ArgumentParser, fields: Sequence[str], *
     parser.set_defaults(config_options=option_names(fields, spellings))
 
 
-def config_from_args(args: argparse.Namespace, **overrides) -> SearchConfig:
-    """The `SearchConfig` of the options given (`add_config_options`'), with ``overrides``, validated.
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The settings whose options were given (`add_config_options`' options default to absent)."""
+    return {name for name in getattr(args, "config_options", {}) if hasattr(args, name)}
 
-    Raises:
-        ValueError: a bad setting, named by its option.
+
+def refuse_unused(args: argparse.Namespace, settings: Sequence[str], why: str) -> None:
+    """Raise ValueError when an option of ``settings`` was given: it would have no effect ``why`` (a command's own
+    rule; `SearchConfig.validate` holds those of every command).
+
+    Example:
+        >>> refuse_unused(args, ["target"], "with --float: the float model has no configuration to cost")
     """
     names = getattr(args, "config_options", {})
-    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    config = SearchConfig(**{**given, **overrides})
-    config.validate(names=names)
+    unused = [names.get(setting, setting) for setting in settings if hasattr(args, setting)]
+    if unused:
+        raise ValueError(f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect {why}")
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> SearchConfig:
+    """The `SearchConfig` of the options given (`add_config_options`'), with ``overrides``, validated: values,
+    contradictions and options that would have no effect (`SearchConfig.validate` with the options given).
+
+    Raises:
+        ValueError: a bad setting or combination, named by its options.
+    """
+    names = getattr(args, "config_options", {})
+    given = given_options(args)
+    config = SearchConfig(**{**{name: getattr(args, name) for name in given}, **overrides})
+    config.validate(names=names, given=given)
     return config

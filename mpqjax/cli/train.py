@@ -43,6 +43,26 @@ def add_train_command(subparsers) -> None:
     parser.set_defaults(run=run_train)
 
 
+def _check_combination(args) -> None:
+    """Refuse what the command would otherwise ignore: a configuration given two ways, or options of the other mode
+    (--float trains the float model; without it a configuration is trained from the float model)."""
+    if args.float:
+        if args.config or args.bits or args.widths:
+            raise ValueError("--float trains the float model: it takes no --config, --bits or --widths")
+        if hasattr(args, "final_epochs") or hasattr(args, "final_learning_rate"):
+            raise ValueError("--float trains the float model as the search does: give --float-epochs and --float-lr, "
+                             "not --epochs and --lr")
+        if hasattr(args, "float_checkpoint"):
+            raise ValueError(f"--float trains the float model: {args.config_options['float_checkpoint']} gives one "
+                             "already (nothing to train)")
+        options.refuse_unused(args, ["target", "calibration"], "with --float (the float model has no quantised "
+                              "configuration)")
+    elif args.config and (args.bits or args.widths):
+        raise ValueError("--config gives the configuration (its bits and widths): it takes no --bits or --widths")
+    elif not (args.config or args.bits):
+        raise ValueError("give --config or --bits (or --float)")
+
+
 def _per_layer(values, count: int, option: str) -> list:
     if len(values) == 1:
         return list(values) * count
@@ -77,13 +97,7 @@ def run_train(args) -> int:
     from mpqjax.store.run_folder import file_path
 
     config = options.config_from_args(args)
-    if args.float and (args.config or args.bits or args.widths):
-        raise ValueError("--float trains the float model: it takes no --config, --bits or --widths")
-    if args.float and (hasattr(args, "final_epochs") or hasattr(args, "final_learning_rate")):
-        raise ValueError("--float trains the float model as the search does: give --float-epochs and --float-lr, "
-                         "not --epochs and --lr")
-    if not args.float and not (args.config or args.bits):
-        raise ValueError("give --config or --bits (or --float)")
+    _check_combination(args)
     if any(os.path.exists(file_path(args.out, name)) for name in ("model", "train", "float")):
         raise ValueError(f"output folder {args.out!r} already holds a trained model; choose another --out")
     dataset = search.load_dataset(config)

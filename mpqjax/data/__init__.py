@@ -35,6 +35,6 @@ __getattr__, __dir__, __all__ = attach(
         "Dataset": "dataset", "Split": "dataset", "check_count": "dataset", "dataset_from_pixels": "dataset",
         "load_digits_splits": "digits",
         "LOADERS": "registry", "load": "registry",
-        "default_data_dir": "tfds", "load_imagenet2012": "tfds", "load_tfds": "tfds",
+        "default_data_dir": "tfds", "load_imagenet2012": "tfds", "load_tfds": "tfds", "tfds_is_prepared": "tfds",
     },
 )

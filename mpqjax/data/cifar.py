@@ -37,7 +37,7 @@ import urllib.request
 import numpy as np
 
 from mpqjax.data.dataset import Dataset, check_count, dataset_from_pixels
-from mpqjax.data.tfds import default_data_dir, load_tfds
+from mpqjax.data.tfds import default_data_dir, load_tfds, tfds_is_prepared
 
 __all__ = ["CIFAR_ARCHIVES", "CifarArchive", "load_cifar10", "load_cifar100", "load_cifar_folder"]
 
@@ -236,7 +236,7 @@ def _tfds_prepared(name: str, data_dir: str) -> bool:
     """Whether tensorflow-datasets has a prepared copy of ``name`` in ``data_dir``."""
     import tensorflow_datasets as tfds
 
-    return tfds.builder(name, data_dir=data_dir).is_prepared()
+    return tfds_is_prepared(tfds.builder(name, data_dir=data_dir))
 
 
 def _load_cifar(name: str, seed: int, data_dir: str | None, download: bool, validation_size: int) -> Dataset:

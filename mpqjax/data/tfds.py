@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ import numpy as np
 from mpqjax.data.augmentation import AUGMENTATIONS
 from mpqjax.data.dataset import Dataset, check_count, dataset_from_pixels
 
-__all__ = ["default_data_dir", "load_imagenet2012", "load_tfds"]
+__all__ = ["default_data_dir", "load_imagenet2012", "load_tfds", "tfds_is_prepared"]
 
 
 def default_data_dir() -> str:
@@ -101,7 +102,7 @@ def load_tfds(name: str, seed: int = 0, *, data_dir: str | None = None, download
     features = builder.info.features
     if image_key not in features or label_key not in features:
         raise ValueError(f"{name} has no {image_key!r} image and {label_key!r} label features")
-    if not builder.is_prepared():
+    if not tfds_is_prepared(builder):
         _prepare_tfds(builder, name, data_dir, download)
 
     # Encoded bytes when resizing: decoding is then ours (PIL, JPEG at reduced scale, in threads).
@@ -169,6 +170,29 @@ def load_imagenet2012(seed: int = 0, *, data_dir: str | None = None, download: b
                      max_train_examples=max_train_examples, max_test_examples=max_test_examples,
                      image_size=image_size, crop_fraction=0.875, train_split="train", test_split="validation",
                      augmentation="flip", threads=threads)
+
+
+class _AbsentVariantFilter(logging.Filter):
+    """Drops tensorflow-datasets' warning that a dataset's version folder holds no dataset_info.json when that folder
+    does not exist at all: asking whether an absent copy is prepared is the normal case (the loader then says in
+    one line what to do), not a problem. A folder that exists but lacks the file still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Variant folder ") and record.args):
+            return True
+        folder = record.args[0]  # tfds passes an epath.Path (local or remote); anything else is read as a local path
+        return folder.exists() if hasattr(folder, "exists") else os.path.exists(str(folder))
+
+
+def tfds_is_prepared(builder) -> bool:
+    """``builder.is_prepared()`` without tensorflow-datasets' warning about a copy that is simply absent."""
+    absl_logger = logging.getLogger("absl")
+    quiet = _AbsentVariantFilter()
+    absl_logger.addFilter(quiet)
+    try:
+        return builder.is_prepared()
+    finally:
+        absl_logger.removeFilter(quiet)
 
 
 def _tensorflow_available() -> bool:

@@ -5,9 +5,10 @@ Everything here reads a search's output folder (`mpqjax.store.run_folder`: ``sea
 search and on one that is still running, and never imports JAX. `write` regenerates every derived file;
 ``mpqjax report OUTDIR`` calls it.
 
-Modules: `format` (numbers and markdown tables), `pareto` (`pareto_front`), `records` (the best record, baseline
-labels), `tables` (``trials.csv``), `plots` (``pareto.png``, ``hessian.png``), `summary` (``report.md``) and
-`folder` (`write`). `Run`, `load_run` and `best_trial` are the run folder's, re-exported for convenience.
+Modules: `format` (numbers, widths exactly, markdown tables), `pareto` (`pareto_front`), `records` (the best record,
+how it was chosen, baseline labels), `tables` (``trials.csv``), `plots` (``pareto.png``, ``hessian.png``), `summary`
+(``report.md``) and `folder` (`write`). `Run` and `load_run` are the run folder's and `best_trial` the store's one
+definition of the best trial (`mpqjax.store.selection`), re-exported for convenience.
 
 Example:
     >>> run = load_run("runs/digits")
@@ -23,15 +24,15 @@ __getattr__, __dir__, __all__ = attach(
     names={
         **{name: "format" for name in (
             "ENERGY_UNITS", "MISSING", "SIZE_UNITS", "TIME_UNITS", "format_count", "format_energy", "format_factor",
-            "format_percent", "format_quantity", "format_seconds", "format_size", "format_values", "markdown_table",
-            "unit_for")},
+            "format_percent", "format_quantity", "format_seconds", "format_size", "format_values", "format_width",
+            "markdown_table", "unit_for")},
         "pareto_front": "pareto",
-        "best_record": "records", "uniform_label": "records",
+        **{name: "records" for name in ("best_record", "resolution_of", "selection_note", "uniform_label")},
         "write_trials_csv": "tables",
         "plot_hessian": "plots", "plot_pareto": "plots",
         "markdown": "summary",
         "write": "folder",
-        # The run folder's reading and its one best trial (mpqjax.store.run_folder), through the modules using them.
+        # The run folder's reading and the one best trial (mpqjax.store), through the modules using them.
         "Run": "records", "best_trial": "records", "load_run": "folder",
     },
 )

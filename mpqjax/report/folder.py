@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from mpqjax.report.plots import plot_hessian, plot_pareto
+from mpqjax.report.records import best_record
 from mpqjax.report.summary import markdown
 from mpqjax.report.tables import write_trials_csv
 from mpqjax.store.files import atomic_write_text
@@ -20,6 +21,9 @@ __all__ = ["write"]
 
 def write(out_dir: str | os.PathLike) -> list[str]:
     """Regenerate a search folder's derived files: trials.csv, pareto.png, hessian.png (with hessian.json), report.md.
+
+    All of them show the same best configuration (`best_record`): the ``best`` column of trials.csv, the star of
+    pareto.png and report.md's best configuration.
 
     Each file is written atomically, so a reader never sees half of one; works while the search is still running.
 
@@ -38,7 +42,8 @@ def write(out_dir: str | os.PathLike) -> list[str]:
     """
     run = load_run(out_dir)
     written = [file_path(run.out_dir, "csv"), file_path(run.out_dir, "pareto")]
-    write_trials_csv(written[0], run.trials)
+    best, _ = best_record(run)
+    write_trials_csv(written[0], run.trials, best=None if best is None else best.get("trial"))
     plot_pareto(written[1], run)
     if run.hessian is not None:
         written.append(file_path(run.out_dir, "hessian_plot"))

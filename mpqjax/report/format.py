@@ -4,8 +4,8 @@ Every formatter takes a record's raw field (a number, None, NaN or anything else
 is missing or not a finite number, so a report of a running or failed search never shows ``nan``.
 
 Example:
-    >>> format_size(2104), format_seconds(1.25e-5), format_percent(0.9861)
-    ('2.104 kB', '12.5 µs', '98.61 %')
+    >>> format_size(2104), format_seconds(1.25e-5), format_percent(0.9861), format_width(1.125)
+    ('2.104 kB', '12.5 µs', '98.61 %', '1.125')
     >>> print("\\n".join(markdown_table(["layer", "bits"], [["conv1", 8]], "lr")))
     | layer | bits |
     | --- | ---: |
@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from mpqjax.store.run_folder import number
 
 __all__ = ["ENERGY_UNITS", "MISSING", "SIZE_UNITS", "TIME_UNITS", "format_count", "format_energy", "format_factor",
-           "format_percent", "format_quantity", "format_seconds", "format_size", "format_values", "markdown_table",
-           "unit_for"]
+           "format_percent", "format_quantity", "format_seconds", "format_size", "format_values", "format_width",
+           "markdown_table", "unit_for"]
 
 # Units as (scale, name), largest first; sizes in decimal units.
 SIZE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1.0, "B"))
@@ -92,9 +94,26 @@ def format_count(value) -> str:
     return MISSING if value is None else f"{round(value):,}"
 
 
+def format_width(value) -> str:
+    """A width multiplier exactly, in its shortest form: ``format_width(1.125) == "1.125"``, ``format_width(1.0) ==
+    "1"``, or `MISSING`.
+
+    A value that is a float32 (as the model holds widths, so ``1.1`` reads back as ``1.100000023841858``) is written
+    as the shortest decimal that reads back as that float32 (``"1.1"``); any other as the shortest that reads back as
+    the float64. Either way the text reads back as the value: never rounded to a few digits.
+    """
+    value = number(value)
+    if value is None:
+        return MISSING
+    single = np.float32(value)
+    exact = single if float(single) == value else np.float64(value)
+    return np.format_float_positional(exact, trim="-")
+
+
 def format_values(values) -> str:
-    """A list joined by spaces, floats in their shortest form: ``format_values([4, 1.25]) == "4 1.25"``."""
-    return " ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values or [])
+    """A list joined by spaces, floats exactly in their shortest form (`format_width`): ``format_values([4, 1.125])
+    == "4 1.125"``."""
+    return " ".join(format_width(value) if isinstance(value, float) else str(value) for value in values or [])
 
 
 def _cell(text) -> str:

@@ -19,9 +19,10 @@ import numpy as np
 
 from mpqjax.report.format import SIZE_UNITS, TIME_UNITS, unit_for
 from mpqjax.report.pareto import pareto_front
-from mpqjax.report.records import best_record, uniform_label
+from mpqjax.report.records import best_record, resolution_of, uniform_label
 from mpqjax.store.files import atomic_write
 from mpqjax.store.run_folder import Run, is_ok, number
+from mpqjax.store.selection import choose
 
 __all__ = ["plot_hessian", "plot_pareto"]
 
@@ -133,6 +134,24 @@ def _draw_trials(axes, trials: Sequence[dict], key: str, scale: float) -> None:
                   label=f"failed ({len(failed)}): ticks at the bottom")
 
 
+def _draw_best(axes, run: Run, key: str, scale: float) -> None:
+    """The best configuration as a gold star (``gid="best"``) and the band of the trials tied with the most accurate
+    (within the selection's resolution, ``gid="tied"``) it was chosen from."""
+    best, best_is_final = best_record(run)
+    resolution = resolution_of(run)
+    choice = choose(run.trials, resolution=resolution or 0.0)
+    if resolution and choice.top_accuracy is not None and len(choice.tied) > 1:
+        axes.axhspan(100 * (choice.top_accuracy - resolution), 100 * choice.top_accuracy, color="gold", alpha=0.18,
+                     lw=0, zorder=0, gid="tied",
+                     label=f"tied: within one validation example of the top ({len(choice.tied)} trials)")
+    if best is not None and None not in (number(best.get(key)), number(best.get("validation_accuracy"))):
+        chosen_here = choice.best is not None and choice.best.get("trial") == best.get("trial")
+        how = f": the smallest of the {len(choice.tied)} tied" if chosen_here and len(choice.tied) > 1 else ""
+        axes.scatter([number(best[key]) / scale], [100 * number(best["validation_accuracy"])], marker="*",
+                     s=220, color="gold", edgecolor="black", zorder=5, gid="best",
+                     label=f"best{'' if best_is_final else ' so far'} (trial {best.get('trial')}{how})")
+
+
 def _draw_references(axes, run: Run, key: str, scale: float, title: str) -> None:
     """The Pareto front, the uniform baseline, the limit, the float model's accuracy and the best configuration."""
     ok = [record for record in run.trials if is_ok(record)]
@@ -140,7 +159,7 @@ def _draw_references(axes, run: Run, key: str, scale: float, title: str) -> None
     front = [ok[i] for i in pareto_front([r["validation_accuracy"] for r in ok], [r.get(key) for r in ok])]
     if front:
         axes.step(*_points(front, key, scale), where="post", color="tab:orange", lw=1.5, zorder=3,
-                  label="Pareto front")
+                  label="Pareto front", gid="front")
     if baseline:
         base_x, base_y = _points(baseline, key, scale)
         order = np.argsort(base_x)
@@ -155,11 +174,7 @@ def _draw_references(axes, run: Run, key: str, scale: float, title: str) -> None
     if float_accuracy is not None:
         axes.axhline(100 * float_accuracy, ls=":", color="tab:green", lw=1.2,
                      label=f"float model {100 * float_accuracy:.2f} %")
-    best, best_is_final = best_record(run)
-    if best is not None and None not in (number(best.get(key)), number(best.get("validation_accuracy"))):
-        axes.scatter([number(best[key]) / scale], [100 * number(best["validation_accuracy"])], marker="*",
-                     s=220, color="gold", edgecolor="black", zorder=5,
-                     label=f"best{'' if best_is_final else ' so far'} (trial {best.get('trial')})")
+    _draw_best(axes, run, key, scale)
     if not ok and not baseline:
         axes.text(0.5, 0.5, "no successful trial yet", transform=axes.transAxes, ha="center", va="center",
                   bbox={"facecolor": "white", "edgecolor": "none"})
@@ -182,17 +197,23 @@ def _shown_costs(run: Run, key: str) -> list[float]:
     return [value for value in shown if value is not None and value > 0]
 
 
-def plot_pareto(path: str | os.PathLike, run: Run) -> None:
+def plot_pareto(path: str | os.PathLike, run: Run):
     """Plot validation accuracy against size and against latency for every trial, with the fronts; PNG.
 
     Random-phase and model-phase trials are drawn in two colours, infeasible ones as red crosses, failed ones as
     ticks along the bottom edge (at their cost); the Pareto front of the successful trials is a step line; the limits
     are vertical dashed lines, the float model's accuracy a horizontal line, the uniform-precision baseline a
-    labelled series ("4b", ...) and the best configuration a star.
+    labelled series ("4b", ...) and the best configuration a star (the report's best: `best_record`). A gold band
+    marks the accuracies tied with the most accurate feasible trial (within the search's resolution, one validation
+    example), the trials the best was chosen from (`mpqjax.store.selection.RULE`).
 
     Args:
         path: the ``.png`` file, written atomically.
         run: a `Run` from `load_run`.
+
+    Returns:
+        The drawn `matplotlib.figure.Figure` (two axes: size, latency). Its marks carry ids for whoever reads it:
+        ``gid="best"`` the star, ``"front"`` the Pareto front, ``"tied"`` the band.
 
     Example:
         >>> plot_pareto("runs/digits/pareto.png", load_run("runs/digits"))
@@ -226,3 +247,4 @@ def plot_pareto(path: str | os.PathLike, run: Run) -> None:
     figure.suptitle(f"{run.search.get('model', '?')} on {run.search.get('dataset', '?')}: {done} trials "
                     f"({run.status})", fontsize=12)
     _save_png(path, figure)
+    return figure

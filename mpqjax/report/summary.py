@@ -17,11 +17,13 @@ from mpqjax.report.format import (
     format_seconds,
     format_size,
     format_values,
+    format_width,
     markdown_table,
 )
 from mpqjax.report.pareto import pareto_front
-from mpqjax.report.records import best_record, uniform_label
+from mpqjax.report.records import best_record, resolution_of, selection_note, uniform_label
 from mpqjax.store.run_folder import FILES, PHASES, Run, is_ok, number
+from mpqjax.store.selection import RULE, choose
 
 __all__ = ["markdown"]
 
@@ -103,7 +105,7 @@ def _layer_lines(run: Run, best: dict, best_is_final: bool) -> list[str]:
     """The per-layer table: cost per layer from best_config.json, or the best trial's configuration so far."""
     if best_is_final and run.best_config.get("layers"):
         layers = run.best_config["layers"]
-        rows = [[i, layer.get("name", "?"), layer.get("bits", MISSING), format_values([layer.get("width")]),
+        rows = [[i, layer.get("name", "?"), layer.get("bits", MISSING), format_width(layer.get("width")),
                  format_count(layer.get("weights")), format_size(layer.get("size_bytes")),
                  format_count(layer.get("cycles"))]
                 for i, layer in enumerate(layers)]
@@ -117,7 +119,7 @@ def _layer_lines(run: Run, best: dict, best_is_final: bool) -> list[str]:
     layers = run.search.get("layers") or []
     bits, widths = best.get("bits") or [], best.get("widths") or []
     rows = [[i, layer.get("name", "?"), layer.get("kind", MISSING), bits[i] if i < len(bits) else MISSING,
-             format_values([widths[i]]) if i < len(widths) else MISSING, format_count(layer.get("weights"))]
+             format_width(widths[i]) if i < len(widths) else MISSING, format_count(layer.get("weights"))]
             for i, layer in enumerate(layers)]
     note = ("(search running: best trial so far, before final training; per-layer size and cycles come with "
             f"{FILES['best']})") if not best_is_final else f"({FILES['best']} lists no layers: the configuration only)"
@@ -135,6 +137,7 @@ def _best_lines(run: Run) -> list[str]:
         float_test = number((run.search.get("float") or {}).get("test_accuracy"))
     objective = number(best.get("objective"))
     rows = [["trial", f"{best.get('trial', MISSING)} ({best.get('phase', MISSING)} phase)"],
+            ["how it was chosen", selection_note(run)],
             ["objective", f"{objective:.4f}" if objective is not None else MISSING],
             ["validation accuracy (short fine-tune)", format_percent(best.get("validation_accuracy"))]]
     if best_is_final:
@@ -153,22 +156,58 @@ def _best_lines(run: Run) -> list[str]:
         rows.append(["exported model", f"[{best['export']}]({best['export']})"])
     heading = "## Best configuration" if best_is_final else "## Best configuration so far"
     note = [] if best_is_final else ["(search running: best trial so far, before final training)", ""]
-    return [heading, "", *note, *markdown_table(["", ""], rows), "", *_layer_lines(run, best, best_is_final)]
+    return [heading, "", *note, *markdown_table(["", ""], rows), "", f"The selection rule: {RULE}.", "",
+            *_layer_lines(run, best, best_is_final)]
+
+
+def _off_front_reason(run: Run, best: dict, front: list[dict], key: str, title: str) -> str:
+    """Why the best configuration is not on a front: the front's trial that is at least as good in both, and why
+    the selection did not prefer it (a limit broken, or an accuracy tied within the resolution at a larger size)."""
+    accuracy, cost = number(best.get("validation_accuracy")), number(best.get(key))
+    if accuracy is None or cost is None:
+        return f"its validation accuracy or {title} is unknown"
+    rival = next((r for r in front if r["validation_accuracy"] >= accuracy and (number(r.get(key)) or 0.0) <= cost),
+                 None)
+    if rival is None:  # not expected: some front trial is at least as good as every trial
+        return "no trial of the front is as good in both"
+    name, versus = f"trial {rival.get('trial')}", (f"{format_percent(rival['validation_accuracy'])} against "
+                                                    f"{format_percent(accuracy)}")
+    if rival["validation_accuracy"] == accuracy and number(rival.get(key)) == cost:
+        return f"{name} has the same validation accuracy and {title}; the front lists one of equal points"
+    if not rival.get("feasible", True):
+        return f"{name} is more accurate ({versus}) at no larger {title}, but breaks a limit"
+    tied = {r.get("trial") for r in choose(run.trials, resolution=resolution_of(run) or 0.0).tied}
+    if rival.get("trial") in tied and best.get("trial") in tied:
+        larger = (f"larger ({format_size(rival.get('size_bytes'))} against {format_size(best.get('size_bytes'))})"
+                  if (number(rival.get("size_bytes")) or 0.0) > (number(best.get("size_bytes")) or 0.0)
+                  else f"as large and slower ({format_seconds(rival.get('latency_seconds'))} against "
+                       f"{format_seconds(best.get('latency_seconds'))})")
+        return (f"{name} is more accurate ({versus}) by less than one validation example, a tie for the selection, "
+                f"and {larger}")
+    return f"{name} is more accurate ({versus}) at no larger {title}"
 
 
 def _front_lines(run: Run, key: str, title: str) -> list[str]:
-    """The Pareto front of the ok trials against one cost, cheapest first; nothing when there is no ok trial."""
+    """The Pareto front of the ok trials against one cost, cheapest first, the best configuration marked (or why it
+    is not on the front said below the table); nothing when there is no ok trial."""
     ok = [record for record in run.trials if is_ok(record)]
     front = [ok[i] for i in pareto_front([r["validation_accuracy"] for r in ok], [r.get(key) for r in ok])]
     if not front:
         return []
-    rows = [[r.get("trial", MISSING), r.get("phase", MISSING), format_percent(r["validation_accuracy"]),
-             format_size(r.get("size_bytes")), format_seconds(r.get("latency_seconds")),
-             "yes" if r.get("feasible", True) else "no", format_values(r.get("bits")), format_values(r.get("widths"))]
+    best, _ = best_record(run)
+    best_trial_number = None if best is None else best.get("trial")
+    rows = [[f"{r.get('trial', MISSING)}{' (best)' if r.get('trial') == best_trial_number else ''}",
+             r.get("phase", MISSING), format_percent(r["validation_accuracy"]), format_size(r.get("size_bytes")),
+             format_seconds(r.get("latency_seconds")), "yes" if r.get("feasible", True) else "no",
+             format_values(r.get("bits")), format_values(r.get("widths"))]
             for r in front]
-    return [f"## Pareto front: validation accuracy vs {title}", "",
-            *markdown_table(["trial", "phase", "validation accuracy", "size", "latency", "feasible", "bits", "widths"],
-                            rows, "rlrrrlll"), ""]
+    lines = [f"## Pareto front: validation accuracy vs {title}", "",
+             *markdown_table(["trial", "phase", "validation accuracy", "size", "latency", "feasible", "bits", "widths"],
+                             rows, "rlrrrlll"), ""]
+    if best is not None and best_trial_number not in {r.get("trial") for r in front}:
+        lines += [f"The best configuration, trial {best_trial_number}, is not on this front: "
+                  f"{_off_front_reason(run, best, front, key, title)}.", ""]
+    return lines
 
 
 def _baseline_lines(run: Run) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,9 @@ from mpqjax.nn.quant import CALIBRATION_METHODS
 from mpqjax.search import objective
 from mpqjax.training.population import STRATEGIES
 
-__all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "SearchConfig"]
+__all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
 
+MAX_SEED = 2**32 - 1  # the data split's NumPy/scikit-learn generators take seeds below 2**32
 DEFAULT_SIZE_REDUCTION = 6.0  # the paper's ResNet-20 reached 6.1x against FiP16 at no accuracy loss
 # The settings' groups (the command line's option groups), in order.
 GROUPS = ("model, data and hardware", "limits", "search", "sensitivity", "training", "population and devices")
@@ -55,12 +56,17 @@ def _is_positive_number(value) -> bool:
             and value > 0)
 
 
+def _is_seed(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and 0 <= value <= MAX_SEED
+
+
 _POSITIVE_INT = _rule("a positive integer", _is_positive_int)
 _POSITIVE = _rule("a positive number", _is_positive_number)
 _OPTIONAL_POSITIVE = _rule("a positive number", _is_positive_number, optional=True)
 _NON_NEGATIVE = _rule("a non-negative number", lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf)
 _CALIBRATION = _rule(f"one of {', '.join(CALIBRATION_METHODS)}", lambda v: v in CALIBRATION_METHODS)
 _POPULATION = _rule("a positive integer or 'auto'", lambda v: v == "auto" or _is_positive_int(v))
+_SEED = _rule("an integer in [0, 2**32 - 1]", _is_seed)
 _STRATEGY = _rule(f"auto or one of {', '.join(STRATEGIES)}", lambda v: v in ("auto", *STRATEGIES))
 
 
@@ -76,10 +82,38 @@ def _known_dataset(name: str, value: Any) -> None:
 
 def _bits(name: str, value: Any) -> None:
     check_bits(list(value), name)
+    if not value or len(set(value)) != len(value):
+        raise ValueError(f"{name} must name one or more distinct bit-widths, got {list(value)}")
+
+
+def _widths(name: str, value: Any) -> None:
+    if not value or any(not _is_positive_number(width) for width in value):
+        raise ValueError(f"{name} must be positive numbers, got {list(value)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name} must name distinct width multipliers, got {list(value)}")
 
 
 def _bit_sets(name: str, value: Any) -> None:
+    if not value or any(not group for group in value):
+        raise ValueError(f"{name} must be one or more non-empty sets of bit-widths, got {value!r}")
     check_bits([bits for group in value for bits in group], name)
+    for group in value:
+        if len(set(group)) != len(group):
+            raise ValueError(f"{name}: a set names a bit-width twice, got {list(group)}")
+
+
+def _fixed_bits(name: str, value: Any) -> None:
+    pairs = list(value)
+    if any(not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)) for pair in pairs):
+        raise ValueError(f"{name} must be (layer name, bits) pairs, got {value!r}")
+    layers = [layer for layer, _ in pairs]
+    twice = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if twice:
+        raise ValueError(f"{name}: layers fixed twice: {', '.join(twice)}")
+    try:
+        check_bits([bits for _, bits in pairs], layers)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def _setting(default: Any, help: str, group: str, check: Check | None = None, **cli: Any) -> Any:
@@ -99,8 +133,9 @@ class SearchConfig:
     `validate` checks the values.
     """
 
-    model: str = _setting("digits_cnn", "model zoo name (mpqjax.nn.models.available)", _WHAT, _known_model)
-    dataset: str = _setting("digits", "dataset name (mpqjax.data.LOADERS)", _WHAT, _known_dataset)
+    model: str = _setting("digits_cnn", f"model zoo name: {', '.join(models.available())}", _WHAT, _known_model)
+    dataset: str = _setting("digits", f"dataset name: {', '.join(data.LOADERS)} (digits is embedded; the others "
+                            "are read from --data-dir or downloaded)", _WHAT, _known_dataset)
     data_dir: str | None = _setting(None, "folder of downloaded datasets (tensorflow-datasets or CIFAR folders)",
                                     _WHAT)
     target: str = _setting("fpga", "hardware target: fpga (the paper's), generic, or a .json/.toml target file",
@@ -108,12 +143,12 @@ class SearchConfig:
     max_size_bytes: float | None = _setting(None, "size limit (mu), e.g. 16kB, 0.5MB, 20000 (bytes)", _LIMITS,
                                             _OPTIONAL_POSITIVE, option="--max-size", unit="bytes")
     min_size_reduction: float | None = _setting(
-        DEFAULT_SIZE_REDUCTION, "size limit as a reduction against FiP16 (size <= FiP16 size / this; the stricter of "
-        "this and the size limit applies)", _LIMITS, _OPTIONAL_POSITIVE)
+        DEFAULT_SIZE_REDUCTION, "size limit as a reduction against FiP16: size <= FiP16 size / this (give this or "
+        "the size limit, not both)", _LIMITS, _OPTIONAL_POSITIVE)
     max_latency_seconds: float | None = _setting(None, "latency limit (tau), e.g. 2us, 1.5ms, 0.01 (seconds)",
                                                  _LIMITS, _OPTIONAL_POSITIVE, option="--max-latency", unit="seconds")
-    min_speedup: float | None = _setting(None, "latency limit as a speed-up against FiP16", _LIMITS,
-                                         _OPTIONAL_POSITIVE)
+    min_speedup: float | None = _setting(None, "latency limit as a speed-up against FiP16 (not with the latency "
+                                         "limit)", _LIMITS, _OPTIONAL_POSITIVE)
     max_energy_joules: float | None = _setting(None, "energy limit (epsilon) in joules", _LIMITS, _OPTIONAL_POSITIVE,
                                                option="--max-energy")
     min_throughput: float | None = _setting(None, "throughput limit (pi) in inferences per second", _LIMITS,
@@ -123,18 +158,22 @@ class SearchConfig:
     penalty: float = _setting(objective.DEFAULT_MULTIPLIER, "Lagrangian multiplier per relative violation of a "
                               "limit (objective = accuracy - penalty * violation)", _LIMITS, _POSITIVE)
     trials: int = _setting(60, "configurations to evaluate (the paper's n)", _SEARCH, _POSITIVE_INT)
-    n_initial: int = _setting(20, "random configurations first (the paper's n0)", _SEARCH, _POSITIVE_INT)
-    seed: int = _setting(0, "seed of everything: data split, float training, probes, optimiser, fine-tunes", _SEARCH)
-    prune: bool = _setting(True, "Hessian pruning of each layer's bit-widths (off: every layer may take every "
-                           "bit-width of bits)", _SEARCH, option="--no-prune")
+    n_initial: int = _setting(20, "random configurations first (the paper's n0); when not set, at most trials (a "
+                              "shorter search is then all random); set above trials, refused", _SEARCH,
+                              _POSITIVE_INT)
+    seed: int = _setting(0, "seed of everything: data split, float training, probes, optimiser, fine-tunes (an "
+                         "integer in [0, 2**32 - 1])", _SEARCH, _SEED)
+    prune: bool = _setting(True, "Hessian pruning of each layer's bit-widths (off, --no-prune: every layer may take "
+                           "every bit-width of bits)", _SEARCH, option="--no-prune")
     bits: tuple[int, ...] = _setting(sensitivity.ALL_BITS, "bit-widths of the unpruned space", _SEARCH, _bits)
     bit_sets: tuple[tuple[int, ...], ...] = _setting(
         sensitivity.DEFAULT_BIT_SETS, "candidate bits per sensitivity cluster, most sensitive first", _SENSITIVITY,
         _bit_sets)
     widths: tuple[float, ...] = _setting(sensitivity.DEFAULT_WIDTHS, "width multipliers of every width group",
-                                         _SEARCH)
+                                         _SEARCH, _widths)
     fixed_bits: tuple[tuple[str, int], ...] = _setting((), "layers whose bit-width is fixed by hand, e.g. "
-                                                       "'conv1=8,head=8'", _SENSITIVITY, option="--fix-bits")
+                                                       "'conv1=8,head=8' (bit-widths 2 to 16)", _SENSITIVITY,
+                                                       _fixed_bits, option="--fix-bits")
     log_scale: bool = _setting(False, "cluster log10 of the traces per weight", _SENSITIVITY)
     float_checkpoint: str | None = _setting(
         None, "float model at width 1: a flax msgpack file or an orbax checkpoint folder of {'params', "
@@ -171,22 +210,77 @@ class SearchConfig:
         f"{', '.join(STRATEGIES)} (mpqjax.training.population); measured choices can differ between runs", _DEVICES,
         _STRATEGY)
 
-    def validate(self, *, names: Mapping[str, str] | None = None) -> None:
-        """Raise ValueError naming the first bad setting (cheap checks only: nothing is loaded).
+    def validate(self, *, names: Mapping[str, str] | None = None, given: Collection[str] | None = None) -> None:
+        """Raise ValueError naming the first bad setting or combination (cheap checks only: nothing is loaded).
+
+        Each value is checked against its rule; then combinations: a limit given two ways (a size and a size
+        reduction, a latency and a speed-up), more random trials (``n_initial``) than trials, and a population
+        larger than the trials. With ``given`` (the command line), settings that would have no effect with the
+        others (`UNUSED`) are refused too.
 
         Args:
             names: how messages name each setting (the command line passes its option spellings); default: the
                 field names.
+            given: the settings the caller set explicitly (the command line passes the options given). Default
+                (the Python API): a setting counts as set when it differs from its default, so the default size
+                reduction still applies with ``max_size_bytes`` (the stricter wins: pass ``min_size_reduction=None``
+                to drop it) and the default ``n_initial`` is capped at ``trials``; unused settings are not refused
+                (a settings dict shared by several searches may carry some).
         """
         names = dict(names or {})
+        name = lambda setting: names.get(setting, setting)  # noqa: E731
         for field in dataclasses.fields(self):
             check = field.metadata.get("check")
             if check is not None:
-                check(names.get(field.name, field.name), getattr(self, field.name))
+                check(name(field.name), getattr(self, field.name))
+        is_set = (lambda setting: setting in given) if given is not None else self._differs_from_default
+        for first, second, limit in TWO_WAYS:
+            if is_set(first) and is_set(second) and None not in (getattr(self, first), getattr(self, second)):
+                raise ValueError(f"{name(first)} and {name(second)} both set {limit}: give one")
+        if self.n_initial > self.trials and is_set("n_initial"):
+            raise ValueError(f"{name('n_initial')} {self.n_initial} exceeds {name('trials')}={self.trials}: every "
+                             f"trial would be random; give at most {self.trials}, or leave it out (its default is "
+                             f"capped at {name('trials')})")
         if self.population != "auto" and self.population > self.trials:
-            raise ValueError(f"{names.get('population', 'population')} {self.population} exceeds "
-                             f"{names.get('trials', 'trials')}={self.trials}: every population is evaluated whole")
+            raise ValueError(f"{name('population')} {self.population} exceeds {name('trials')}={self.trials}: "
+                             "every population is evaluated whole")
+        if given is not None:
+            self._refuse_unused(set(given), name)
+
+    def _differs_from_default(self, setting: str) -> bool:
+        return getattr(self, setting) != _DEFAULTS[setting]
+
+    def _refuse_unused(self, given: set[str], name: Callable[[str], str]) -> None:
+        """Raise ValueError when a setting given has no effect with the others (`UNUSED`)."""
+        for settings, applies, reason in UNUSED:
+            unused = [setting for setting in settings if setting in given]
+            if unused and applies(self):
+                shown = {setting: name(setting) for setting in _DEFAULTS}
+                listed = " and ".join(name(setting) for setting in unused)
+                raise ValueError(f"{listed} {'has' if len(unused) == 1 else 'have'} no effect "
+                                 f"{reason.format_map(shown)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (tuples as lists)."""
         return store.to_json_value(dataclasses.asdict(self))
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(SearchConfig)}
+
+TWO_WAYS = (("max_size_bytes", "min_size_reduction", "the size limit"),
+            ("max_latency_seconds", "min_speedup", "the latency limit"))
+"""Pairs of settings that give one limit two ways, refused together: ``(setting, setting, the limit)``."""
+
+UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] = (
+    (("data_dir",), lambda config: config.dataset == "digits", "with the digits dataset: it is embedded, nothing is "
+     "read from a folder"),
+    (("float_epochs", "float_learning_rate"), lambda config: config.float_checkpoint is not None,
+     "with {float_checkpoint}: the float model is read from it, not trained"),
+    (("bit_sets", "log_scale", "hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
+     lambda config: not config.prune, "with {prune}: there is no Hessian and no pruning"),
+    (("baseline_bits",), lambda config: not config.baseline, "without {baseline}"),
+    (("strategy",), lambda config: config.population == 1 and config.strategy not in ("auto", "sequential"),
+     "with a population of 1: one configuration at a time trains sequentially; give {population} N or auto"),
+)
+"""Settings with no effect under a condition, refused when given on the command line:
+``(settings, condition(config), why)``; ``why`` names settings as ``{setting}``."""

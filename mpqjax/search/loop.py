@@ -1,9 +1,10 @@
 """Algorithm 1 of the paper end to end: float model -> Hessian sensitivity -> pruned space -> k-means TPE over
 quantisation-aware fine-tunes -> final training of the best configuration -> export and report.
 
-`run` is the whole job (what ``mpqjax search`` calls); its phases are the functions below, its steps are shared with
-the other commands (`mpqjax.search.steps`), and everything it writes goes through the run folder
-(`mpqjax.store.run_folder.RunFolder`). Every finished population of trials is logged before the optimiser state is
+`run` is the whole job (what ``mpqjax search`` calls); its phases are the functions below and the trials
+(`mpqjax.search.trials`), its steps are shared with the other commands (`mpqjax.search.steps`), and everything it
+writes goes through the run folder (`mpqjax.store.run_folder.RunFolder`), locked for the run's life. Every check that
+can fail runs before the first write. Every finished population of trials is logged before the optimiser state is
 saved, both atomically, so ``run(..., resume=True)`` continues a killed search: the logged trials are kept, the
 optimiser state is restored (or completed from the log), and since every random draw is keyed by the trial index
 (``fold_in(key, trial)``), the resumed search ends with exactly the result of an uninterrupted one.
@@ -19,27 +20,29 @@ import contextlib
 import dataclasses
 import math
 import os
+import platform
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.optim import tpe
-from mpqjax.search import objective, steps
+from mpqjax.search import objective, steps, trials
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config_limits, full_space
+from mpqjax.search.trials import choose_population
 from mpqjax.store import run_folder
 from mpqjax.store.run_folder import FILES, PHASES
-from mpqjax.training import devices, population, strategy, train
+from mpqjax.training import train
 
-# FILES is the run folder's (mpqjax.store.run_folder), re-exported for the search's users.
+# FILES is the run folder's (mpqjax.store.run_folder) and choose_population the trials', re-exported for the
+# search's users.
 __all__ = ["FILES", "SearchResult", "choose_population", "default_out_dir", "run"]
 
 Progress = Callable[[dict], None]
@@ -91,6 +94,20 @@ def _phase(notify: Progress, phase: str, message: str) -> None:
     notify({"event": "phase", "phase": phase, "message": message})
 
 
+def _start_event(config: SearchConfig, folder: run_folder.RunFolder, previous: dict | None,
+                 float_net: steps.FloatModel | None) -> dict:
+    """The first event once the folder is locked: where the search writes, or where a resumed one goes on from."""
+    if previous is None:
+        message = f"search of {config.trials} trials, output folder {folder.out_dir}"
+    else:
+        logged = len(folder.trials())
+        where = f"after trial {logged - 1}" if logged else "before its first trial"
+        origin = float_net.source if float_net is not None else "to be trained"
+        message = (f"resuming the search in {folder.out_dir} {where} ({logged} of {config.trials} trials logged; "
+                   f"float model: {origin})")
+    return {"event": "start", "out_dir": folder.out_dir, "resume": previous is not None, "message": message}
+
+
 def _result(out_dir: str) -> SearchResult:
     written = run_folder.load_run(out_dir)
     return SearchResult(out_dir=written.out_dir, best=written.best_config, trials=written.trials,
@@ -107,8 +124,11 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
             unless ``resume``.
         resume: continue the search in ``out_dir`` (same settings; ``trials`` may grow). A finished search is
             not run again: its result is returned and its report regenerated.
-        progress: called with a dict after every phase and trial (``event``: ``"phase"``, ``"trial"``,
-            ``"done"``; a trial event has ``trial``, ``trials``, ``record``, ``best``, ``elapsed``, ``eta``).
+        progress: called with a dict at the start, after every phase and trial, and at the end (``event``:
+            ``"start"``, ``"phase"``, ``"trial"``, ``"done"``). The start and phase events have a ``message``; a
+            trial event has ``trial`` (its number, from 0, as in ``trials.jsonl``), ``done`` (trials logged),
+            ``trials``, ``record``, ``best``, ``elapsed`` and ``eta`` (seconds left, None until this session has
+            timed a population after its first, which compiles).
         cache_dir: the float-model cache (default `mpqjax.search.steps.default_cache_dir`).
 
     Returns:
@@ -116,8 +136,10 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
 
     Raises:
         ValueError: bad settings, an unknown model, dataset or target, unreadable checkpoint, limits that no
-            configuration meets, an output folder holding another search. Raised before anything is written,
-            except the limits check after pruning (it needs the trained model).
+            configuration meets, an output folder used or held by another search, a damaged folder to resume.
+            Raised before anything is written, except the limits check after pruning (it needs the trained
+            model): a new run that fails before its first trial removes what it wrote, a resumed one changes
+            nothing before every check passed. The folder is locked while the search runs.
     """
     from mpqjax import report  # the top of the house: imported here so the rest stays light
 
@@ -127,29 +149,46 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
     out_dir = os.fspath(out_dir) if out_dir is not None else default_out_dir(config)
     previous = run_folder.check_folder(out_dir, config.to_dict(), resume=resume)
     if run_folder.is_finished(out_dir, previous, config.trials):
-        report.write(out_dir)
+        with store.FolderLock.acquire(out_dir):
+            notify({"event": "start", "out_dir": out_dir, "message": f"{out_dir} holds the finished search of "
+                    f"{config.trials} trials: its report is written again"})
+            report.write(out_dir)
         return _result(out_dir)
     clock = _Clock(previous.get("timings") if previous else None)
 
+    # every check that reads the folder or the inputs runs before the first write
     setup = _prepare(config)
     float_net = _read_float_model(config, setup.dataset, out_dir, resume, previous, clock)
-    folder = run_folder.RunFolder.create(out_dir, _search_fields(config, setup, clock))
+    recorded = _recorded_space(config, setup, out_dir) if resume else None
+    logged = len(store.read_jsonl(run_folder.file_path(out_dir, "trials"))) if previous is not None else 0
+    fields = _search_fields(config, setup, clock, previous, logged)
+    with run_folder.RunFolder.open(out_dir, config.to_dict(), fields, resume=resume) as folder:
+        notify(_start_event(config, folder, previous, float_net))
+        best_config = _search(config, folder, setup, float_net, recorded, clock, notify, cache_dir)
+        with clock("io"):
+            folder.finish(best_config, timings=clock.to_dict())
+            report.write(out_dir)
+    notify({"event": "done", "best": best_config, "out_dir": out_dir, "timings": clock.to_dict()})
+    return _result(out_dir)
+
+
+def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, float_net: steps.FloatModel | None,
+            recorded: tuple[sensitivity.LayerSpace, dict] | None, clock: _Clock, notify: Progress,
+            cache_dir: str | None) -> dict:
+    """The phases that write the folder: float model, space, trials, final training, baseline; returns
+    ``best_config.json``."""
     float_net = _float_phase(config, folder, setup.dataset, float_net, clock, notify, cache_dir)
-    layer_space = _space_phase(config, folder, setup, float_net, clock, notify, resume)
+    layer_space = _space_phase(config, folder, setup, float_net, clock, notify, recorded)
     quant_model = steps.quantized_model(config, setup.dataset.num_classes)
     problem = Problem(config, setup.dataset, setup.table, setup.target, setup.limits, float_net.model,
                       float_net.variables, quant_model, layer_space)
-    records = _trials_phase(problem, folder, previous, clock, notify)
+    records = trials.run_trials(problem, folder, clock, notify)
     best_config = _final_phase(problem, folder, float_net, records, clock, notify)
     if config.baseline:
         _phase(notify, "baseline", "training the uniform-precision baseline")
         with clock("baseline"):
             _uniform_baseline(problem, folder.baseline_log())
-    with clock("io"):
-        folder.finish(best_config, timings=clock.to_dict())
-        report.write(out_dir)
-    notify({"event": "done", "best": best_config, "out_dir": out_dir, "timings": clock.to_dict()})
-    return _result(out_dir)
+    return best_config
 
 
 # -- before anything is written --------------------------------------------------------------------------------
@@ -194,11 +233,45 @@ def _read_float_model(config: SearchConfig, dataset: data.Dataset, out_dir: str,
     return float_net
 
 
-def _search_fields(config: SearchConfig, setup: _Setup, clock: _Clock) -> dict:
-    """``search.json``'s fields known before the float model: settings, target, limits, layers, reference sizes."""
+def _recorded_space(config: SearchConfig, setup: _Setup, out_dir: str) -> tuple[sensitivity.LayerSpace, dict] | None:
+    """``(pruned space, summary)`` that a resumed search recorded in ``hessian.json``, checked against the limits;
+    None when there is none to read (not pruned, or killed before the Hessian)."""
+    path = run_folder.file_path(out_dir, "hessian")
+    if not config.prune or not os.path.isfile(path):
+        return None
+    summary = store.read_json(path)
+    try:
+        layer_space = steps.layer_space_from_summary(setup.table, summary, config.widths)
+        for size in ("log10_size_before", "log10_size_after"):  # search.json's space section needs them
+            float(summary[size])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path!r} is not the sensitivity analysis of this search ({type(error).__name__}: "
+                         f"{error}); remove it to compute it again") from None
+    check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")
+    return layer_space, summary
+
+
+def _versions() -> dict[str, str]:
+    """The versions of mpqjax and the libraries that decide its numbers."""
+    import flax
+    import jaxlib
+
+    import mpqjax
+
+    return {"mpqjax": mpqjax.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__, "python": platform.python_version()}
+
+
+def _search_fields(config: SearchConfig, setup: _Setup, clock: _Clock, previous: dict | None, logged: int) -> dict:
+    """``search.json``'s fields known before the float model: settings, target, limits, layers, reference sizes,
+    and the session: a new run's start, command line (``sys.argv``) and versions; a resumed run appends its own,
+    with the trials ``logged`` before it, to ``resumed``."""
     table = setup.table
     fip16 = cost_model.cost(table, np.full(len(table), MAX_BITS), np.ones(len(table)), setup.target)
     fp32 = float(fip16.size_bytes) * 2
+    session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": list(sys.argv), "versions": _versions()}
+    if previous is not None:
+        session = {"resumed": [*previous.get("resumed", []), {**session, "trials_logged": logged}]}
     return {
         "model": config.model, "dataset": config.dataset, "seed": config.seed, "settings": config.to_dict(),
         "target": cost_model.target_to_dict(setup.target), "limits": setup.limits.to_dict(),
@@ -206,6 +279,7 @@ def _search_fields(config: SearchConfig, setup: _Setup, clock: _Clock) -> dict:
                    for layer in table],
         "fip16_size_bytes": cost_model.fip16_size_bytes(table), "fp32_size_bytes": fp32,
         "timings": clock.to_dict(),
+        **session,
     }
 
 
@@ -217,37 +291,40 @@ def _float_phase(config: SearchConfig, folder: run_folder.RunFolder, dataset: da
                  cache_dir: str | None) -> steps.FloatModel:
     """Train the float model when no checkpoint gave it, keep a copy in the folder, record its accuracies."""
     if float_net is None:
-        _phase(notify, "float_model", f"training the float {config.model}")
+        _phase(notify, "float_model", f"training the float {config.model} ({config.float_epochs} epochs; cached "
+               f"for the next search)")
         with clock("float_model"):
             float_net = steps.float_model_of(config, dataset, cache_dir=cache_dir)
-    with clock("io"):
+    with clock("io"):  # the origin first: a copy in the folder never loses where it came from
+        folder.save(float={**folder.meta.get("float", {}), "source": float_net.source})
         folder.save_float(float_net.variables)
     with clock("float_model"):
-        folder.update(float={"validation_accuracy": train.evaluate(float_net.model, float_net.variables,
-                                                                   dataset.validation),
-                             "test_accuracy": train.evaluate(float_net.model, float_net.variables, dataset.test),
-                             "source": float_net.source})
+        folder.save(float={"validation_accuracy": train.evaluate(float_net.model, float_net.variables,
+                                                                 dataset.validation),
+                           "test_accuracy": train.evaluate(float_net.model, float_net.variables, dataset.test),
+                           "source": float_net.source})
     return float_net
 
 
 def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, float_net: steps.FloatModel,
-                 clock: _Clock, notify: Progress, resume: bool) -> sensitivity.LayerSpace:
-    """The search space: pruned by Hessian sensitivity (recorded in ``hessian.json``, reread on resume), or full."""
+                 clock: _Clock, notify: Progress, recorded: tuple[sensitivity.LayerSpace, dict] | None
+                 ) -> sensitivity.LayerSpace:
+    """The search space: pruned by Hessian sensitivity (recorded in ``hessian.json``; a resumed search passes the
+    ``recorded`` one, `_recorded_space`), or full."""
     if not config.prune:
         size = setup.full_space.space.log10_size()
         folder.update(space=_space_fields(setup.full_space, False, size, size))
         return setup.full_space
-    summary = folder.read_hessian() if resume else None
-    if summary is not None:
-        layer_space = steps.layer_space_from_summary(setup.table, summary, config.widths)
+    if recorded is not None:
+        layer_space, summary = recorded
     else:
-        _phase(notify, "hessian", "estimating per-layer Hessian traces")
+        _phase(notify, "hessian", f"estimating per-layer Hessian traces (up to {config.hessian_max_probes} probes)")
         with clock("hessian"):
             pruned, summary = steps.sensitivity_of(config, float_net, setup.dataset)
         layer_space = pruned.layer_space
+        check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")  # before writing
         with clock("io"):
             folder.write_hessian(summary)
-    check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")
     folder.update(space=_space_fields(layer_space, True, summary["log10_size_before"], summary["log10_size_after"]))
     return layer_space
 
@@ -257,112 +334,6 @@ def _space_fields(layer_space: sensitivity.LayerSpace, pruned: bool, size_before
             "pruned": pruned, "log10_size_before": size_before, "log10_size_after": size_after}
 
 
-# -- the trials ----------------------------------------------------------------------------------------------------
-
-
-def choose_population(config: SearchConfig, quant_model: models.QModel, dataset: data.Dataset) -> dict:
-    """The population size and strategy of a search (``search.json``'s ``population``), measured when asked.
-
-    An explicit size with an explicit strategy (or size 1) is taken as is, after checking that it fits in memory;
-    otherwise `mpqjax.training.strategy.choose` measures the candidates (only the strategy when the size is given).
-
-    Returns:
-        ``{"population", "strategy", "measured"}``, plus the measurements when measured.
-    """
-    if config.population != "auto" and (config.strategy != "auto" or config.population == 1):
-        size = int(config.population)
-        chosen = "sequential" if config.strategy == "auto" else config.strategy
-        if size > 1:  # refuse a population that cannot fit before any trial runs
-            devices.max_population(quant_model, dataset.input_shape, batch_size=config.batch_size,
-                                   mesh=devices.population_mesh(), minimum=size)
-        return {"population": size, "strategy": chosen, "measured": False}
-    steps_per_configuration = config.finetune_epochs * (len(dataset.train) // config.batch_size)
-    choice = strategy.choose(
-        quant_model, dataset, batch_size=config.batch_size, steps_per_configuration=steps_per_configuration,
-        populations=None if config.population == "auto" else [int(config.population)],
-        strategies=population.STRATEGIES if config.strategy == "auto" else [config.strategy], max_size=config.trials)
-    record = {**choice.to_dict(), "measured": True}
-    if config.population != "auto":  # the size is the user's: only the strategy is chosen (sequential: in turn)
-        fastest = max(choice.measurements, key=lambda m: m["configurations_per_hour"])
-        record.update(population=int(config.population), strategy=fastest["strategy"])
-    return record
-
-
-def _trials_phase(problem: Problem, folder: run_folder.RunFolder, previous: dict | None, clock: _Clock,
-                  notify: Progress) -> list[dict]:
-    """Set up the optimiser (restored on resume) and run the trials up to ``config.trials``; returns every record."""
-    config = problem.config
-    opt = tpe.KMeansTPE(problem.layer_space.space, maximize=True, n_initial=min(config.n_initial, config.trials),
-                        capacity=config.trials, feasible=None if config.soft_limits else problem.feasible_fn())
-    records = folder.trials()
-    if previous is not None and "population" in previous:  # a resumed search keeps its measured choice
-        choice = previous["population"]
-    else:
-        with clock("evaluations"):
-            choice = choose_population(config, problem.quant_model, problem.dataset)
-    folder.update(population=choice, devices={"platform": jax.default_backend(), "count": jax.device_count(),
-                                              "processes": jax.process_count()})
-    if choice["population"] > 1 or choice["measured"]:
-        measured = ", ".join(f"{m['strategy']} x{m['population']}: {m['configurations_per_hour']:.0f}/h"
-                             for m in choice.get("measurements", []))
-        _phase(notify, "population", f"population {choice['population']}, strategy {choice['strategy']}"
-               + (f" (measured {measured})" if measured else ""))
-    with clock("optimiser"):
-        state = folder.restore_state(opt, records, problem.layer_space.space, choice["population"])
-    with clock("io"):
-        folder.save(timings=clock.to_dict())
-    _run_trials(problem, folder, opt, state, records, choice, clock, notify)
-    return records
-
-
-def _run_trials(problem: Problem, folder: run_folder.RunFolder, opt: tpe.KMeansTPE, state: tpe.TPEState,
-                records: list[dict], choice: dict, clock: _Clock, notify: Progress) -> None:
-    """Ask a population, evaluate it, tell it, log it; until ``config.trials`` records (appended to ``records``)."""
-    config, keys = problem.config, steps.search_keys(problem.config.seed)
-    size, session_start, session_trials = choice["population"], time.perf_counter(), 0
-    mesh = devices.population_mesh() if size > 1 else None
-    while len(records) < config.trials:
-        first = len(records)
-        count = min(size, config.trials - first)  # the last population may be smaller
-        with clock("optimiser"):
-            encoded, _ = opt.ask(jax.random.fold_in(keys.ask, first), state, n=size)
-            encoded = np.asarray(encoded)[:count]
-        with clock("evaluations"):
-            new_records = _evaluate(problem, jax.random.fold_in(keys.trial, first), first, opt.n_initial, encoded,
-                                    choice["strategy"], mesh)
-        with clock("optimiser"):
-            values = [math.nan if record["objective"] is None else record["objective"] for record in new_records]
-            state = opt.tell(state, encoded, jnp.asarray(values, jnp.float32))
-            jax.block_until_ready(state)
-        with clock("io"):
-            folder.append_trials(new_records, state, timings=clock.to_dict())  # one write: a population is whole
-        records.extend(store.to_json_value(record) for record in new_records)
-        session_trials += count
-        rate = (time.perf_counter() - session_start) / session_trials
-        for record in new_records:
-            notify({"event": "trial", "trial": record["trial"] + 1, "trials": config.trials, "record": record,
-                    "best": run_folder.best_trial(records[: record["trial"] + 1]), "elapsed": clock.to_dict()["total"],
-                    "eta": rate * (config.trials - first - count)})
-
-
-def _evaluate(problem: Problem, key, first: int, n_initial: int, encoded: np.ndarray, strategy_name: str,
-              mesh) -> list[dict]:
-    """The trial records of the proposals ``encoded`` (one configuration per row), numbered from ``first``.
-
-    ``mesh`` is the population's devices, or None for a search of one configuration at a time.
-    """
-    layer_space = problem.layer_space
-    points = [layer_space.space.decode(row) for row in encoded]
-    arrays = [layer_space.to_arrays(point) for point in points]
-    if mesh is None:
-        fields = [problem.evaluate(key, *arrays[0])]
-    else:
-        fields = problem.evaluate_population(key, np.stack([b for b, _ in arrays]), np.stack([w for _, w in arrays]),
-                                             strategy=strategy_name, mesh=mesh)
-    return [{"trial": first + index, "phase": "random" if first + index < n_initial else "model", "config": point,
-             **record} for index, (point, record) in enumerate(zip(points, fields, strict=True))]
-
-
 # -- the result ----------------------------------------------------------------------------------------------------
 
 
@@ -370,7 +341,8 @@ def _final_phase(problem: Problem, folder: run_folder.RunFolder, float_net: step
                  clock: _Clock, notify: Progress) -> dict:
     """Train the best trial's configuration for the final epochs and export it; returns ``best_config.json``."""
     config = problem.config
-    best = run_folder.best_trial(records)
+    selection = store.selection.selection_settings(len(problem.dataset.validation))
+    best = run_folder.best_trial(records, resolution=selection["resolution"])
     if best is None:
         raise ValueError(f"all {len(records)} trials failed (training diverged); lower the fine-tune learning rate")
     _phase(notify, "final_training", f"training the best configuration (trial {best['trial']}) for "
@@ -385,6 +357,8 @@ def _final_phase(problem: Problem, folder: run_folder.RunFolder, float_net: step
         **{name: best[name] for name in COST_FIELDS},
         "layers": problem.layer_rows(bits, widths),
         "export": FILES["model"],
+        "selection": {**selection, "explanation": store.selection.explain_choice(
+            records, resolution=selection["resolution"])},
     }
     with clock("io"):
         steps.export_trained(folder.path("model"), config, problem.dataset, problem.quant_model, trained, bits,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +33,8 @@ from mpqjax.search import objective, steps
 from mpqjax.search.config import SearchConfig
 from mpqjax.training import population, train
 
-__all__ = ["COST_FIELDS", "Problem", "check_attainable", "config_limits", "full_space"]
+__all__ = ["COST_FIELDS", "Problem", "check_attainable", "check_limits", "cheapest_pruning", "config_limits",
+           "full_space"]
 
 # The cost fields of a trial record (and of best_config.json).
 COST_FIELDS = ("size_bytes", "latency_seconds", "latency_cycles", "energy_joules", "throughput_per_second",
@@ -40,8 +42,14 @@ COST_FIELDS = ("size_bytes", "latency_seconds", "latency_cycles", "energy_joules
 
 
 def config_limits(config: SearchConfig, table: models.LayerTable, target) -> objective.Limits:
-    """A search's limits in absolute units: reductions and speed-ups are taken against the FiP16 model, and of a
-    size (or latency) given both ways the stricter applies.
+    """A search's limits in absolute units, refused when no configuration the search could reach meets them.
+
+    Reductions and speed-ups are taken against the FiP16 model; of a size given both ways (the Python API's default
+    reduction with ``max_size_bytes``) the stricter applies. `check_limits` runs before anything is returned, so an
+    impossible limit fails before any training.
+
+    Raises:
+        ValueError: see `check_limits` and `full_space`.
 
     Example:
         >>> config_limits(SearchConfig(min_size_reduction=4.0), table, target).size_bytes  # FiP16 size / 4
@@ -55,9 +63,11 @@ def config_limits(config: SearchConfig, table: models.LayerTable, target) -> obj
     if config.min_speedup is not None:
         latencies.append(float(fip16.latency_seconds) / config.min_speedup)
     smallest = lambda values: min((v for v in values if v is not None), default=None)  # noqa: E731
-    return objective.make_limits(size_bytes=smallest(sizes), latency_seconds=smallest(latencies),
-                                 energy_joules=config.max_energy_joules,
-                                 throughput_per_second=config.min_throughput)
+    limits = objective.make_limits(size_bytes=smallest(sizes), latency_seconds=smallest(latencies),
+                                   energy_joules=config.max_energy_joules,
+                                   throughput_per_second=config.min_throughput)
+    check_limits(config, table, target, limits)
+    return limits
 
 
 def full_space(config: SearchConfig, table: models.LayerTable) -> sensitivity.LayerSpace:
@@ -81,15 +91,49 @@ def _describe(name: str, value: float) -> str:
     if name == "latency_seconds":
         return f"{value * 1e3:.4g} ms" if value >= 1e-3 else f"{value * 1e6:.4g} us"
     if name == "energy_joules":
-        return f"{value * 1e3:.4g} mJ"
+        return f"{value * 1e3:.4g} mJ" if value >= 1e-3 else f"{value * 1e6:.4g} uJ"
     return f"{value:.4g} inferences/s"
+
+
+def _cheapest_cost(layer_space: sensitivity.LayerSpace, target) -> cost_model.Cost:
+    """The cost of the space's configuration of the smallest bits and widths: the cheapest in every respect, since
+    size, latency and energy grow with every layer's bits and width (throughput is the inverse of latency)."""
+    cheapest = {dimension.name: min(dimension.choices) for dimension in layer_space.space.dimensions}
+    return cost_model.cost(layer_space.table, *layer_space.to_arrays(cheapest), target)
+
+
+def _broken(cost: cost_model.Cost, limits: objective.Limits) -> list[tuple[str, str]]:
+    """``(limit name, "the <smallest|highest> possible <what>{where} is X, <above|below> the limit Y")`` per limit
+    that ``cost`` breaks; ``{where}`` is left for the caller."""
+    over = np.asarray(objective.violations(cost, limits))
+    broken = []
+    for index, name in enumerate(objective.LIMIT_NAMES):
+        if over[index] > 0:
+            value, limit = float(getattr(cost, name)), float(getattr(limits, name))
+            relation, adjective = ("below", "highest") if name == "throughput_per_second" else ("above", "smallest")
+            broken.append((name, f"the {adjective} possible {name.split('_')[0]}{{where}} is {_describe(name, value)}, "
+                                 f"{relation} the limit {_describe(name, limit)}"))
+    return broken
+
+
+def _raised_layers(layer_space: sensitivity.LayerSpace, most: int = 4) -> str:
+    """The layers whose smallest candidate bit-width is above the space's smallest, e.g. ``"conv1 at least 6 bits
+    ({8, 6}), head at least 3 bits ({6, 4, 3})"`` (at most ``most`` named), or ``""``."""
+    choices = {dimension.name: dimension.choices for dimension in layer_space.space.dimensions}
+    bits = {name: choices[sensitivity.bits_dimension(name)] for name in layer_space.table.names}
+    floor = min(min(options) for options in bits.values())
+    raised = [f"{name} at least {min(options)} bits ({{{', '.join(map(str, sorted(options, reverse=True)))}}})"
+              for name, options in bits.items() if min(options) > floor]
+    more = f" and {len(raised) - most} more" if len(raised) > most else ""
+    return ", ".join(raised[:most]) + more
 
 
 def check_attainable(layer_space: sensitivity.LayerSpace, target, limits: objective.Limits, where: str = "") -> None:
     """Raise ValueError when even the cheapest configuration of the space breaks a limit.
 
     Size, latency and energy grow with every layer's bits and width in the cost model, so the configuration of the
-    smallest bits and widths is the cheapest in every respect at once (throughput is the inverse of latency).
+    smallest bits and widths is the cheapest in every respect at once (throughput is the inverse of latency). The
+    message names the layers whose candidate bits keep the cheapest configuration up (the pruning's or fixed ones).
 
     Args:
         layer_space: the space.
@@ -97,19 +141,88 @@ def check_attainable(layer_space: sensitivity.LayerSpace, target, limits: object
         limits: the limits.
         where: appended to the quantity in the message (e.g. ``" after Hessian pruning"``).
     """
-    space = layer_space.space
-    cheapest = {dimension.name: min(dimension.choices) for dimension in space.dimensions}
-    bits, widths = layer_space.to_arrays(cheapest)
-    cheapest_cost = cost_model.cost(layer_space.table, bits, widths, target)
-    over = np.asarray(objective.violations(cheapest_cost, limits))
-    for index, name in enumerate(objective.LIMIT_NAMES):
-        if over[index] > 0:
-            value, limit = float(getattr(cheapest_cost, name)), float(getattr(limits, name))
-            relation = "below" if name == "throughput_per_second" else "above"
-            adjective = "highest" if name == "throughput_per_second" else "smallest"
-            what = name.split("_")[0]
-            raise ValueError(f"the {adjective} possible {what}{where} is {_describe(name, value)}, {relation} the "
-                             f"limit {_describe(name, limit)}: relax the limit or allow fewer bits / narrower widths")
+    broken = _broken(_cheapest_cost(layer_space, target), limits)
+    if not broken:
+        return
+    raised = _raised_layers(layer_space)
+    if raised and where:
+        advice = (f": the pruning left {raised}; relax the limit, give those layers fewer bits (bit sets, fixed "
+                  "bits) or search without pruning")
+    elif raised:
+        advice = f", with {raised}: relax the limit or allow those layers fewer bits"
+    else:
+        advice = ": relax the limit or allow fewer bits / narrower widths"
+    raise ValueError(broken[0][1].format(where=where) + advice)
+
+
+# The quantity whose smallest value decides whether each limit can be met.
+_DECIDING = {"size_bytes": "size_bytes", "latency_seconds": "latency_seconds", "energy_joules": "energy_joules",
+             "throughput_per_second": "latency_seconds"}
+
+
+def cheapest_pruning(config: SearchConfig, table: models.LayerTable, target, quantity: str
+                     ) -> sensitivity.LayerSpace | None:
+    """Of every space Hessian pruning could leave, the one whose cheapest configuration has the smallest
+    ``quantity`` (``"size_bytes"``, ``"latency_seconds"`` or ``"energy_joules"``), found before any training.
+
+    Pruning (`mpqjax.sensitivity.prune_space`) clusters the free layers (those not in ``fixed_bits``) into
+    ``min(len(bit_sets), free layers)`` clusters, none empty, and gives cluster ``j`` the bits ``bit_sets[j]``. Which
+    layer lands where depends on the traces, so the best case is a minimum over assignments: every free layer at
+    its cheapest set, except that each set must take a layer, a small assignment problem (each quantity is a sum
+    over layers, each layer's term depending on its own bits at fixed widths).
+
+    Returns:
+        The space of that pruning, or None when no layer is free (pruning changes nothing).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    fixed = dict(config.fixed_bits)
+    free = [index for index, name in enumerate(table.names) if name not in fixed]
+    sets = [tuple(bit_set) for bit_set in config.bit_sets][: len(free)]
+    if not free:
+        return None
+    unpruned = full_space(config, table)
+    bits, widths = unpruned.to_arrays({d.name: min(d.choices) for d in unpruned.space.dimensions})
+    trial_bits = np.repeat(bits[None], len(free) * len(sets), axis=0)  # one layer at one set's smallest bits
+    for row, (layer, bit_set) in enumerate(itertools.product(free, sets)):
+        trial_bits[row, layer] = min(bit_set)
+    values = np.asarray(getattr(cost_model.cost(table, trial_bits, widths[None], target), quantity), np.float64)
+    values = values.reshape(len(free), len(sets))
+    choice = values.argmin(axis=1)
+    set_index, layer_index = linear_sum_assignment((values - values.min(axis=1, keepdims=True)).T)
+    choice[layer_index] = set_index  # each set's representative: the distinct layers it costs least to raise
+    by_layer = dict(zip(free, choice, strict=True))
+    return sensitivity.layer_space(
+        table, [(fixed[name],) if name in fixed else sets[by_layer[index]] for index, name in enumerate(table.names)],
+        widths=config.widths)
+
+
+def check_limits(config: SearchConfig, table: models.LayerTable, target, limits: objective.Limits) -> None:
+    """Raise ValueError when no configuration the search could reach meets the limits, before any training.
+
+    Checked against the cheapest configuration of the unpruned space (`full_space`: every layer at its smallest
+    bit-width, or its fixed one, and the narrowest width), then, with pruning, against the cheapest configuration
+    of the most favourable pruning (`cheapest_pruning`): when even that breaks a limit, every pruning will. The
+    pruning the traces actually give is checked again after the Hessian (`check_attainable`).
+
+    Raises:
+        ValueError: naming the limit, the smallest value possible, the layers that keep it up and what to change.
+    """
+    check_attainable(full_space(config, table), target, limits)
+    if not config.prune:
+        return
+    set_limits = [name for name, value in limits.to_dict().items() if value is not None]
+    for name in set_limits:
+        pruned = cheapest_pruning(config, table, target, _DECIDING[name])
+        if pruned is None:  # every layer fixed: nothing to prune
+            return
+        broken = dict(_broken(_cheapest_cost(pruned, target), limits))
+        if name in broken:
+            clusters = min(len(config.bit_sets), len(table) - len(config.fixed_bits))
+            raise ValueError(
+                broken[name].format(where=" after any Hessian pruning") + f": each of the {clusters} sensitivity "
+                f"clusters gets a layer, so at best {_raised_layers(pruned)}; relax the limit, give the most "
+                "sensitive clusters fewer bits (bit sets) or search without pruning")
 
 
 @functools.lru_cache(maxsize=64)

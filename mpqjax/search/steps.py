@@ -80,8 +80,21 @@ def enable_compilation_cache(path: str | None = None, *, min_compile_seconds: fl
 
 
 def load_dataset(config: SearchConfig) -> data.Dataset:
-    """The dataset of a search, split by ``config.seed`` (from ``config.data_dir`` when given)."""
-    return data.load(config.dataset, seed=config.seed, **({"data_dir": config.data_dir} if config.data_dir else {}))
+    """The dataset of a search, split by ``config.seed`` (from ``config.data_dir`` when given).
+
+    Raises:
+        ValueError: a batch size of the settings exceeds the training split (found here, before any training,
+            rather than at the first batch of a training or of the Hessian).
+    """
+    dataset = data.load(config.dataset, seed=config.seed,
+                        **({"data_dir": config.data_dir} if config.data_dir else {}))
+    examples = len(dataset.train)
+    sizes = {"batch_size": config.batch_size, **({"hessian_batch_size": config.hessian_batch_size}
+                                                 if config.prune else {})}
+    for setting, size in sizes.items():
+        if size > examples:
+            raise ValueError(f"{setting} {size} exceeds the {examples} training examples of {dataset.name}")
+    return dataset
 
 
 # -- the float model -----------------------------------------------------------------------------------------------

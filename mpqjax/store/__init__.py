@@ -1,15 +1,16 @@
-"""Files: atomic writes, JSON and JSON-lines logs, model variables, and the run folder's contract."""
+"""Files: atomic writes, JSON and JSON-lines logs, model variables, and the run folder's contract and lock."""
 
 from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["files", "run_folder", "selection", "tpe_state"],
+    submodules=["files", "lock", "run_folder", "selection", "tpe_state"],
     names={
         **{name: "files" for name in (
             "TrialLog", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
             "load_variables", "read_json", "read_jsonl", "save_variables", "to_json_value")},
         "load_tpe_state": "tpe_state", "save_tpe_state": "tpe_state",
+        "FolderLock": "lock", "FolderLockedError": "lock",
         **{name: "run_folder" for name in (
             "FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "check_folder", "file_path",
             "is_finished", "load_run", "read_best_layers", "settings_differences")},

@@ -2,8 +2,12 @@
 best trial.
 
 A search writes everything to one folder (``mpqjax search --out``). This module owns that folder: the search writes
-it through `RunFolder` (created after `check_folder` accepted it), the report and the command line read it with
+it through `RunFolder` (opened after `check_folder` accepted it), the report and the command line read it with
 `load_run`, everyone names its files through `FILES` and picks the winner with `best_trial`, so they cannot disagree.
+
+One writer at a time: `RunFolder.open` holds the folder's lock (`mpqjax.store.lock`) for the run's life, and
+`check_folder` refuses a folder that another search holds before anything is loaded or written. A new run that fails
+before its first trial removes what it wrote, so the corrected command needs no ``--resume`` and no clean-up.
 
 Crash safety: every file is written atomically (`mpqjax.store.files`), and a population of trials is written in one
 order, the trial records, then the optimiser checkpoint, then ``search.json``. A process killed at any moment leaves
@@ -11,8 +15,8 @@ a checkpoint at most one population behind the log, which `RunFolder.restore_sta
 
 Example:
     >>> previous = check_folder("runs/digits", config.to_dict(), resume=False)
-    >>> folder = RunFolder.create("runs/digits", {"model": "digits_cnn"})
-    >>> folder.append_trials(records, state)
+    >>> with RunFolder.open("runs/digits", config.to_dict(), {"model": "digits_cnn"}, resume=False) as folder:
+    ...     folder.append_trials(records, state)
     >>> best_trial(load_run("runs/digits").trials)
 """
 
@@ -22,12 +26,13 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from mpqjax.store.files import TrialLog, atomic_write_json, read_json, read_jsonl, save_variables
+from mpqjax.store.lock import LOCK_FILE, FolderLock, check_unlocked
 from mpqjax.store.selection import best_trial, is_ok, number  # re-exported: readers of a folder use them
 
 __all__ = ["FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "best_trial", "check_folder",
@@ -50,6 +55,8 @@ FILES = {
     "report": "report.md",
     # written by ``mpqjax train`` (a trained configuration's folder)
     "train": "train.json",
+    # held while a search runs (mpqjax.store.lock), removed at its end
+    "lock": LOCK_FILE,
 }
 # Settings that may change when a search is resumed: everything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trials", "baseline")
@@ -171,7 +178,7 @@ def read_best_layers(path: str | os.PathLike) -> tuple[list[str], list[int], lis
         raise ValueError(f"{os.fspath(path)!r} is not a {FILES['best']} of mpqjax search") from None
 
 
-# -- the best trial ------------------------------------------------------------------------------------------------
+# -- before a run writes anything ----------------------------------------------------------------------------------
 
 
 def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -181,10 +188,11 @@ def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
 
 
 def check_folder(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, resume: bool) -> dict | None:
-    """Validate an output folder before anything is written to it.
+    """Validate an output folder before anything is written to it (this reads, never writes).
 
-    A new run needs a new or empty folder; a resumed one, the folder of a search with the same settings (only the
-    `RESUMABLE_CHANGES` may differ) and no more logged trials than ``settings["trials"]``.
+    No other search may hold the folder; a new run needs a new or empty folder (a stale lock file left by a killed
+    search does not count); a resumed one, the folder of a search with the same settings (only the
+    `RESUMABLE_CHANGES` may differ) and no more logged trials than ``settings["trials"]``, every one readable.
 
     Args:
         out_dir: the folder.
@@ -195,12 +203,19 @@ def check_folder(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, res
         The interrupted run's ``search.json`` when resuming, else None.
 
     Raises:
-        ValueError: the folder is a file, holds another search (or no search to resume), or is not empty.
+        ValueError: the folder is a file, is used by another search (`mpqjax.store.lock.FolderLockedError`), holds
+            another search (or no search to resume, or one with other settings, or a damaged log), or is not empty.
     """
     out_dir = os.fspath(out_dir)
-    search_path = file_path(out_dir, "search")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"output folder {out_dir!r} is a file")
+    check_unlocked(out_dir)
+    return _check_content(out_dir, settings, resume)
+
+
+def _check_content(out_dir: str, settings: Mapping[str, Any], resume: bool) -> dict | None:
+    """`check_folder` without the lock: what the folder holds (the holder of the lock checks again with this)."""
+    search_path = file_path(out_dir, "search")
     if resume:
         if not os.path.isfile(search_path):
             raise ValueError(f"--resume: {out_dir!r} holds no search to resume (no {FILES['search']})")
@@ -217,7 +232,7 @@ def check_folder(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, res
     if os.path.isfile(search_path):
         raise ValueError(f"output folder {out_dir!r} holds another search: use --resume to continue it, or another "
                          f"--out")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {FILES["lock"]}:
         raise ValueError(f"output folder {out_dir!r} is not empty; choose a new or empty folder")
     return None
 
@@ -238,8 +253,9 @@ def is_finished(out_dir: str | os.PathLike, previous: Mapping[str, Any] | None, 
 class RunFolder:
     """A search's output folder while the search writes it: ``search.json``, the logs, checkpoints and results.
 
-    Create one with `RunFolder.create` once `check_folder` accepted the folder. ``meta`` holds ``search.json``'s
-    fields; `update` changes them in memory, `save` also writes the file.
+    A search opens one with `RunFolder.open` (the lock held, the folder checked again under it) once `check_folder`
+    accepted the folder; `RunFolder.create` writes one without a lock. ``meta`` holds ``search.json``'s fields;
+    `update` changes them in memory, `save` also writes the file.
 
     Args:
         out_dir: the folder.
@@ -250,6 +266,56 @@ class RunFolder:
         self.out_dir = os.fspath(out_dir)
         self.meta = meta
         self._log: TrialLog | None = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, out_dir: str | os.PathLike, settings: Mapping[str, Any], fields: Mapping[str, Any], *,
+             resume: bool) -> Iterator[RunFolder]:
+        """A run's folder for the ``with`` block: locked, checked again under the lock, and released at its end.
+
+        A new run writes ``search.json`` (format, status ``"running"``, then ``fields``) at once. A resumed run
+        writes nothing yet: its ``meta`` is the interrupted run's ``search.json`` (every section kept) updated with
+        ``fields``, written by the first `save`, so a run that fails before it changes nothing.
+
+        A new run whose block raises an error before a trial was logged removes the files it wrote (and the folder,
+        when it created it), so the same command with corrected options runs without ``--resume``; an interrupt
+        (``KeyboardInterrupt``) keeps them for ``--resume``.
+
+        Args:
+            out_dir: the folder.
+            settings: the run's settings (as for `check_folder`).
+            fields: ``search.json``'s fields of this run.
+            resume: whether the run continues the search in ``out_dir``.
+
+        Raises:
+            ValueError: as `check_folder`, including `mpqjax.store.lock.FolderLockedError`.
+        """
+        lock = FolderLock.acquire(out_dir)
+        folder = None
+        try:
+            previous = _check_content(lock.out_dir, settings, resume)
+            if previous is None:
+                folder = cls(lock.out_dir, {"format": FORMAT, "status": "running", **fields})
+                folder.save()
+            else:
+                folder = cls(lock.out_dir, {**previous, **fields, "status": "running"})
+            yield folder
+        except Exception:
+            if folder is not None and not resume and not folder.trials():
+                folder._discard()
+            raise
+        finally:
+            lock.release()
+            if lock.created_folder:
+                with contextlib.suppress(OSError):
+                    os.rmdir(lock.out_dir)  # only when empty: a run that wrote nothing leaves nothing
+
+    def _discard(self) -> None:
+        """Remove every file of a new run (its folder was new or empty when it started)."""
+        for name in os.listdir(self.out_dir):
+            if (name in FILES.values() and name != FILES["lock"]) or name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.out_dir, name))
 
     @classmethod
     def create(cls, out_dir: str | os.PathLike, fields: Mapping[str, Any]) -> RunFolder:

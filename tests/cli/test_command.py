@@ -31,3 +31,26 @@ def test_every_command_has_its_help(capsys):
 def test_python_dash_m_runs_the_command():
     done = subprocess.run([sys.executable, "-m", "mpqjax.cli", "report", "/nowhere"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("mpqjax report: error:")
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    import argparse
+
+    parser = cli.build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    assert set(commands.choices) == {"cost", "hessian", "search", "train", "report"}
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            assert action.help and action.help.strip(), f"mpqjax {name} {action.option_strings or action.dest}"
+
+
+def test_model_and_dataset_options_list_their_choices(capsys):
+    from mpqjax import data
+    from mpqjax.nn import models
+
+    for command in ["search", "hessian", "train", "cost"]:
+        assert cli.main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(name in text for name in models.available()), command
+        if command != "cost":
+            assert all(name in text for name in data.LOADERS), command

@@ -66,6 +66,13 @@ def test_trains_briefly_then_reports_traces_clusters_and_bits(tmp_path, capsys):
         (["--model", "digits_cnn", "--params", "garbage"], "(expected a float digits_cnn at width 1 for digits)"),
         (["--model", "digits_cnn", "--hessian-tol", "-1"], "--tol must be a positive number, got -1.0"),
         (["--model", "digits_cnn", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["--params", "garbage", "--batch-size", "32"], "--batch-size has no effect with --params: the float model "
+                                                        "is read from it, not trained"),
+        (["--params", "garbage", "--epochs", "3", "--weight-decay", "0"], "--epochs has no effect with --params"),
+        (["--params", "garbage", "--weight-decay", "0"], "--weight-decay has no effect with --params"),
+        (["--fix-bits", "conv1=99"], "--fix-bits: layer 'conv1': bit-width must be an integer in [2, 16]"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**32 - 1], got -1"),
+        (["--hessian-batch-size", "5000"], "hessian_batch_size 5000 exceeds the 1257 training examples"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, arguments, message):

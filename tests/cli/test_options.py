@@ -41,6 +41,7 @@ def test_lists_and_groups():
     assert options.bit_sets("8,6;4,3,2") == ((8, 6), (4, 3, 2))
     assert options.fixed_bits("head=8, conv1=8,") == (("conv1", 8), ("head", 8))
     assert options.fixed_bits("") == ()
+    assert options.fixed_bits("conv1=8,conv1=4") == (("conv1", 4), ("conv1", 8))  # kept twice: validate refuses
     assert options.population("auto") == "auto" and options.population("4") == 4
     for parse, text, message in [(options.int_list, "8,x", "comma-separated integers"),
                                  (options.float_list, "1,x", "comma-separated numbers"),
@@ -95,3 +96,29 @@ def test_a_command_may_spell_a_setting_its_own_way_and_messages_use_that_spellin
 def test_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="not SearchConfig fields"):
         _parser(["trials", "epochs"])
+
+
+def test_the_options_given_are_validated_as_given():
+    parser = _parser(["trials", "n_initial", "max_size_bytes", "min_size_reduction", "float_checkpoint",
+                      "float_epochs"])
+    args = parser.parse_args(["--trials", "10", "--max-size", "16kB"])
+    assert options.given_options(args) == {"trials", "max_size_bytes"}
+    assert options.config_from_args(args, min_size_reduction=None).trials == 10  # the default n_initial is capped
+    for argv, message in [
+        (["--max-size", "16kB", "--min-size-reduction", "6"], "--max-size and --min-size-reduction both set the size "
+                                                              "limit: give one"),
+        (["--trials", "10", "--n-initial", "20"], "--n-initial 20 exceeds --trials=10"),
+        (["--params", "f.msgpack", "--float-epochs", "20"], "--float-epochs has no effect with --params"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            options.config_from_args(parser.parse_args(argv))
+
+
+def test_a_command_refuses_options_of_its_own_that_would_do_nothing():
+    parser = _parser(["batch_size", "weight_decay"], spellings={"batch_size": ["--batch"]})
+    options.refuse_unused(parser.parse_args([]), ["batch_size", "weight_decay"], "here")
+    with pytest.raises(ValueError, match="^--batch has no effect with --params$"):
+        options.refuse_unused(parser.parse_args(["--batch", "8"]), ["batch_size", "weight_decay"], "with --params")
+    with pytest.raises(ValueError, match="^--batch and --weight-decay have no effect here$"):
+        options.refuse_unused(parser.parse_args(["--batch", "8", "--weight-decay", "0"]), ["batch_size",
+                                                                                          "weight_decay"], "here")

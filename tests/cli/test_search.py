@@ -1,20 +1,27 @@
 """Specification of ``mpqjax search``: the main job from the command line (then ``mpqjax report`` and ``mpqjax train``
-on its folder), its summary, options from the search's settings, the distributed run, and one-line errors with exit
-code 2 that leave existing folders alone."""
+on its folder), its summary, options from the search's settings, the distributed run, one-line errors with exit
+code 2 that leave existing folders alone, one search per folder, and Ctrl-C then ``--resume``."""
 
+import contextlib
+import io
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from mpqjax import cli, export
+from mpqjax import cli, export, store
 
 SMALL = ["--trials", "4", "--n-initial", "2", "--float-epochs", "2", "--batch-size", "128", "--finetune-epochs", "1",
          "--final-epochs", "1", "--no-prune"]
+# the uninterrupted search that an interrupted one is compared with: trials enough to interrupt it in the middle
+SEARCH = [*SMALL, "--trials", "8", "--max-size", "20kB"]
 
 
 @pytest.fixture(autouse=True)
@@ -23,13 +30,23 @@ def no_shared_compilation_cache(monkeypatch):
     monkeypatch.setenv("MPQJAX_NO_COMPILATION_CACHE", "1")
 
 
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """``mpqjax search SEARCH --out <folder>``: ``(folder, stdout, stderr)``."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        patch.setenv("MPQJAX_NO_COMPILATION_CACHE", "1")
+        assert cli.main(["search", *SEARCH, "--out", str(out)]) == 0, stderr.getvalue()
+    return out, stdout.getvalue(), stderr.getvalue()
+
+
 @pytest.mark.slow
-def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert cli.main(["search", *SMALL, "--out", str(out), "--max-size", "20kB"]) == 0
-    captured = capsys.readouterr()
-    assert "trial 4/4" in captured.err  # the progress display
-    assert "best configuration: trial" in captured.out and "smaller than FiP16" in captured.out
+def test_search_then_report_then_train_the_best_configuration(searched, tmp_path, capsys):
+    out, stdout, stderr = searched
+    assert stderr.startswith(f"search of 8 trials, output folder {out}\n")  # where to look, first
+    assert "trial 7: 8/8 done" in stderr  # the progress display
+    assert "best configuration: trial" in stdout and "smaller than FiP16" in stdout
     best = json.loads((out / "best_config.json").read_text())
     assert best["size_bytes"] <= 20_000
     meta = json.loads((out / "search.json").read_text())
@@ -48,10 +65,10 @@ def test_search_then_report_then_train_the_best_configuration(tmp_path, capsys):
     assert summary["test_accuracy"] == best["test_accuracy"]
     assert summary["validation_accuracy"] == best["final_validation_accuracy"]
     assert export.load_model(trained / "model.npz").bits.tolist() == summary["bits"]
-    searched, retrained = np.load(out / "model.npz"), np.load(trained / "model.npz")
-    assert sorted(retrained.files) == sorted(searched.files)
-    for name in searched.files:
-        np.testing.assert_array_equal(retrained[name], searched[name])
+    exported, retrained = np.load(out / "model.npz"), np.load(trained / "model.npz")
+    assert sorted(retrained.files) == sorted(exported.files)
+    for name in exported.files:
+        np.testing.assert_array_equal(retrained[name], exported[name])
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -102,6 +119,105 @@ def test_an_existing_search_folder_is_left_untouched(tmp_path, capsys):
     assert cli.main(["search", "--out", str(out)]) == 2
     assert "holds another search" in capsys.readouterr().err
     assert (out / "search.json").read_bytes() == before and os.listdir(out) == ["search.json"]
+
+
+def _snapshot(folder):
+    """Every file of a folder: its bytes and modification time."""
+    return {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns) for name in os.listdir(folder)}
+
+
+def _locked_message(out, pid):
+    return (f"mpqjax search: error: output folder {str(out)!r} is used by the search of process {pid} on "
+            f"{socket.gethostname()} since ")
+
+
+def test_a_folder_another_search_holds_is_refused_new_or_resumed_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "previous"
+    out.mkdir()
+    (out / "search.json").write_text('{"format": "mpqjax-search/1", "settings": {"trials": 3}}')
+    before = _snapshot(out)
+    with store.FolderLock.acquire(out):  # the lock of a running search, held by this process
+        for arguments in (["--resume"], ["--seed", "1"], ["--resume", "--trials", "5"]):
+            assert cli.main(["search", "--out", str(out), *arguments]) == 2
+            error = capsys.readouterr().err
+            assert error.startswith(_locked_message(out, os.getpid())) and error.endswith("; wait for it or stop it\n")
+            assert len(error.splitlines()) == 1
+    assert _snapshot(out) == before
+    new = tmp_path / "new"
+    with store.FolderLock.acquire(new):
+        assert cli.main(["search", "--out", str(new)]) == 2
+        assert capsys.readouterr().err.startswith(_locked_message(new, os.getpid()))
+        assert os.listdir(new) == ["search.lock"]
+
+
+def _arrays(path):
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _without_seconds(folder):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in store.read_jsonl(folder / "trials.jsonl")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_resume_ends_like_an_uninterrupted_run(searched, tmp_path, capsys):
+    reference, _, _ = searched
+    out = tmp_path / "interrupted"
+    # `python -m mpqjax.cli`, with Ctrl-C's default handler even where this process was started with SIGINT ignored
+    # (a background job), which its children would inherit
+    command = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('mpqjax.cli', run_name='__main__', alter_sys=True)")
+    process = subprocess.Popen([sys.executable, "-c", command, "search", *SEARCH, "--out", str(out)],
+                               env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not store.read_jsonl(out / "trials.jsonl") and process.poll() is None:
+            assert time.monotonic() < deadline, "the search made no progress"
+            time.sleep(0.02)
+        # a second search on the folder while the first runs: refused at once, the first goes on
+        assert cli.main(["search", *SEARCH, "--out", str(out)]) == 2
+        assert cli.main(["search", "--out", str(out), "--resume"]) == 2
+        errors = capsys.readouterr().err.splitlines()
+        assert len(errors) == 2 and all(line.startswith(_locked_message(out, process.pid)) for line in errors)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    logged = store.read_jsonl(out / "trials.jsonl")
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.splitlines()[0] == f"search of 8 trials, output folder {out}"
+    assert stderr.splitlines()[-1] == (f"mpqjax search: interrupted after trial {len(logged) - 1}; resume with: "
+                                       f"mpqjax search --out {out} --resume")
+    assert 1 <= len(logged) < 8 and not (out / "search.lock").exists()
+    meta = json.loads((out / "search.json").read_text())
+    assert meta["command"][1:] == ["search", *SEARCH, "--out", str(out)]
+
+    assert cli.main(["search", "--out", str(out), "--resume"]) == 0  # the command it printed, as is
+    assert capsys.readouterr().err.startswith(f"resuming the search in {out} after trial {len(logged) - 1} "
+                                              f"({len(logged)} of 8 trials logged; float model: ")
+    assert _without_seconds(out) == _without_seconds(reference)
+    best, expected = (json.loads((folder / "best_config.json").read_text()) for folder in (out, reference))
+    assert best == expected
+    exported, uninterrupted = _arrays(out / "model.npz"), _arrays(reference / "model.npz")
+    assert sorted(exported) == sorted(uninterrupted)
+    for name, array in uninterrupted.items():
+        np.testing.assert_array_equal(exported[name], array)
+    resumed = json.loads((out / "search.json").read_text())
+    assert resumed["float"]["source"] == meta["float"]["source"] and resumed["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_failed_resume_exits_2_and_leaves_every_file_as_it_was(searched, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(searched[0], copy)
+    (copy / "float_params.msgpack").write_bytes(b"damaged")
+    before = _snapshot(copy)
+    assert cli.main(["search", "--out", str(copy), "--resume", "--trials", "9"]) == 2
+    error = capsys.readouterr().err
+    assert "float_params.msgpack' as a checkpoint" in error and len(error.splitlines()) == 1
+    assert _snapshot(copy) == before
 
 
 def _free_port() -> int:

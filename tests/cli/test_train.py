@@ -51,6 +51,17 @@ def test_trains_bits_and_widths_given_per_layer_or_once_and_the_float_model(tmp_
     (["train", "--bits", "4", "--lr", "0", "--out", "x"], "--lr must be a positive number, got 0.0"),
     (["train", "--bits", "4", "--model", "resnet99", "--out", "x"], "unknown model 'resnet99'"),
     (["train", "--out"], "expected one argument"),
+    (["train", "--config", "best_config.json", "--bits", "8", "--out", "x"], "--config gives the configuration (its "
+                                                                            "bits and widths): it takes no --bits"),
+    (["train", "--config", "best_config.json", "--widths", "1", "--out", "x"], "it takes no --bits or --widths"),
+    (["train", "--float", "--target", "generic", "--out", "x"], "--target has no effect with --float"),
+    (["train", "--float", "--calibration", "max", "--out", "x"], "--calibration has no effect with --float"),
+    (["train", "--float", "--params", "f.msgpack", "--out", "x"], "--float trains the float model: --params gives "
+                                                                 "one already"),
+    (["train", "--bits", "4", "--params", "f.msgpack", "--float-lr", "0.1", "--out", "x"],
+     "--float-lr has no effect with --params"),
+    (["train", "--bits", "4", "--seed", "-1", "--out", "x"], "--seed must be an integer in [0, 2**32 - 1], got -1"),
+    (["train", "--bits", "4", "--batch-size", "5000", "--out", "x"], "batch_size 5000 exceeds the 1257 training"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,7 @@
 prepared, and ImageNet's subset from its 'train' and 'validation' splits. No test touches the network."""
 
 import io
+import logging
 import sys
 
 import numpy as np
@@ -110,9 +111,11 @@ def test_default_data_dir_is_tensorflow_datasets_own(tmp_path, monkeypatch):
     assert data.default_data_dir() == str(tmp_path / "tensorflow_datasets")
 
 
-def test_tfds_not_prepared_explains_instead_of_a_tfds_traceback(tmp_path, monkeypatch):
+def test_tfds_not_prepared_explains_instead_of_a_tfds_traceback(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
     with pytest.raises(FileNotFoundError, match="mpqjax_tiny_pictures is not prepared in .*download=True"):
         data.load_tfds("mpqjax_tiny_pictures", data_dir=str(tmp_path), download=False)
+    assert not caplog.records  # the one-line error only: no tensorflow-datasets warning about the absent copy
     # Preparing needs tensorflow; without it the loader says so before downloading anything.
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if tensorflow were not installed
     with pytest.raises(FileNotFoundError, match="needs tensorflow to prepare it: pip install tensorflow"):

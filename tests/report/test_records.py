@@ -5,11 +5,11 @@ import json
 from mpqjax import report
 
 
-def test_the_best_record_is_final_once_best_config_json_exists(finished):
+def test_the_best_record_is_final_once_best_config_json_exists(finished, run_folders):
     folder, trials, _ = finished
     run = report.load_run(folder)
     record, final = report.best_record(run)
-    best = report.best_trial(trials)
+    best = report.best_trial(trials, resolution=run_folders.RESOLUTION)
     assert final and record["trial"] == best["trial"] and record["phase"] == best["phase"]
     # best_config.json's fields win over the trial record's; its per-layer table is left out.
     assert record["test_accuracy"] == run.best_config["test_accuracy"] and "layers" not in record

@@ -8,7 +8,7 @@ from mpqjax import report
 def test_report_of_a_finished_search(finished, run_folders):
     folder, trials, _ = finished
     text = report.markdown(report.load_run(folder))
-    best = report.best_trial(trials)
+    best = report.best_trial(trials, resolution=run_folders.RESOLUTION)
     lines = text.splitlines()
     # Header.
     assert lines[0] == "# mpqjax search: digits_cnn on digits"
@@ -47,7 +47,7 @@ def test_report_of_a_finished_search(finished, run_folders):
         assert len(front) >= 2 and [ok[i][key] for i in front] == sorted(ok[i][key] for i in front)
         start = lines.index(f"## Pareto front: validation accuracy vs {title}") + 4
         rows = lines[start:start + len(front) + 1]
-        assert [int(row.split("|")[1]) for row in rows[:-1]] == [ok[i]["trial"] for i in front]
+        assert [int(row.split("|")[1].split()[0]) for row in rows[:-1]] == [ok[i]["trial"] for i in front]
         assert rows[-1] == ""
         first = ok[front[0]]
         assert rows[0] == (f"| {first['trial']} | {first['phase']} | {100 * first['validation_accuracy']:.2f} % | "

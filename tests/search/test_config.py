@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -47,9 +48,25 @@ def test_to_dict_is_json_with_lists_and_keeps_the_field_order():
     (dict(population=0), "population must be a positive integer or 'auto', got 0"),
     (dict(population=61), "population 61 exceeds trials=60: every population is evaluated whole"),
     (dict(strategy="pmap"), "strategy must be auto or one of sequential, vmap, scan, got 'pmap'"),
+    (dict(seed=-1), "seed must be an integer in [0, 2**32 - 1], got -1"),
+    (dict(seed=2**32), "seed must be an integer in [0, 2**32 - 1], got 4294967296"),
+    (dict(seed=1.5), "seed must be an integer in [0, 2**32 - 1], got 1.5"),
+    (dict(fixed_bits=(("conv1", 99),)), "fixed_bits: layer 'conv1': bit-width must be an integer in [2, 16]"),
+    (dict(fixed_bits=(("conv1", 8), ("conv1", 4))), "fixed_bits: layers fixed twice: conv1"),
+    (dict(fixed_bits=("conv1",)), "fixed_bits must be (layer name, bits) pairs"),
+    (dict(bits=(8, 8, 4)), "bits must name one or more distinct bit-widths, got [8, 8, 4]"),
+    (dict(bit_sets=((8, 6), (4, 4))), "bit_sets: a set names a bit-width twice, got [4, 4]"),
+    (dict(bit_sets=((8, 6), ())), "bit_sets must be one or more non-empty sets of bit-widths"),
+    (dict(widths=(1.0, 1.0)), "widths must name distinct width multipliers, got [1.0, 1.0]"),
+    (dict(widths=(0.0, 1.0)), "widths must be positive numbers, got [0.0, 1.0]"),
+    (dict(max_size_bytes=16e3, min_size_reduction=4.0), "max_size_bytes and min_size_reduction both set the size "
+                                                        "limit: give one"),
+    (dict(max_latency_seconds=2e-6, min_speedup=3.0), "max_latency_seconds and min_speedup both set the latency "
+                                                      "limit: give one"),
+    (dict(trials=5, n_initial=100), "n_initial 100 exceeds trials=5: every trial would be random"),
 ])
 def test_validate_names_the_bad_setting(settings, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         SearchConfig(**settings).validate()
 
 
@@ -63,3 +80,49 @@ def test_validate_names_settings_as_the_caller_spells_them():
     with pytest.raises(ValueError, match="--population 8 exceeds --trials=4"):
         SearchConfig(population=8, trials=4).validate(names={"population": "--population", "trials": "--trials"})
 
+
+
+def test_the_python_api_keeps_its_documented_defaults_next_to_what_is_set():
+    # the default reduction applies with a size limit (the stricter wins; min_size_reduction=None drops it), and the
+    # default n_initial is capped at a smaller number of trials (every trial random)
+    SearchConfig(max_size_bytes=16e3).validate()
+    SearchConfig(max_size_bytes=16e3, min_size_reduction=None).validate()
+    SearchConfig(trials=5).validate()
+    SearchConfig(trials=5, n_initial=5).validate()
+
+
+def test_the_command_line_refuses_what_it_was_given_two_ways_or_in_vain():
+    names = {"max_size_bytes": "--max-size", "min_size_reduction": "--min-size-reduction", "n_initial": "--n-initial",
+             "float_checkpoint": "--params", "float_epochs": "--float-epochs", "prune": "--no-prune",
+             "hessian_tol": "--hessian-tol", "bit_sets": "--bit-sets", "baseline": "--baseline",
+             "baseline_bits": "--baseline-bits", "strategy": "--strategy", "population": "--population"}
+    cases = [
+        # given explicitly, even at the default value: refused
+        (dict(max_size_bytes=16e3), {"max_size_bytes", "min_size_reduction"},
+         "--max-size and --min-size-reduction both set the size limit: give one"),
+        (dict(trials=10, n_initial=20), {"trials", "n_initial"}, "--n-initial 20 exceeds trials=10"),
+        (dict(float_checkpoint="float.msgpack", float_epochs=3), {"float_checkpoint", "float_epochs"},
+         "--float-epochs has no effect with --params: the float model is read from it, not trained"),
+        (dict(prune=False, hessian_tol=0.1, bit_sets=((8,), (2,))), {"prune", "hessian_tol", "bit_sets"},
+         "--bit-sets and --hessian-tol have no effect with --no-prune: there is no Hessian and no pruning"),
+        (dict(baseline_bits=(8, 4)), {"baseline_bits"}, "--baseline-bits has no effect without --baseline"),
+        (dict(strategy="vmap"), {"strategy"}, "--strategy has no effect with a population of 1"),
+    ]
+    for settings, given, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            SearchConfig(**settings).validate(names=names, given=given)
+    # not given (a shared settings dict of the Python API), or in use: accepted
+    SearchConfig(prune=False, hessian_tol=0.1).validate()
+    SearchConfig(trials=10).validate(names=names, given={"trials"})
+    SearchConfig(baseline=True, baseline_bits=(8, 4)).validate(given={"baseline", "baseline_bits"})
+    SearchConfig(population=4, strategy="vmap").validate(given={"population", "strategy"})
+    SearchConfig(strategy="sequential").validate(given={"strategy"})
+
+
+def test_model_and_dataset_help_list_their_choices():
+    from mpqjax import data
+    from mpqjax.nn import models
+
+    fields = {field.name: field for field in dataclasses.fields(SearchConfig)}
+    assert all(name in fields["model"].metadata["help"] for name in models.available())
+    assert all(name in fields["dataset"].metadata["help"] for name in data.LOADERS)

@@ -1,8 +1,11 @@
-"""Specification of mpqjax.search.loop: Algorithm 1 end to end on digits, its output folder, exact resume after kill -9,
-failed trials, populations, the population choice, and the checks that refuse bad input before anything is written."""
+"""Specification of mpqjax.search.loop: Algorithm 1 end to end on digits, its output folder and progress events, exact
+resume after kill -9, failed trials, populations, the population choice, the checks that refuse bad input before
+anything is written, a failed resume that changes nothing, and a new run that fails before its first trial leaving
+nothing behind."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +51,7 @@ def test_a_search_writes_every_output_and_its_best_meets_the_limit(finished):
         assert record["feasible"] and record["size_bytes"] <= limit
         assert record["status"] == "ok" and record["objective"] == pytest.approx(record["validation_accuracy"])
     best = result.best
-    assert best["objective"] == max(t["objective"] for t in trials)
+    assert best["trial"] == store.best_trial(trials, resolution=best["selection"]["resolution"])["trial"]
     assert best["size_reduction_vs_fip16"] >= search.DEFAULT_SIZE_REDUCTION
     assert [row["name"] for row in best["layers"]] == [layer["name"] for layer in meta["layers"]]
     assert sum(row["size_bytes"] for row in best["layers"]) == pytest.approx(best["size_bytes"], rel=1e-5)
@@ -65,9 +68,25 @@ def test_a_search_writes_every_output_and_its_best_meets_the_limit(finished):
     assert all(r["widths"] == [1.0] * len(meta["layers"]) for r in result.baseline)
     assert set(result.timings) >= {"float_model", "hessian", "evaluations", "optimiser", "io", "final_training"}
     assert result.timings["total"] == pytest.approx(sum(v for k, v in result.timings.items() if k != "total"))
-    assert [e["trial"] for e in events if e["event"] == "trial"] == list(range(1, 7))
-    assert events[-1]["event"] == "done"
     assert "| conv1 |" in (out / "report.md").read_text()
+    assert not (out / "search.lock").exists()  # released at the end
+    assert meta["command"] == sys.argv and set(meta["versions"]) >= {"mpqjax", "jax", "jaxlib", "flax", "python"}
+    assert meta["float"]["source"].startswith(("trained 3 epochs", "cache "))
+
+
+@pytest.mark.slow
+def test_the_progress_events_say_where_the_search_writes_and_number_trials_as_the_files_do(finished):
+    result, out, events = finished
+    assert events[0] == {"event": "start", "out_dir": str(out), "resume": False,
+                         "message": f"search of 6 trials, output folder {out}"}
+    trials = [e for e in events if e["event"] == "trial"]
+    assert [e["trial"] for e in trials] == [t["trial"] for t in result.trials] == list(range(6))
+    assert [e["done"] for e in trials] == list(range(1, 7)) and all(e["trials"] == 6 for e in trials)
+    # the first trial compiles the training step: no estimate from it; then the median trial time
+    assert trials[0]["eta"] is None and all(e["eta"] > 0 for e in trials[1:-1]) and trials[-1]["eta"] == 0
+    phases = [e["phase"] for e in events if e["event"] == "phase"]
+    assert phases[:3] == ["float_model", "hessian", "trials"] and "final_training" in phases
+    assert events[-1]["event"] == "done"
 
 
 @pytest.mark.slow
@@ -103,11 +122,20 @@ def test_resume_after_kill_9_ends_exactly_like_an_uninterrupted_run(finished, tm
     logged = store.read_jsonl(out / "trials.jsonl")
     assert 3 <= len(logged) < 6, "killed mid-search"
     assert not (out / "best_config.json").exists()
+    assert (out / "search.lock").exists()  # the killed process's lock, stale: taken over below
+    source = json.loads((out / "search.json").read_text())["float"]["source"]
 
-    resumed = search.run(search.SearchConfig(**settings), str(out), resume=True)
+    events = []
+    resumed = search.run(search.SearchConfig(**settings), str(out), resume=True, progress=events.append)
     assert _comparable(resumed.trials) == _comparable(result.trials)
     assert {k: v for k, v in resumed.best.items()} == result.best
     assert _comparable(resumed.baseline) == _comparable(result.baseline)
+    assert events[0]["message"] == (f"resuming the search in {out} after trial {len(logged) - 1} ({len(logged)} of 6 "
+                                    f"trials logged; float model: {source})")
+    meta = json.loads((out / "search.json").read_text())
+    assert meta["float"]["source"] == source and not source.startswith("checkpoint")  # the origin, not the copy
+    assert meta["command"][0] == "-c" and [session["trials_logged"] for session in meta["resumed"]] == [len(logged)]
+    assert not (out / "search.lock").exists()
 
 
 @pytest.mark.slow
@@ -133,8 +161,17 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_population_search_asks_evaluates_and_tells_whole_populations_and_resumes_exactly(tmp_path):
+def test_a_population_search_asks_evaluates_and_tells_whole_populations_and_resumes_exactly(tmp_path, monkeypatch):
     settings = dict(SMALL, trials=5, n_initial=2, prune=False, population=2, strategy="vmap", final_epochs=1)
+    # a run that fails after the float model, before its first trial, leaves nothing: the same command then runs
+    def too_small(*args, minimum, **kwargs):
+        raise ValueError(f"a population of {minimum} does not fit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(devices, "max_population", too_small)
+        with pytest.raises(ValueError, match="a population of 2 does not fit"):
+            search.run(search.SearchConfig(**settings), str(tmp_path / "whole"))
+    assert not (tmp_path / "whole").exists()
     whole = search.run(search.SearchConfig(**settings), str(tmp_path / "whole"))
     meta = json.loads((tmp_path / "whole" / "search.json").read_text())
     assert meta["population"] == {"population": 2, "strategy": "vmap", "measured": False}
@@ -197,6 +234,30 @@ def test_an_output_folder_holding_another_search_is_never_touched(tmp_path):
         search.run(search.SearchConfig(), str(other))
     with pytest.raises(ValueError, match="no search to resume"):
         search.run(search.SearchConfig(), str(other), resume=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, message", [
+    (("hessian.json", b"{ not json"), "hessian.json' is not valid JSON"),
+    (("hessian.json", b'{"layers": []}'), "hessian.json' is not the sensitivity analysis of this search"),
+    (("float_params.msgpack", b"garbage"), "float_params.msgpack' as a checkpoint"),
+    (("trials.jsonl", b"garbage\n"), "line 1 is not a JSON record"),
+    (None, "settings differ from the interrupted search in seed"),
+])
+def test_a_failed_resume_changes_no_file(finished, tmp_path, damage, message):
+    _, out, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    settings = dict(SMALL, baseline=True, baseline_bits=(8, 2), trials=7)  # more trials: the search goes on
+    if damage is None:
+        settings["seed"] = 1
+    else:
+        name, content = damage
+        (copy / name).write_bytes(content + ((copy / name).read_bytes() if name == "trials.jsonl" else b""))
+    before = {name: ((copy / name).read_bytes(), (copy / name).stat().st_mtime_ns) for name in os.listdir(copy)}
+    with pytest.raises(ValueError, match=message):
+        search.run(search.SearchConfig(**settings), str(copy), resume=True)
+    assert {name: ((copy / name).read_bytes(), (copy / name).stat().st_mtime_ns) for name in os.listdir(copy)} == before
 
 
 def test_population_choice_measures_only_when_asked(monkeypatch, digits):

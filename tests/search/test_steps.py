@@ -76,3 +76,12 @@ def test_the_sensitivity_batch_must_fit_the_training_split(digits, trained_float
     model, variables, _ = trained_float_mlp(1)
     with pytest.raises(ValueError, match="the Hessian batch size 100000 exceeds the"):
         steps.analyze_sensitivity(jax.random.key(0), model, variables, digits, batch_size=100_000)
+
+
+def test_the_dataset_of_a_search_refuses_batches_larger_than_its_training_split():
+    with pytest.raises(ValueError, match="batch_size 5000 exceeds the 1257 training examples of digits"):
+        steps.load_dataset(SearchConfig(batch_size=5000))
+    with pytest.raises(ValueError, match="hessian_batch_size 2000 exceeds the 1257 training examples of digits"):
+        steps.load_dataset(SearchConfig(hessian_batch_size=2000))
+    # without pruning there is no Hessian: its batch size does not matter
+    assert len(steps.load_dataset(SearchConfig(hessian_batch_size=2000, prune=False)).train) == 1257

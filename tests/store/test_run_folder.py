@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mpqjax.optim import KMeansTPE, SearchSpace, ordinal
-from mpqjax.store import load_tpe_state, run_folder
+from mpqjax.store import FolderLock, FolderLockedError, TrialLog, load_tpe_state, run_folder
 from mpqjax.store.run_folder import (
     FILES,
     FORMAT,
@@ -73,6 +73,70 @@ def test_a_resume_needs_the_same_search(tmp_path):
     (folder / FILES["search"]).write_text('{"format": "other/1"}')
     with pytest.raises(ValueError, match="is not an mpqjax search file"):
         check_folder(folder, SETTINGS, resume=True)
+
+
+def test_a_folder_another_search_holds_is_refused_new_or_resumed_and_a_stale_lock_file_is_no_content(tmp_path):
+    folder = _search_folder(tmp_path / "run", trials=1)
+    (tmp_path / "new").mkdir()
+    for path, resume in ((folder, True), (folder, False), (tmp_path / "new", False)):
+        with FolderLock.acquire(path):
+            with pytest.raises(FolderLockedError, match="is used by the search of process"):
+                check_folder(path, SETTINGS, resume=resume)
+            with pytest.raises(FolderLockedError), RunFolder.open(path, SETTINGS, {}, resume=resume):
+                pass
+    (tmp_path / "new" / FILES["lock"]).write_text('{"pid": 1}')  # left by a killed search that wrote nothing
+    assert check_folder(tmp_path / "new", SETTINGS, resume=False) is None
+
+
+def _snapshot(path):
+    return {name: ((path / name).read_bytes(), (path / name).stat().st_mtime_ns) for name in os.listdir(path)}
+
+
+def test_open_locks_the_folder_for_the_block_and_writes_a_new_runs_search_json_at_once(tmp_path):
+    with RunFolder.open(tmp_path / "run", SETTINGS, {"settings": SETTINGS}, resume=False) as folder:
+        with pytest.raises(FolderLockedError):
+            check_folder(tmp_path / "run", SETTINGS, resume=False)
+        written = json.loads((tmp_path / "run" / FILES["search"]).read_text())
+        assert written == {"format": FORMAT, "status": "running", "settings": SETTINGS}
+        TrialLog(folder.path("trials")).append({"trial": 0})
+    assert sorted(os.listdir(tmp_path / "run")) == [FILES["search"], FILES["trials"]]  # the lock is gone
+
+
+def test_a_resumed_run_keeps_every_section_and_writes_nothing_until_it_saves(tmp_path):
+    folder_path = _search_folder(tmp_path / "run", trials=2)
+    meta = json.loads((folder_path / FILES["search"]).read_text())
+    (folder_path / FILES["search"]).write_text(json.dumps({**meta, "float": {"source": "checkpoint a"}}))
+    before = _snapshot(folder_path)
+    with pytest.raises(ValueError, match="diverged"), RunFolder.open(
+            folder_path, dict(SETTINGS, trials=6), {"settings": dict(SETTINGS, trials=6)}, resume=True) as folder:
+        assert folder.meta["float"] == {"source": "checkpoint a"} and folder.meta["settings"]["trials"] == 6
+        assert set(_snapshot(folder_path)) == {*before, FILES["lock"]}
+        raise ValueError("diverged")  # a failure before the first save: the folder is as it was
+    assert _snapshot(folder_path) == before
+
+
+@pytest.mark.parametrize("logged, error, kept", [
+    (0, ValueError("the limit is unattainable after pruning"), False),  # nothing to resume: removed
+    (1, ValueError("the final training diverged"), True),  # trials are never lost
+    (0, KeyboardInterrupt(), True),  # Ctrl-C: kept for --resume
+])
+def test_a_new_run_that_fails_before_its_first_trial_leaves_nothing_behind(tmp_path, logged, error, kept):
+    out = tmp_path / "run"
+    with pytest.raises(type(error)), RunFolder.open(out, SETTINGS, {"settings": SETTINGS}, resume=False) as folder:
+        folder.save_float({"params": {"w": np.ones(2, np.float32)}})
+        folder.write_hessian({"layers": []})
+        for trial in range(logged):
+            TrialLog(folder.path("trials")).append({"trial": trial})
+        raise error
+    if kept:
+        assert FILES["search"] in os.listdir(out) and FILES["lock"] not in os.listdir(out)
+        check_folder(out, SETTINGS, resume=True)
+    else:
+        assert not out.exists()  # the same command, corrected, needs neither --resume nor a clean-up
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(ValueError), RunFolder.open(tmp_path / "empty", SETTINGS, {}, resume=False):
+            raise error
+        assert os.listdir(tmp_path / "empty") == []  # a folder that existed stays, empty
 
 
 def test_settings_differences_leave_out_the_resumable_changes():

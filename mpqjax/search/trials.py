@@ -1,0 +1,176 @@
+"""The trials of a search: the population choice, the optimiser restored from the run folder, and the loop that
+asks a population, evaluates it, tells it and logs it, with its progress events and the time left.
+
+Every draw is keyed by the index of the population's first trial (``fold_in(key, trial)``) and every population is
+logged before the optimiser state is saved (`mpqjax.store.run_folder.RunFolder.append_trials`), so a resumed
+search continues exactly where the interrupted one stopped.
+
+Example:
+    >>> records = run_trials(problem, folder, clock, progress)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpqjax import data, store
+from mpqjax.nn import models
+from mpqjax.optim import tpe
+from mpqjax.search import steps
+from mpqjax.search.config import SearchConfig
+from mpqjax.search.problem import Problem
+from mpqjax.store import run_folder
+from mpqjax.training import devices, population, strategy
+
+__all__ = ["Clock", "choose_population", "run_trials"]
+
+Progress = Callable[[dict], None]
+
+
+class Clock(Protocol):
+    """The run's phase timer: ``with clock("evaluations"): ...`` adds the block's seconds to a phase of
+    `mpqjax.store.run_folder.PHASES`; ``clock.to_dict()`` is the time split of ``search.json``."""
+
+    def __call__(self, phase: str) -> contextlib.AbstractContextManager: ...
+
+    def to_dict(self) -> dict[str, float]: ...
+
+
+def choose_population(config: SearchConfig, quant_model: models.QModel, dataset: data.Dataset) -> dict:
+    """The population size and strategy of a search (``search.json``'s ``population``), measured when asked.
+
+    An explicit size with an explicit strategy (or size 1) is taken as is, after checking that it fits in memory;
+    otherwise `mpqjax.training.strategy.choose` measures the candidates (only the strategy when the size is given).
+
+    Returns:
+        ``{"population", "strategy", "measured"}``, plus the measurements when measured.
+    """
+    if config.population != "auto" and (config.strategy != "auto" or config.population == 1):
+        size = int(config.population)
+        chosen = "sequential" if config.strategy == "auto" else config.strategy
+        if size > 1:  # refuse a population that cannot fit before any trial runs
+            devices.max_population(quant_model, dataset.input_shape, batch_size=config.batch_size,
+                                   mesh=devices.population_mesh(), minimum=size)
+        return {"population": size, "strategy": chosen, "measured": False}
+    steps_per_configuration = config.finetune_epochs * (len(dataset.train) // config.batch_size)
+    choice = strategy.choose(
+        quant_model, dataset, batch_size=config.batch_size, steps_per_configuration=steps_per_configuration,
+        populations=None if config.population == "auto" else [int(config.population)],
+        strategies=population.STRATEGIES if config.strategy == "auto" else [config.strategy], max_size=config.trials)
+    record = {**choice.to_dict(), "measured": True}
+    if config.population != "auto":  # the size is the user's: only the strategy is chosen (sequential: in turn)
+        fastest = max(choice.measurements, key=lambda m: m["configurations_per_hour"])
+        record.update(population=int(config.population), strategy=fastest["strategy"])
+    return record
+
+
+def run_trials(problem: Problem, folder: run_folder.RunFolder, clock: Clock, notify: Progress) -> list[dict]:
+    """Set up the optimiser (restored from the folder on resume) and run the trials up to ``config.trials``.
+
+    Args:
+        problem: the search's problem (its config, data, space and limits).
+        folder: the run's folder: the logged trials are read from it, every population is logged to it.
+        clock: the run's phase timer.
+        notify: the progress callback (`mpqjax.search.run`'s ``progress``).
+
+    Returns:
+        Every trial record, the logged ones first.
+    """
+    config = problem.config
+    opt = tpe.KMeansTPE(problem.layer_space.space, maximize=True, n_initial=min(config.n_initial, config.trials),
+                        capacity=config.trials, feasible=None if config.soft_limits else problem.feasible_fn())
+    records = folder.trials()
+    if "population" in folder.meta:  # a resumed search keeps its measured choice
+        choice = folder.meta["population"]
+    else:
+        with clock("evaluations"):
+            choice = choose_population(config, problem.quant_model, problem.dataset)
+    folder.update(population=choice, devices={"platform": jax.default_backend(), "count": jax.device_count(),
+                                              "processes": jax.process_count()})
+    if choice["population"] > 1 or choice["measured"]:
+        measured = ", ".join(f"{m['strategy']} x{m['population']}: {m['configurations_per_hour']:.0f}/h"
+                             for m in choice.get("measurements", []))
+        message = f"population {choice['population']}, strategy {choice['strategy']}"
+        notify({"event": "phase", "phase": "population",
+                "message": message + (f" (measured {measured})" if measured else "")})
+    with clock("optimiser"):
+        state = folder.restore_state(opt, records, problem.layer_space.space, choice["population"])
+    with clock("io"):
+        folder.save(timings=clock.to_dict())
+    if len(records) < config.trials:
+        notify({"event": "phase", "phase": "trials", "message": f"trials {len(records)} to {config.trials - 1} "
+                f"(numbered from 0; the first {opt.n_initial} random, then k-means TPE)"})
+    _ask_evaluate_tell(problem, folder, opt, state, records, choice, clock, notify)
+    return records
+
+
+class _TimeLeft:
+    """The time left of a session: the median time of its populations times the populations left, leaving out the
+    session's first population (it compiles the training step), so None until a second one was timed."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def estimate(self, populations_left: int) -> float | None:
+        timed = self.seconds[1:]
+        if populations_left == 0:
+            return 0.0
+        return float(np.median(timed)) * populations_left if timed else None
+
+
+def _ask_evaluate_tell(problem: Problem, folder: run_folder.RunFolder, opt: tpe.KMeansTPE, state: tpe.TPEState,
+                       records: list[dict], choice: dict, clock: Clock, notify: Progress) -> None:
+    """Ask a population, evaluate it, tell it, log it; until ``config.trials`` records (appended to ``records``)."""
+    config, keys = problem.config, steps.search_keys(problem.config.seed)
+    size, time_left = choice["population"], _TimeLeft()
+    mesh = devices.population_mesh() if size > 1 else None
+    while len(records) < config.trials:
+        first, started = len(records), time.perf_counter()
+        count = min(size, config.trials - first)  # the last population may be smaller
+        with clock("optimiser"):
+            encoded, _ = opt.ask(jax.random.fold_in(keys.ask, first), state, n=size)
+            encoded = np.asarray(encoded)[:count]
+        with clock("evaluations"):
+            new_records = _evaluate(problem, jax.random.fold_in(keys.trial, first), first, opt.n_initial, encoded,
+                                    choice["strategy"], mesh)
+        with clock("optimiser"):
+            values = [math.nan if record["objective"] is None else record["objective"] for record in new_records]
+            state = opt.tell(state, encoded, jnp.asarray(values, jnp.float32))
+            jax.block_until_ready(state)
+        with clock("io"):
+            folder.append_trials(new_records, state, timings=clock.to_dict())  # one write: a population is whole
+        records.extend(store.to_json_value(record) for record in new_records)
+        time_left.seconds.append(time.perf_counter() - started)
+        eta = time_left.estimate(-(-(config.trials - len(records)) // size))
+        for record in new_records:
+            notify({"event": "trial", "trial": record["trial"], "done": record["trial"] + 1, "trials": config.trials,
+                    "record": record,
+                    "best": run_folder.best_trial(records[: record["trial"] + 1],
+                                                  resolution=1 / len(problem.dataset.validation)),
+                    "elapsed": clock.to_dict()["total"], "eta": eta})
+
+
+def _evaluate(problem: Problem, key, first: int, n_initial: int, encoded: np.ndarray, strategy_name: str,
+              mesh) -> list[dict]:
+    """The trial records of the proposals ``encoded`` (one configuration per row), numbered from ``first``.
+
+    ``mesh`` is the population's devices, or None for a search of one configuration at a time.
+    """
+    layer_space = problem.layer_space
+    points = [layer_space.space.decode(row) for row in encoded]
+    arrays = [layer_space.to_arrays(point) for point in points]
+    if mesh is None:
+        fields = [problem.evaluate(key, *arrays[0])]
+    else:
+        fields = problem.evaluate_population(key, np.stack([b for b, _ in arrays]), np.stack([w for _, w in arrays]),
+                                             strategy=strategy_name, mesh=mesh)
+    return [{"trial": first + index, "phase": "random" if first + index < n_initial else "model", "config": point,
+             **record} for index, (point, record) in enumerate(zip(points, fields, strict=True))]
