@@ -20,13 +20,15 @@ __getattr__, __dir__, __all__ = attach(
         "COMMANDS": "command", "build_parser": "command", "main": "command",
         **{name: "options" for name in (
             "SIZE_UNITS", "TIME_UNITS", "add_config_options", "bit_sets", "config_from_args", "fixed_bits",
-            "float_list", "format_default", "int_list", "number_list", "option_names", "population", "quantity",
-            "seconds", "size_bytes")},
-        **{name: "display" for name in ("ProgressBar", "print_cost", "print_hessian", "print_summary")},
+            "float_list", "format_default", "given_options", "int_list", "number_list", "option_names", "population",
+            "quantity", "refuse_unused", "seconds", "size_bytes")},
+        **{name: "display" for name in (
+            "RESULT_FILES", "ProgressBar", "interrupted", "print_cost", "print_hessian", "print_summary")},
         "add_cost_command": "cost", "run_cost": "cost",
         "HESSIAN_SETTINGS": "hessian", "add_hessian_command": "hessian", "run_hessian": "hessian",
-        "SEARCH_SETTINGS": "search", "add_search_command": "search", "run_search": "search",
-        "search_config": "search",
+        **{name: "search" for name in (
+            "INTERRUPTED", "SEARCH_SETTINGS", "add_search_command", "recorded_settings", "run_search",
+            "search_config")},
         "TRAIN_SETTINGS": "train", "add_train_command": "train", "run_train": "train",
         "add_report_command": "report", "run_report": "report",
     },

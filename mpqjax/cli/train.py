@@ -94,6 +94,7 @@ def run_train(args) -> int:
     from mpqjax import cost as cost_model
     from mpqjax import search, store
     from mpqjax.nn import models
+    from mpqjax.report.format import format_width
     from mpqjax.store.run_folder import file_path
 
     config = options.config_from_args(args)
@@ -108,7 +109,8 @@ def run_train(args) -> int:
     bits, widths = _configuration(args, table)
     float_net = search.float_model_of(config, dataset)
     quant_model = search.quantized_model(config, dataset.num_classes, widths)
-    print(f"training {config.model} at bits {list(map(int, bits))}, widths {[float(w) for w in widths]} for "
+    width_text = ", ".join(format_width(float(width)) for width in widths)
+    print(f"training {config.model} at bits {list(map(int, bits))}, widths [{width_text}] for "
           f"{config.final_epochs} epochs (float model: {float_net.source})")
     trained = search.final_training(config, dataset, float_net, quant_model, bits, widths, what="the configuration")
     cost = cost_model.cost_report(table, bits, widths, target)

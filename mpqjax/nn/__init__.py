@@ -10,6 +10,11 @@ __getattr__, __dir__, __all__ = attach(
     submodules=["config", "layers", "models", "quant", "table"],
     names={
         "MAX_BITS": "config", "MIN_BITS": "config", "check_bits": "config", "check_config": "config",
-        "LayerSpec": "table", "LayerTable": "table", "QConv": "layers", "QDense": "layers",
+        **{name: "table" for name in ("LAYER_KINDS", "LayerSpec", "LayerTable", "scale_channels")},
+        **{name: "layers" for name in ("DEFAULT_ACT_CLIP", "QConv", "QDense", "channel_mask")},
+        **{name: "quant" for name in (
+            "CALIBRATION_METHODS", "CLIPPING_MODES", "FLOAT_BITS", "PASS_THROUGH_BITS", "calibration_stats",
+            "is_pass_through", "quantize_activations", "quantize_weights", "round_ste", "signed_levels",
+            "unsigned_levels")},
     },
 )

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 
 from mpqjax.nn import quant
 
+__all__ = ["DEFAULT_ACT_CLIP", "QConv", "QDense", "channel_mask"]
+
 DEFAULT_ACT_CLIP = 4.0
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+__all__ = ["LAYER_KINDS", "LayerSpec", "LayerTable", "scale_channels"]
+
 LAYER_KINDS = ("conv", "depthwise", "dense")
 
 

@@ -14,12 +14,16 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["config", "loop", "objective", "problem", "steps"],
+    submodules=["config", "loop", "objective", "problem", "steps", "trials"],
     names={
-        "DEFAULT_SIZE_REDUCTION": "config", "GROUPS": "config", "SearchConfig": "config",
+        **{name: "config" for name in (
+            "DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
         **{name: "objective" for name in (
             "DEFAULT_MULTIPLIER", "LIMIT_NAMES", "Limits", "is_feasible", "make_limits", "violations")},
-        **{name: "problem" for name in ("COST_FIELDS", "Problem", "check_attainable", "config_limits", "full_space")},
+        **{name: "problem" for name in (
+            "COST_FIELDS", "Problem", "cheapest_pruning", "check_attainable", "check_limits", "config_limits",
+            "full_space")},
+        "Clock": "trials", "run_trials": "trials",
         **{name: "steps" for name in (
             "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
             "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",

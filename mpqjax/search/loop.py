@@ -209,8 +209,7 @@ def _prepare(config: SearchConfig) -> _Setup:
     table = models.layer_table(config.model, input_shape=dataset.input_shape)
     target = cost_model.load_target(config.target)
     limits = config_limits(config, table, target)
-    space = full_space(config, table)
-    check_attainable(space, target, limits)
+    space = full_space(config, table)  # config_limits already refused limits no configuration of it can meet
     if space.space.log10_size() < math.log10(config.trials):
         raise ValueError(f"the space has only {round(10 ** space.space.log10_size())} configurations, fewer "
                          f"than trials={config.trials}")
@@ -279,6 +278,8 @@ def _search_fields(config: SearchConfig, setup: _Setup, clock: _Clock, previous:
                    for layer in table],
         "fip16_size_bytes": cost_model.fip16_size_bytes(table), "fp32_size_bytes": fp32,
         "timings": clock.to_dict(),
+        # how the best trial is chosen (its resolution), readable by a report while the search still runs
+        "selection": store.selection.selection_settings(len(setup.dataset.validation)),
         **session,
     }
 

@@ -10,10 +10,12 @@ __getattr__, __dir__, __all__ = attach(
             "TrialLog", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
             "load_variables", "read_json", "read_jsonl", "save_variables", "to_json_value")},
         "load_tpe_state": "tpe_state", "save_tpe_state": "tpe_state",
-        "FolderLock": "lock", "FolderLockedError": "lock",
+        **{name: "lock" for name in ("LOCK_FILE", "FolderLock", "FolderLockedError", "check_unlocked", "holder")},
         **{name: "run_folder" for name in (
             "FILES", "FORMAT", "PHASES", "RESUMABLE_CHANGES", "Run", "RunFolder", "check_folder", "file_path",
             "is_finished", "load_run", "read_best_layers", "settings_differences")},
-        **{name: "selection" for name in ("best_trial", "is_ok", "number")},
+        **{name: "selection" for name in (
+            "RULE", "Choice", "best_trial", "choose", "explain_choice", "is_ok", "number", "recorded_resolution",
+            "selection_settings")},
     },
 )
