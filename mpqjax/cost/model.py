@@ -116,7 +116,7 @@ def layer_counts(table: LayerTable, widths, *, exact: bool = False) -> dict[str,
 
     Args:
         table: the model's layer table.
-        widths: width multiplier per layer, shape ``(..., len(table))``.
+        widths: width multiplier per layer, shape ``(..., len(table))`` (any numeric dtype or a list).
         exact: False: float32 `jax.numpy` arrays (jittable); True: float64 NumPy arrays (exact integer counts, for
             reports).
 
@@ -133,7 +133,8 @@ def layer_counts(table: LayerTable, widths, *, exact: bool = False) -> dict[str,
         ([4.0], [108.0], [1728.0])
     """
     xp, dtype = (np, np.float64) if exact else (jnp, jnp.float32)
-    widths = np.asarray(widths, np.float64) if exact else widths
+    # One dtype whatever the caller passed (a list, an int64 or a float32 array): the same operations run for each.
+    widths = np.asarray(widths, np.float64) if exact else jnp.asarray(widths, jnp.float32)
     arrays = _static_arrays(table)
     consumed, produced = _layer_channels(arrays, widths, xp, dtype)
     kernel = xp.asarray(arrays["kernel_h"] * arrays["kernel_w"], dtype)
@@ -182,8 +183,8 @@ def cost(table: LayerTable, bits, widths, target: Target | None = None) -> Cost:
     Args:
         table: the model's layer table (static).
         bits: bit-width per layer, shape ``(..., len(table))`` (rounded and clipped to [2, 16]; check user input
-            with `mpqjax.nn.config.check_config` first).
-        widths: width multiplier per layer, same shape (broadcasting applies).
+            with `mpqjax.nn.config.check_config` first); any numeric dtype, used as float32.
+        widths: width multiplier per layer, same shape (broadcasting applies); used as float32.
         target: `FPGATarget` (default) or `GenericTarget`; its numbers may be traced.
 
     Returns:

@@ -6,6 +6,8 @@ value per tensor: unsigned inputs (after a ReLU) on ``[0, clip]`` with ``2^b - 1
 ``[-clip, clip]`` with ``2^(b-1) - 1`` steps each side. Rounding is to nearest, ties to even (``jnp.round``).
 
 The bit-width is an array, so one compiled function serves every bit-width and configurations can be vmapped.
+Whatever its type (a Python int, an integer array, a float32 array), it is used as float32, the dtype the models'
+configurations have (`mpqjax.training.train.config_arrays`), so every form runs the same operations.
 Bit-widths of `PASS_THROUGH_BITS` (16, `mpqjax.nn.config.MAX_BITS`) and above leave values unchanged; `FLOAT_BITS`
 (32) is the internal "float" value the layers and the float model use. A user's bit-widths are checked by
 `mpqjax.nn.config` (integers in [2, 16]) before they reach these functions, which cannot raise on traced values.
@@ -53,6 +55,11 @@ def round_ste(x):
     return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
+def _bits_array(bits):
+    """``bits`` as a float32 array: an int, an int64 array and a float32 array run the same operations."""
+    return jnp.asarray(bits, jnp.float32)
+
+
 def signed_levels(bits):
     """Positive levels of a symmetric signed quantiser: 2^(b-1) - 1 (1 at 2 bits, 127 at 8 bits)."""
     # exp2 is approximate in float32 (2^13 came out as 8192.004): round, bit-widths are integers
@@ -72,11 +79,21 @@ def is_pass_through(bits):
 def quantize_weights(kernel, bits):
     """Symmetric per-output-channel fake-quantisation of a kernel whose last axis is the output channel.
 
-    The scale is treated as a constant in the backward pass, so the gradient is exactly the identity (STE).
+    Gradient (straight-through estimator): the scale ``max|w| / levels`` is a constant in the backward pass and
+    rounding passes the gradient unchanged, so ``d q / d w`` is the clip's derivative at ``u = w / scale``:
+
+    * 1 where ``|u| < levels``: every weight but a channel's largest-magnitude one(s), up to float32 rounding of
+      ``scale / scale`` (0.99999994 instead of 1 now and then);
+    * for a channel's largest-magnitude weight(s) ``|u|`` is ``levels`` up to the float32 rounding of the division
+      (which depends on how XLA compiles it: under `jax.jit` it multiplies by a reciprocal), and the gradient is
+      1 where ``|u|`` rounds below ``levels``, 1/2 where it equals ``levels`` exactly (`jax.numpy.clip` splits a
+      tie) and 0 where it rounds above;
+    * 1 everywhere (exactly the identity) at bit-widths >= 16, which return ``kernel``.
 
     Args:
         kernel: weights, any shape ``(..., out_channels)``.
-        bits: scalar bit-width (traced or concrete); >= 16 returns ``kernel`` unchanged.
+        bits: scalar bit-width (traced or concrete, any numeric dtype: used as float32); >= 16 returns ``kernel``
+            unchanged.
 
     Returns:
         The quantised kernel, same shape and dtype.
@@ -85,6 +102,7 @@ def quantize_weights(kernel, bits):
         >>> quantize_weights(jnp.array([[1.0], [0.4], [-0.6]]), 2).ravel().tolist()
         [1.0, 0.0, -1.0]
     """
+    bits = _bits_array(bits)
     reduce_axes = tuple(range(kernel.ndim - 1))
     levels = signed_levels(bits)
     max_abs = jnp.max(jnp.abs(kernel), axis=reduce_axes, keepdims=True)
@@ -99,7 +117,8 @@ def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated
 
     Args:
         x: activations.
-        bits: scalar bit-width (traced or concrete); >= 16 returns ``x`` unchanged.
+        bits: scalar bit-width (traced or concrete, any numeric dtype: used as float32); >= 16 returns ``x``
+            unchanged.
         clip: scalar clipping value (> 0).
         signed: keyword-only structural switch; False for inputs known to be non-negative (after a ReLU).
         mode: ``"calibrated"`` (clip is a constant: no gradient reaches it), ``"pact"`` (the clip gets the PACT
@@ -107,7 +126,8 @@ def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated
             plus the rounding residual ``(round(u) - u) / levels`` inside the range, LSQ's step-size gradient).
 
     Returns:
-        The quantised activations. The gradient with respect to ``x`` is 1 inside the clipping range, 0 outside.
+        The quantised activations. The gradient with respect to ``x`` is 1 inside the clipping range, 0 outside
+        and 1/2 on its bounds exactly (`jax.numpy.clip` splits a tie); 1 everywhere at bit-widths >= 16.
 
     Example:
         >>> quantize_activations(jnp.array([0.2, 0.5, 1.7]), 2, 1.5, signed=False).tolist()
@@ -117,6 +137,7 @@ def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated
         raise ValueError(f"activation clipping mode must be one of {CLIPPING_MODES}, got {mode!r}")
     if mode == "calibrated":
         clip = jax.lax.stop_gradient(clip)
+    bits = _bits_array(bits)
     clip = jnp.maximum(clip, _TINY)
     levels = signed_levels(bits) if signed else unsigned_levels(bits)
     lower = -clip if signed else jnp.zeros_like(clip)
@@ -151,6 +172,7 @@ def calibration_stats(x, bits, *, signed: bool, channel_mask=None, percentile: f
     Returns:
         float32 array of shape (3,).
     """
+    bits = _bits_array(bits)
     channels = x.shape[-1]
     rows = x.reshape(-1, channels)
     stride = max(1, rows.shape[0] * channels // max_samples)

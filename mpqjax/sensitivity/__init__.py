@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = attach(
     submodules=["candidates", "hessian", "leaves"],
     names={
         "PROBINGS": "hessian", "LayerTraces": "hessian", "default_chunk_size": "hessian", "hvp": "hessian",
-        "layer_traces": "hessian", "probe_step": "hessian",
+        "fixed_probe_traces": "hessian", "layer_traces": "hessian", "probe_step": "hessian",
         "group_leaves": "leaves", "leaf_layers": "leaves", "leaf_paths": "leaves",
         "ALL_BITS": "candidates", "DEFAULT_BIT_SETS": "candidates", "DEFAULT_WIDTHS": "candidates",
         "LayerSpace": "candidates", "Sensitivity": "candidates", "bits_dimension": "candidates",

@@ -16,6 +16,12 @@ times the probes for the same standard error (measured in docs/results.md, secti
 estimate comes with its standard error, so the caller can see which case it is in. A layer is a group of parameter
 leaves (`mpqjax.sensitivity.leaves`).
 
+Values the loss needs but that are not differentiated (a Flax model's batch statistics) are passed as ``state``:
+``loss_fn(params, batch, state)``. The compiled step is cached per loss function, so a loss defined once and called
+with new ``state`` (e.g. once per epoch) reuses it, where a loss that closes over the statistics is a new function
+each time and compiles again. `fixed_probe_traces` is the estimator as a pure function of arrays (a fixed number of
+probes, no stopping rule), for use under `jax.jit`.
+
 Example:
     >>> traces = layer_traces(jax.random.key(0), loss_fn, params, [batch_a, batch_b])
     >>> dict(zip(traces.names, traces.trace_per_weight))
@@ -35,10 +41,19 @@ import numpy as np
 
 from mpqjax.sensitivity.leaves import leaf_layers, leaf_paths
 
-__all__ = ["PROBINGS", "LayerTraces", "default_chunk_size", "hvp", "layer_traces", "probe_step"]
+__all__ = ["PROBINGS", "LayerTraces", "default_chunk_size", "fixed_probe_traces", "hvp", "layer_traces",
+           "probe_step"]
 
 PyTree = Any
-LossFn = Callable[[PyTree, Any], jax.Array]
+# ``loss_fn(params, batch) -> scalar``, or ``loss_fn(params, batch, state) -> scalar`` when a ``state`` is given.
+LossFn = Callable[..., jax.Array]
+
+
+def _with_state(loss_fn: LossFn, state: Any) -> Callable[[PyTree, Any], jax.Array]:
+    """``(params, batch) -> loss``: ``loss_fn`` itself without a state, else with ``state`` as its third argument."""
+    if state is None:
+        return loss_fn
+    return lambda params, batch: loss_fn(params, batch, state)
 
 
 def hvp(loss_fn: LossFn, params: PyTree, batch: Any, vector: PyTree) -> PyTree:
@@ -136,8 +151,8 @@ def _check_params(params: PyTree) -> None:
             raise ValueError(f"parameter {path!r} contains NaN or inf")
 
 
-def _check_loss(loss_fn: LossFn, params: PyTree, batch: Any) -> None:
-    out = jax.eval_shape(loss_fn, params, batch)
+def _check_loss(loss_fn: LossFn, params: PyTree, batch: Any, state: Any = None) -> None:
+    out = jax.eval_shape(_with_state(loss_fn, state), params, batch)
     shape = getattr(out, "shape", None)
     if shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
         described = f"shape {shape} dtype {getattr(out, 'dtype', None)}" if shape is not None else type(out).__name__
@@ -146,14 +161,15 @@ def _check_loss(loss_fn: LossFn, params: PyTree, batch: Any) -> None:
 
 @functools.lru_cache(maxsize=16)
 def _chunk_estimator(loss_fn: LossFn, leaf_layer: tuple[int, ...], num_layers: int, chunk_size: int, jit: bool):
-    """``f(params, batch, key, leaf_mask) -> [chunk_size, num_layers]`` estimates ``v_l . (H v)_l`` per probe.
+    """``f(params, batch, key, leaf_mask, state) -> [chunk_size, num_layers]`` estimates ``v_l . (H v)_l`` per probe.
 
-    ``leaf_mask[i]`` (0 or 1) says whether leaf ``i`` is probed; leaves in no layer are never probed. Cached, so that
-    repeated calls with the same loss function and layers (e.g. one per checkpoint) compile once.
+    ``leaf_mask[i]`` (0 or 1) says whether leaf ``i`` is probed; leaves in no layer are never probed. ``state`` is
+    passed to the loss as its third argument (None: a two-argument loss). Cached, so that repeated calls with the same
+    loss function and layers (e.g. one per checkpoint, or one per epoch with new ``state``) compile once.
     """
 
-    def one_probe(params, batch, vector):
-        product = hvp(loss_fn, params, batch, vector)
+    def one_probe(params, batch, state, vector):
+        product = hvp(_with_state(loss_fn, state), params, batch, vector)
         pairs = zip(jax.tree_util.tree_leaves(vector), jax.tree_util.tree_leaves(product), strict=True)
         dots = [jnp.vdot(v, hv) for v, hv in pairs]
         per_layer = [jnp.zeros((), jnp.float32)] * num_layers
@@ -162,7 +178,7 @@ def _chunk_estimator(loss_fn: LossFn, leaf_layer: tuple[int, ...], num_layers: i
                 per_layer[layer] = per_layer[layer] + dot.astype(jnp.float32)
         return jnp.stack(per_layer)
 
-    def chunk(params, batch, key, leaf_mask):
+    def chunk(params, batch, key, leaf_mask, state):
         # One draw for the whole chunk: per-leaf draws under vmap made compilation take seconds.
         leaves, treedef = jax.tree_util.tree_flatten(params)
         sizes = [leaf.size if layer >= 0 else 0 for leaf, layer in zip(leaves, leaf_layer, strict=True)]
@@ -176,7 +192,7 @@ def _chunk_estimator(loss_fn: LossFn, leaf_layer: tuple[int, ...], num_layers: i
         ]
         vectors = jax.tree_util.tree_unflatten(treedef, probe_leaves)
         # vmap over probes with params un-batched: XLA computes the primal forward/backward once per chunk.
-        return jax.vmap(one_probe, in_axes=(None, None, 0))(params, batch, vectors)
+        return jax.vmap(one_probe, in_axes=(None, None, None, 0))(params, batch, state, vectors)
 
     return jax.jit(chunk) if jit else chunk
 
@@ -207,21 +223,22 @@ def probe_step(
     For custom loops and benchmarks; `layer_traces` adds validation, stopping, batches and standard errors.
 
     Args:
-        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        loss_fn: ``loss_fn(params, batch) -> scalar``, or ``loss_fn(params, batch, state)`` for steps called with a
+            ``state``.
         params: parameters of the structure the step will be called with.
         layers: as in `layer_traces`.
         chunk_size: probes per call (vmapped); default `default_chunk_size()`.
         jit: return the compiled step.
 
     Returns:
-        ``(names, step)`` with ``step(params, batch, key) -> [chunk_size, len(names)]`` estimates ``v_l . (H v)_l``
-        (their mean over probes estimates each layer's trace).
+        ``(names, step)`` with ``step(params, batch, key, state=None) -> [chunk_size, len(names)]`` estimates
+        ``v_l . (H v)_l`` (their mean over probes estimates each layer's trace).
     """
     names, leaf_layer = leaf_layers(params, layers)
     chunk_size = default_chunk_size() if chunk_size is None else chunk_size
     chunk = _chunk_estimator(loss_fn, tuple(leaf_layer), len(names), int(chunk_size), bool(jit))
     mask = jnp.asarray(np.asarray(leaf_layer) >= 0, jnp.float32)
-    return names, lambda params, batch, key: chunk(params, batch, key, mask)
+    return names, lambda params, batch, key, state=None: chunk(params, batch, key, mask, state)
 
 
 def layer_traces(
@@ -230,6 +247,7 @@ def layer_traces(
     params: PyTree,
     batches: Any,
     *,
+    state: Any = None,
     layers: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
     max_probes: int = 256,
     tol: float = 1e-2,
@@ -246,15 +264,21 @@ def layer_traces(
     is at most that fraction of the trace), or when ``max_probes`` probes have been used. With several batches, each
     probe's product is the batch-size-weighted mean of the per-batch products, i.e. the Hessian of the mean loss.
 
-    The loss is the caller's: for a Flax model with batch norm, close over ``batch_stats`` and apply the model in
-    inference mode (``train=False``), so the Hessian is taken with respect to ``params`` only.
+    The loss is the caller's: for a Flax model with batch norm, apply the model in inference mode (``train=False``)
+    and pass its ``batch_stats`` as ``state`` to a loss ``loss_fn(params, batch, state)`` defined once, so the Hessian
+    is taken with respect to ``params`` only and calls with new statistics (e.g. once per epoch) reuse the compiled
+    step. A loss that closes over the statistics instead is a new function per call: each call compiles again.
 
     Args:
         key: PRNG key for the probes.
-        loss_fn: ``loss_fn(params, batch) -> scalar``.
+        loss_fn: ``loss_fn(params, batch) -> scalar``, or ``loss_fn(params, batch, state) -> scalar`` when ``state``
+            is given. The compiled step is cached per loss function: pass the same one to repeated calls.
         params: parameters at which the Hessian is taken.
         batches: one batch, or a Python ``list`` of batches (a tuple is one batch, e.g. ``(images, labels)``);
             each distinct batch shape compiles the step once.
+        state: values the loss needs that are not differentiated (any PyTree of arrays, e.g. batch statistics),
+            passed to ``loss_fn`` as its third argument and traced: new values of the same shapes compile nothing.
+            None (the default) calls ``loss_fn(params, batch)``.
         layers: ``None`` (one layer per ``kernel`` leaf, see `mpqjax.sensitivity.leaves.group_leaves`), a sequence
             of layer-name prefixes, or a mapping from layer name to the paths of its leaves (an empty sequence gives a
             layer with no weights, reported with trace 0).
@@ -277,9 +301,10 @@ def layer_traces(
             ``chunk_size < 1``, an empty batch or batch list, a layer naming an unknown leaf, or a non-finite product.
 
     Example:
-        >>> loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(model.apply(
-        ...     {"params": p, "batch_stats": stats}, b[0], train=False), b[1]).mean()
-        >>> traces = layer_traces(jax.random.key(0), loss, params, (images, labels), max_probes=64)
+        >>> def loss(p, b, stats):
+        ...     logits = model.apply({"params": p, "batch_stats": stats}, b[0], train=False)
+        ...     return optax.softmax_cross_entropy_with_integer_labels(logits, b[1]).mean()
+        >>> traces = layer_traces(jax.random.key(0), loss, params, (images, labels), state=stats, max_probes=64)
     """
     chunk_size = _check_settings(max_probes, tol, std_error_rtol, chunk_size, probing)
     batch_list = list(batches) if isinstance(batches, list) else [batches]
@@ -289,7 +314,7 @@ def layer_traces(
     batch_weights = sizes / sizes.sum()
     _check_params(params)
     for batch in batch_list:
-        _check_loss(loss_fn, params, batch)
+        _check_loss(loss_fn, params, batch, state)
     names, leaf_layer = leaf_layers(params, layers)
     num_layers = len(names)
     weights = np.zeros(num_layers, dtype=np.int64)
@@ -302,7 +327,7 @@ def layer_traces(
     def estimate_chunk(batch, chunk_key):
         chunk = np.zeros((chunk_size, num_layers))
         for mask, layer_indices in passes:
-            products = np.asarray(chunk_step(params, batch, chunk_key, mask), np.float64)
+            products = np.asarray(chunk_step(params, batch, chunk_key, mask, state), np.float64)
             chunk[:, layer_indices] = products[:, layer_indices]
         return chunk
 
@@ -329,10 +354,94 @@ def layer_traces(
     )
 
 
-def _check_settings(max_probes, tol, std_error_rtol, chunk_size, probing) -> int:
+def fixed_probe_traces(
+    key: jax.Array,
+    loss_fn: LossFn,
+    params: PyTree,
+    batches: Any,
+    *,
+    num_probes: int,
+    state: Any = None,
+    layers: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    probing: str = "shared",
+) -> tuple[jax.Array, jax.Array]:
+    """The jittable form of `layer_traces`: exactly ``num_probes`` probes, no stopping rule, arrays in and out.
+
+    The same probes as `layer_traces` with the same key, ``chunk_size`` and ``probing`` (chunk ``i`` draws from
+    ``jax.random.fold_in(key, i)``, the last chunk is cut to the budget), so the result equals the trace and standard
+    error of ``layer_traces(key, ..., max_probes=num_probes)`` whenever that one spends its whole budget (e.g. a tiny
+    ``tol``), up to float32 rounding (`layer_traces` sums on the host in float64). Nothing depends on traced values
+    in Python: ``key``, ``params``, ``batches`` and ``state`` may be traced, so it runs under `jax.jit` and
+    `jax.vmap`; ``loss_fn``, ``num_probes``, ``layers``, ``chunk_size``, ``probing`` and the batch shapes fix the
+    program (static). The chunks run in a `jax.lax.map`, so the program's size does not grow with ``num_probes``.
+
+    It checks the settings only: a non-finite product gives NaN instead of `layer_traces`' error.
+
+    Args:
+        key: PRNG key for the probes.
+        loss_fn: as in `layer_traces`.
+        params: parameters at which the Hessian is taken.
+        batches: one batch, or a Python ``list`` of batches (the Hessian of their size-weighted mean loss).
+        num_probes: probes per layer (>= 1).
+        state: as in `layer_traces`: the loss's third argument, not differentiated; None for a two-argument loss.
+        layers, chunk_size, probing: as in `layer_traces`.
+
+    Returns:
+        ``(trace, std_error)``, float32 arrays ``[L]`` in the order of `mpqjax.sensitivity.leaves.leaf_layers`'s
+        names (those of `layer_traces`); ``std_error`` is NaN when ``num_probes`` is 1.
+
+    Raises:
+        ValueError: ``num_probes < 1``, ``chunk_size < 1``, an unknown probing, an empty batch list, or a layer
+            naming an unknown leaf.
+
+    Example:
+        >>> estimate = jax.jit(lambda key, p, b, stats: fixed_probe_traces(key, loss, p, b, state=stats,
+        ...                                                                num_probes=64))
+        >>> trace, std_error = estimate(jax.random.key(0), params, (images, labels), stats)
+    """
+    chunk_size = _check_settings(num_probes, 1.0, None, chunk_size, probing, probes_name="num_probes")
+    batch_list = list(batches) if isinstance(batches, list) else [batches]
+    if not batch_list:
+        raise ValueError("empty batch list: give at least one batch")
+    sizes = np.array([_batch_size(batch) for batch in batch_list], dtype=np.float64)
+    batch_weights = sizes / sizes.sum()
+    names, leaf_layer = leaf_layers(params, layers)
+    num_layers = len(names)
+    weights = np.zeros(num_layers, dtype=np.int64)
+    for leaf, layer in zip(jax.tree_util.tree_leaves(params), leaf_layer, strict=True):
+        if layer >= 0:
+            weights[layer] += int(np.size(leaf))
+    # Unjitted: it is traced into the caller's program (or the lax.map below) rather than called as a nested jit.
+    chunk_step = _chunk_estimator(loss_fn, tuple(leaf_layer), num_layers, int(chunk_size), False)
+    passes = _passes(np.asarray(leaf_layer), weights, probing)
+
+    def draw(chunk_index):  # as layer_traces' draw: the batches' products weighted by their sizes
+        chunk_key = jax.random.fold_in(key, chunk_index)
+        total = jnp.zeros((chunk_size, num_layers), jnp.float32)
+        for weight, batch in zip(batch_weights, batch_list, strict=True):
+            chunk = jnp.zeros((chunk_size, num_layers), jnp.float32)
+            for mask, layer_indices in passes:
+                products = chunk_step(params, batch, chunk_key, mask, state)
+                chunk = chunk.at[:, layer_indices].set(products[:, layer_indices])
+            total = total + np.float32(weight) * chunk
+        return total
+
+    num_chunks = -(-num_probes // chunk_size)
+    estimates = jax.lax.map(draw, jnp.arange(num_chunks, dtype=jnp.uint32))
+    estimates = estimates.reshape(num_chunks * chunk_size, num_layers)[:num_probes]
+    trace = estimates.mean(axis=0)
+    if num_probes > 1:
+        std_error = estimates.std(axis=0, ddof=1) / np.float32(math.sqrt(num_probes))
+    else:
+        std_error = jnp.full(num_layers, jnp.nan, jnp.float32)
+    return trace, std_error
+
+
+def _check_settings(max_probes, tol, std_error_rtol, chunk_size, probing, *, probes_name: str = "max_probes") -> int:
     """Raise ValueError for a bad setting of `layer_traces`; returns the chunk size (default filled in)."""
     if not isinstance(max_probes, int | np.integer) or max_probes < 1:
-        raise ValueError(f"max_probes must be an integer >= 1, got {max_probes!r}")
+        raise ValueError(f"{probes_name} must be an integer >= 1, got {max_probes!r}")
     if not (isinstance(tol, int | float | np.floating) and tol > 0):
         raise ValueError(f"tol must be a number > 0, got {tol!r}")
     if std_error_rtol is not None and not std_error_rtol > 0:

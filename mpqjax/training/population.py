@@ -205,7 +205,7 @@ def train_population(key, model: QModel, variables, data: Dataset | Split, *, bi
         model: a masked zoo model.
         variables: stacked variables, every leaf ``[P, ...]`` (e.g. from `finetune`'s calibration).
         data, epochs, batch_size, learning_rate, weight_decay: as `mpqjax.training.train.train`.
-        bits, widths: ``[P, L]`` configurations (`config_arrays`).
+        bits, widths: ``[P, L]`` configurations (`config_arrays`; any numeric dtype, used as float32).
         strategy: ``"vmap"`` or ``"scan"`` (``"sequential"`` runs `mpqjax.training.train.train` per member).
         mesh: devices of the population axis (default `population_mesh`); P must be a multiple of its size.
 
@@ -233,7 +233,8 @@ def train_population(key, model: QModel, variables, data: Dataset | Split, *, bi
         return stacked, np.stack(losses)
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
     state = init_state(variables, mesh)
-    bits_placed, widths_placed = place(bits, members), place(widths, members)
+    # float32 whatever was given (int lists, int64): one compiled step for every form
+    bits_placed, widths_placed = place(train.as_float32(bits), members), place(train.as_float32(widths), members)
     steps = list(train.schedule(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate))
     losses = []
     if strategy == "vmap":
@@ -264,7 +265,7 @@ def calibrate(model: QModel, variables, x, *, bits, widths, method: str = "mse",
         model: the masked quantised model.
         variables: stacked variables, every leaf ``[P, ...]``.
         x: the examples to calibrate on.
-        bits, widths: ``[P, L]`` configurations (`config_arrays`).
+        bits, widths: ``[P, L]`` configurations (`config_arrays`; any numeric dtype, used as float32).
         method, batch_size, num_batches: as `mpqjax.training.train.calibrate`.
         mesh: devices of the population axis (default every device).
 
@@ -280,8 +281,8 @@ def calibrate(model: QModel, variables, x, *, bits, widths, method: str = "mse",
     stats_fn = _vmapped_calibration(model, mesh)
     return train.calibrate_with(
         lambda v, batch, b, w: stats_fn(v, place(batch, replicated), b, w), model, variables, x,
-        place(bits, members), place(widths, members), method=method, batch_size=batch_size,
-        num_batches=num_batches, to_host=to_host, to_device=lambda clips: place(clips, members))
+        place(train.as_float32(bits), members), place(train.as_float32(widths), members), method=method,
+        batch_size=batch_size, num_batches=num_batches, to_host=to_host, to_device=lambda clips: place(clips, members))
 
 
 def finetune(key, float_model: QModel, float_variables, model: QModel, data: Dataset, *, bits, widths,

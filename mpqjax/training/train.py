@@ -27,6 +27,7 @@ from mpqjax.nn.models import QModel, init_variables, trace, transfer_variables
 __all__ = [
     "CALIBRATION_COLUMNS",
     "TrainState",
+    "as_float32",
     "calibrate",
     "calibrate_with",
     "calibration_function",
@@ -95,6 +96,23 @@ def one_cycle(step: int, total_steps: int, peak: float, *, warmup_fraction: floa
     return float(peak / 1e4 + (peak - peak / 1e4) * (1 + np.cos(np.pi * progress)) / 2)
 
 
+def as_float32(values):
+    """Bits or widths (any shape) as float32, the one dtype the compiled programs take for them.
+
+    A Python int list, an int64 array and a float32 array then reach one compiled program instead of one each (a
+    jitted function compiles once per argument dtype). A float32 `jax.Array` is returned as it is (its placement,
+    e.g. a population's sharding, is kept), another `jax.Array` is converted where it lies, anything else becomes
+    a NumPy float32 array. Bit-widths and width multipliers are exact in float32, so no number changes.
+
+    Example:
+        >>> as_float32([8, 4, 2]).dtype
+        dtype('float32')
+    """
+    if isinstance(values, jax.Array):
+        return values if values.dtype == jnp.float32 else values.astype(jnp.float32)
+    return np.asarray(values, np.float32)
+
+
 def config_arrays(model: QModel, bits, widths, input_shape) -> tuple[jax.Array, jax.Array]:
     """Validated per-layer ``(bits, widths)`` float32 arrays of one configuration.
 
@@ -153,7 +171,10 @@ def step_function(model: QModel):
 
 @functools.lru_cache(maxsize=64)
 def train_step(model: QModel):
-    """The jitted step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)`` of a model."""
+    """The jitted step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)`` of a model.
+
+    ``bits`` and ``widths`` are ``[L]`` float32 arrays (`config_arrays`); another dtype compiles another program.
+    """
     return jax.jit(step_function(model), donate_argnums=0)
 
 
@@ -245,6 +266,7 @@ def logits_in_batches(forward, variables, x, bits, widths, *, batch_size: int = 
     result is ``[..., len(x), C]``. ``to_host`` turns one output into a NumPy array.
     """
     batch_size = min(batch_size, len(x))
+    bits, widths = as_float32(bits), as_float32(widths)
     outputs = []
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size]
@@ -286,6 +308,7 @@ def calibrate_with(stats_fn, model: QModel, variables, x, bits, widths, *, metho
     ``to_host`` / ``to_device`` move arrays (a population places its clips with its sharding).
     """
     batch_size = min(batch_size, len(x))
+    bits, widths = as_float32(bits), as_float32(widths)
     collected = []
     for start in range(0, min(len(x), batch_size * num_batches) - batch_size + 1, batch_size):
         stats = stats_fn(variables, x[start : start + batch_size], bits, widths)

@@ -75,6 +75,21 @@ def test_layer_counts_of_the_two_layer_network(two_layer_table):
         np.testing.assert_array_equal(traced[name], value, err_msg=name)
 
 
+def test_bits_and_widths_as_lists_int64_or_float32_run_the_same_operations(two_layer_table, compilations):
+    reference = cost_model.cost(two_layer_table, np.array([4, 8], np.float32), np.array([0.75, 1.0], np.float32))
+    counts = cost_model.layer_counts(two_layer_table, np.array([0.75, 1.0], np.float32))
+    forms = (([4, 8], [0.75, 1.0]), (np.array([4, 8], np.int64), np.array([0.75, 1.0])))
+    with compilations() as compiled:
+        results = [(cost_model.cost(two_layer_table, bits, widths), cost_model.layer_counts(two_layer_table, widths))
+                   for bits, widths in forms]
+    assert compiled == []  # every form is used as float32: the float32 call's (eager) operations serve them all
+    for result, result_counts in results:
+        for left, right in zip(result, reference, strict=True):
+            np.testing.assert_array_equal(left, right)
+        for name, value in counts.items():
+            np.testing.assert_array_equal(result_counts[name], value, err_msg=name)
+
+
 def test_fip16_size_bytes_of_the_two_layer_network(two_layer_table):
     # (216 weights + 16 batch-norm + 80 weights + 10 bias) at 16 bits.
     assert cost_model.fip16_size_bytes(two_layer_table) == 644.0

@@ -84,11 +84,70 @@ def test_all_zero_channel_stays_zero():
     assert np.all(np.isfinite(result)) and np.all(result[:, 0] == 0)
 
 
-def test_weight_gradient_is_straight_through():
-    kernel = jax.random.normal(jax.random.key(1), (4, 3))
-    cotangent = jax.random.normal(jax.random.key(2), (4, 3))
-    grad = jax.grad(lambda w: jnp.sum(quant.quantize_weights(w, 3) * cotangent))(kernel)
-    np.testing.assert_allclose(grad, cotangent, rtol=1e-6)
+def documented_weight_gradient_factor(kernel, bits):
+    """The docstring's gradient of `quant.quantize_weights`: the clip's derivative at u = w / scale (1 inside,
+    1/2 on the bound exactly, 0 beyond), u computed with the same float32 operations as the quantiser."""
+    levels = quant.signed_levels(bits)
+    scale = jnp.maximum(jnp.max(jnp.abs(kernel), axis=0, keepdims=True), 1e-8) / levels
+    units = np.abs(np.asarray(kernel / scale))
+    return np.where(units < float(levels), 1.0, np.where(units == float(levels), 0.5, 0.0))
+
+
+def test_weight_gradient_is_the_documented_straight_through_estimate():
+    kernel = jax.random.normal(jax.random.key(1), (64, 32))
+    cotangent = np.asarray(jax.random.normal(jax.random.key(2), (64, 32)))
+    top = np.abs(np.asarray(kernel)) == np.abs(np.asarray(kernel)).max(axis=0)  # each channel's largest |w|
+    top_factors = set()
+    for bits in BITS:
+        grad = jax.grad(lambda w, b=bits: jnp.sum(quant.quantize_weights(w, b) * cotangent))(kernel)
+        factor = documented_weight_gradient_factor(kernel, bits)
+        # within 1 ulp: scale / scale is not always exactly 1 in float32
+        np.testing.assert_allclose(grad, cotangent * factor, rtol=1e-6, atol=0)
+        assert np.all(factor[~top] == 1.0)  # the identity for every weight but a channel's largest
+        top_factors |= set(factor[top].tolist())
+        # the compiled gradient with traced bits (as in training): identity below the top, 1, 1/2 or 0 at it
+        compiled = jax.jit(jax.grad(lambda w, b: jnp.sum(quant.quantize_weights(w, b) * cotangent)))(
+            kernel, np.float32(bits))
+        ratio = np.asarray(compiled) / cotangent
+        np.testing.assert_allclose(ratio[~top], 1.0, rtol=0, atol=1e-6)
+        assert np.all(np.min(np.abs(ratio[top][:, None] - np.array([0.0, 0.5, 1.0])), axis=1) <= 1e-6)
+    assert {0.0, 0.5} <= top_factors  # the largest weight's gradient is halved or dropped, as documented
+
+
+def test_weight_gradient_at_an_exact_bound_is_one_half_and_identity_when_passing_through():
+    # 2 bits: one level each side, so a power-of-two max |w| is its own scale and u = +-1 exactly, compiled or not
+    kernel = jnp.array([[1.0, -0.25], [0.3, 0.1], [-0.6, 0.2]])
+    expected = np.array([[0.5, 0.5], [1.0, 1.0], [1.0, 1.0]])
+    for grad_fn in (jax.grad(lambda w, b: jnp.sum(quant.quantize_weights(w, b))),
+                    jax.jit(jax.grad(lambda w, b: jnp.sum(quant.quantize_weights(w, b))))):
+        np.testing.assert_array_equal(grad_fn(kernel, np.float32(2)), expected)
+        np.testing.assert_array_equal(grad_fn(kernel, np.float32(16)), np.ones((3, 2)))  # exactly the identity
+
+
+def test_activation_gradient_on_the_clipping_bounds_is_one_half():
+    x = jnp.array([-1.0, 0.0, 0.5, 1.0])
+    grad = jax.grad(lambda v: jnp.sum(quant.quantize_activations(v, 3, 1.0, signed=True)))(x)
+    np.testing.assert_array_equal(grad, [0.5, 1.0, 1.0, 0.5])
+    grad = jax.grad(lambda v: jnp.sum(quant.quantize_activations(v, 3, 1.0, signed=False)))(x)
+    np.testing.assert_array_equal(grad, [0.0, 0.5, 1.0, 0.5])
+
+
+def test_bits_as_int_int64_or_float32_give_the_same_values_and_operations(compilations):
+    kernel = jax.random.normal(jax.random.key(5), (6, 4))
+    x = jax.random.uniform(jax.random.key(6), (10, 3), maxval=1.2)
+
+    def quantize_all(bits):
+        return (quant.quantize_weights(kernel, bits), quant.quantize_activations(x, bits, 1.0, signed=False),
+                quant.calibration_stats(x, bits, signed=False))
+
+    reference = quantize_all(np.float32(3))
+    forms = (3, np.int64(3), np.array(3, np.int32))
+    with compilations() as compiled:
+        results = [quantize_all(bits) for bits in forms]
+    assert compiled == []  # every form runs the float32 form's (eager) operations
+    for result in results:
+        for left, right in zip(result, reference, strict=True):
+            np.testing.assert_array_equal(left, right)
 
 
 @pytest.mark.parametrize("mode", quant.CLIPPING_MODES)

@@ -16,8 +16,16 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from sklearn.datasets import load_digits
 
-from mpqjax.sensitivity.hessian import PROBINGS, LayerTraces, default_chunk_size, hvp, layer_traces, probe_step
-from mpqjax.sensitivity.leaves import group_leaves
+from mpqjax.sensitivity.hessian import (
+    PROBINGS,
+    LayerTraces,
+    default_chunk_size,
+    fixed_probe_traces,
+    hvp,
+    layer_traces,
+    probe_step,
+)
+from mpqjax.sensitivity.leaves import group_leaves, leaf_layers
 
 
 class TinyMLP(nn.Module):
@@ -93,6 +101,20 @@ def cnn(digits):
     # batch norm in inference mode: batch_stats are closed over, the Hessian is taken w.r.t. params only
     loss_fn = lambda p, batch: cross_entropy(model.apply({"params": p, "batch_stats": batch_stats}, batch[0]), batch[1])
     return loss_fn, variables["params"], exact_kernel_traces(loss_fn, variables["params"], digits)
+
+
+@pytest.fixture(scope="module")
+def cnn_with_state(digits):
+    """The tiny CNN's loss with its batch statistics as an argument, ``loss(params, batch, batch_stats)``, defined
+    once, and three sets of statistics of the same shapes (the model's, then shifted as after more training)."""
+    model = TinyCNN()
+    variables = jax.jit(model.init)(jax.random.key(1), digits[0])
+
+    def loss_fn(params, batch, batch_stats):
+        return cross_entropy(model.apply({"params": params, "batch_stats": batch_stats}, batch[0]), batch[1])
+
+    shifted = [jax.tree.map(lambda leaf, i=i: leaf + 0.2 * i, variables["batch_stats"]) for i in range(3)]
+    return loss_fn, variables["params"], jax.block_until_ready(shifted)
 
 
 def assert_matches_exact(traces: LayerTraces, exact: dict, rtol: float = 0.05):
@@ -219,6 +241,58 @@ def test_probe_step_is_the_estimators_inner_step(small, digits):
     traces = layer_traces(jax.random.key(9), loss_fn, params, digits[0], max_probes=4, tol=1e-9, chunk_size=4)
     assert products.shape == (4, 2) and names == traces.names
     np.testing.assert_allclose(products.mean(axis=0), traces.trace, rtol=1e-6)
+
+
+# -- state passed to the loss, and the jittable form ----------------------------------------------------------------
+
+
+def test_new_state_reuses_the_compiled_step(cnn_with_state, digits, compilations):
+    loss_fn, params, stats = cnn_with_state
+    kwargs = dict(state=stats[0], max_probes=8, tol=1e-9, chunk_size=4)
+    first = layer_traces(jax.random.key(4), loss_fn, params, digits, **kwargs)
+    with compilations() as compiled:  # as once per epoch: the same loss, new statistics
+        second = layer_traces(jax.random.key(4), loss_fn, params, digits, **{**kwargs, "state": stats[1]})
+        third = layer_traces(jax.random.key(4), loss_fn, params, digits, **{**kwargs, "state": stats[2]})
+    assert compiled == []
+    assert not np.allclose(first.trace, second.trace) and not np.allclose(second.trace, third.trace)
+    # the same numbers as a loss closing over the statistics (which compiles a program of its own)
+    closed = layer_traces(jax.random.key(4), lambda p, b: loss_fn(p, b, stats[1]), params, digits,
+                          max_probes=8, tol=1e-9, chunk_size=4)
+    np.testing.assert_allclose(second.trace, closed.trace, rtol=1e-5)
+    names, step = probe_step(loss_fn, params, chunk_size=4)
+    products = step(params, digits, jax.random.fold_in(jax.random.key(4), 0), stats[1])
+    assert names == second.names and products.shape == (4, 3)
+
+
+@pytest.mark.parametrize("probing", PROBINGS)
+def test_fixed_probe_traces_under_jit_equal_layer_traces(cnn_with_state, digits, compilations, probing):
+    loss_fn, params, stats = cnn_with_state
+    images, labels = digits
+    batches = [(images[:20], labels[:20]), (images[20:], labels[20:])]  # unequal sizes: weighted as layer_traces
+    kwargs = dict(chunk_size=4, probing=probing)  # 6 probes: the second chunk is cut, as layer_traces cuts it
+    estimate = jax.jit(lambda key, p, b, s: fixed_probe_traces(key, loss_fn, p, b, state=s, num_probes=6, **kwargs))
+    trace, std_error = estimate(jax.random.key(6), params, batches, stats[0])
+    eager = layer_traces(jax.random.key(6), loss_fn, params, batches, state=stats[0], max_probes=6, tol=1e-9,
+                         **kwargs)
+    assert eager.probes.tolist() == [6, 6, 6] and eager.names == leaf_layers(params, None)[0]
+    assert trace.shape == std_error.shape == (3,) and trace.dtype == jnp.float32
+    np.testing.assert_allclose(trace, eager.trace, rtol=1e-5)  # layer_traces sums in float64 on the host
+    np.testing.assert_allclose(std_error, eager.std_error, rtol=1e-5)
+    with compilations() as compiled:  # traced key, parameters and state: new values compile nothing
+        again = estimate(jax.random.key(7), params, batches, stats[1])
+    assert compiled == [] and not np.allclose(again[0], trace)
+
+
+def test_fixed_probe_traces_runs_eagerly_with_one_probe_and_checks_its_settings(small, digits):
+    loss_fn, params = small
+    trace, std_error = fixed_probe_traces(jax.random.key(9), loss_fn, params, digits[0], num_probes=1, chunk_size=1)
+    eager = layer_traces(jax.random.key(9), loss_fn, params, digits[0], max_probes=1, chunk_size=1)
+    np.testing.assert_allclose(trace, eager.trace, rtol=1e-5)
+    assert np.all(np.isnan(std_error))
+    with pytest.raises(ValueError, match="num_probes must be an integer >= 1"):
+        fixed_probe_traces(jax.random.key(0), loss_fn, params, digits[0], num_probes=0)
+    with pytest.raises(ValueError, match="probing"):
+        fixed_probe_traces(jax.random.key(0), loss_fn, params, digits[0], num_probes=4, probing="diagonal")
 
 
 def test_defaults_one_probe_per_step_on_cpu_and_two_probings():

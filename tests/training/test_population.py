@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from mpqjax import data
+from mpqjax.nn import models
 from mpqjax.training import devices, population, train
 
 # Three configurations of a 3-layer MLP: high precision, mixed low precision and widths, near-float.
@@ -71,6 +73,32 @@ def test_evaluate_equals_evaluating_each_member(setup, digits, one_by_one):
     stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *[variables for variables, _ in runs])
     together = population.evaluate(model, stacked, digits.validation, bits=BITS, widths=WIDTHS, batch_size=64)
     np.testing.assert_allclose(together, accuracies, atol=1e-9)
+
+
+def test_bits_as_int_lists_int64_or_float32_reach_one_compiled_program(setup, digits, compilations):
+    """Calibration and training of a population take bits as they come: a Python int list and an int64 array compile
+    nothing more than float32 arrays (each compiled its own statistics and step programs before), same numbers."""
+    _, _, model = setup
+    mesh = devices.population_mesh()
+    stacked = population.stack(models.init_variables(jax.random.key(0), model, digits.input_shape), 2, mesh)
+    split = data.Split(digits.train.x[:256], digits.train.y[:256])
+    widths = np.ones((2, 3), np.float32)
+
+    def calibrate_and_train(bits):
+        calibrated = population.calibrate(model, stacked, split.x, bits=bits, widths=widths, batch_size=128,
+                                          num_batches=1, mesh=mesh)
+        return population.train_population(jax.random.key(1), model, calibrated, split, bits=bits, widths=widths,
+                                           epochs=1, batch_size=128, mesh=mesh)
+
+    reference_variables, reference_losses = calibrate_and_train(np.array([[8, 6, 4], [3, 3, 2]], np.float32))
+    forms = ([[8, 6, 4], [3, 3, 2]], np.array([[8, 6, 4], [3, 3, 2]], np.int64))
+    with compilations() as compiled:
+        results = [calibrate_and_train(bits) for bits in forms]
+    assert compiled == []
+    for variables, losses in results:
+        np.testing.assert_array_equal(losses, reference_losses)
+        for left, right in zip(jax.tree.leaves(variables), jax.tree.leaves(reference_variables), strict=True):
+            np.testing.assert_array_equal(left, right)
 
 
 def test_scan_chunks_divide_the_epoch():

@@ -91,6 +91,14 @@ def test_config_arrays_broadcast_scalars_and_default_to_float_at_width_one(maske
         train.config_arrays(masked_mlp, [4, 4], None, digits.input_shape)
 
 
+def test_as_float32_gives_the_one_dtype_of_the_compiled_programs():
+    placed = jnp.array([8.0, 4.0])
+    assert train.as_float32(placed) is placed  # a float32 device array stays where it is
+    for values in ([8, 4], np.array([8, 4], np.int64), jnp.array([8, 4]), (8.0, 4.0)):
+        converted = train.as_float32(values)
+        assert converted.dtype == np.float32 and np.asarray(converted).tolist() == [8.0, 4.0]
+
+
 def test_bad_configuration_is_refused_before_training(masked_mlp, digits):
     model = masked_mlp
     variables = models.init_variables(jax.random.key(5), model)

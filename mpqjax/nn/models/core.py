@@ -44,7 +44,20 @@ class _Recording:
 
 
 def _is_concrete(value) -> bool:
-    return value is not None and not isinstance(value, jax.core.Tracer)
+    """Not None and free of tracers (a Python list of traced scalars is traced, as a traced array is)."""
+    if value is None:
+        return False
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
+
+
+def _float32(values):
+    """Bits or widths as a float32 array (None stays None), whatever their form (Python numbers, int64 or float32
+    arrays), so every form runs the same operations; host values are converted on the host (no program compiled)."""
+    if values is None:
+        return None
+    if _is_concrete(values) and not isinstance(values, jax.Array):
+        values = np.asarray(values, np.float32)
+    return jnp.asarray(values, jnp.float32)
 
 
 class QModel(nn.Module):
@@ -89,13 +102,13 @@ class LayerBuilder:
         self.model = model
         self.train = train
         self.materialised = model.widths is not None
-        self.bits = None if bits is None else jnp.asarray(bits)
+        self.bits = _float32(bits)
         if self.materialised:
             if widths is not None and _is_concrete(widths):
                 if not np.allclose(np.asarray(widths, np.float64), np.asarray(model.widths, np.float64)):
                     raise ValueError("widths passed to a materialised model must equal the widths it was built with")
             widths = model.widths
-        self.widths = None if widths is None else jnp.asarray(widths, jnp.float32)
+        self.widths = _float32(widths)
         for label, values in (("bits", self.bits), ("widths", self.widths)):
             if values is not None and values.ndim != 1:
                 raise ValueError(f"{label} must be a 1-D array with one entry per layer, got shape {values.shape}")
@@ -127,7 +140,7 @@ class LayerBuilder:
         if not self.model.quantize:
             return quant.FLOAT_BITS
         if self.bits is None:
-            return jnp.asarray(quant.FLOAT_BITS)
+            return jnp.asarray(quant.FLOAT_BITS, jnp.float32)
         if index >= self.bits.shape[0]:
             raise ValueError(f"bits has {self.bits.shape[0]} entries but model {self.model.zoo_name!r} has more "
                              f"weight layers (layer {index} is {name!r})")
