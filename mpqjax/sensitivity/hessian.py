@@ -241,6 +241,25 @@ def probe_step(
     return names, lambda params, batch, key, state=None: chunk(params, batch, key, mask, state)
 
 
+def _batch_list(batches) -> tuple[list, np.ndarray]:
+    """The batches as a list (one batch or a list of them) and their weights, proportional to their sizes."""
+    batch_list = list(batches) if isinstance(batches, list) else [batches]
+    if not batch_list:
+        raise ValueError("empty batch list: give at least one batch")
+    sizes = np.array([_batch_size(batch) for batch in batch_list], dtype=np.float64)
+    return batch_list, sizes / sizes.sum()
+
+
+def _layer_weights(params, layers) -> tuple[tuple[str, ...], list[int], np.ndarray]:
+    """``(layer names, the layer of each parameter leaf (-1: none), weights per layer)``."""
+    names, leaf_layer = leaf_layers(params, layers)
+    weights = np.zeros(len(names), dtype=np.int64)
+    for leaf, layer in zip(jax.tree_util.tree_leaves(params), leaf_layer, strict=True):
+        if layer >= 0:
+            weights[layer] += int(np.size(leaf))
+    return names, leaf_layer, weights
+
+
 def layer_traces(
     key: jax.Array,
     loss_fn: LossFn,
@@ -307,20 +326,12 @@ def layer_traces(
         >>> traces = layer_traces(jax.random.key(0), loss, params, (images, labels), state=stats, max_probes=64)
     """
     chunk_size = _check_settings(max_probes, tol, std_error_rtol, chunk_size, probing)
-    batch_list = list(batches) if isinstance(batches, list) else [batches]
-    if not batch_list:
-        raise ValueError("empty batch list: give at least one batch")
-    sizes = np.array([_batch_size(batch) for batch in batch_list], dtype=np.float64)
-    batch_weights = sizes / sizes.sum()
+    batch_list, batch_weights = _batch_list(batches)
     _check_params(params)
     for batch in batch_list:
         _check_loss(loss_fn, params, batch, state)
-    names, leaf_layer = leaf_layers(params, layers)
+    names, leaf_layer, weights = _layer_weights(params, layers)
     num_layers = len(names)
-    weights = np.zeros(num_layers, dtype=np.int64)
-    for leaf, layer in zip(jax.tree_util.tree_leaves(params), leaf_layer, strict=True):
-        if layer >= 0:
-            weights[layer] += int(np.size(leaf))
     chunk_step = _chunk_estimator(loss_fn, tuple(leaf_layer), num_layers, int(chunk_size), bool(jit))
     passes = _passes(np.asarray(leaf_layer), weights, probing)
 
@@ -401,17 +412,9 @@ def fixed_probe_traces(
         >>> trace, std_error = estimate(jax.random.key(0), params, (images, labels), stats)
     """
     chunk_size = _check_settings(num_probes, 1.0, None, chunk_size, probing, probes_name="num_probes")
-    batch_list = list(batches) if isinstance(batches, list) else [batches]
-    if not batch_list:
-        raise ValueError("empty batch list: give at least one batch")
-    sizes = np.array([_batch_size(batch) for batch in batch_list], dtype=np.float64)
-    batch_weights = sizes / sizes.sum()
-    names, leaf_layer = leaf_layers(params, layers)
+    batch_list, batch_weights = _batch_list(batches)
+    names, leaf_layer, weights = _layer_weights(params, layers)
     num_layers = len(names)
-    weights = np.zeros(num_layers, dtype=np.int64)
-    for leaf, layer in zip(jax.tree_util.tree_leaves(params), leaf_layer, strict=True):
-        if layer >= 0:
-            weights[layer] += int(np.size(leaf))
     # Unjitted: it is traced into the caller's program (or the lax.map below) rather than called as a nested jit.
     chunk_step = _chunk_estimator(loss_fn, tuple(leaf_layer), num_layers, int(chunk_size), False)
     passes = _passes(np.asarray(leaf_layer), weights, probing)
