@@ -23,7 +23,11 @@ def add_cost_command(subparsers) -> None:
     )
     from mpqjax.nn import models
 
-    parser.add_argument("--model", required=True, help=f"model zoo name: {', '.join(models.available())}")
+    parser.add_argument("--model", required=True, help=f"model zoo name ({', '.join(models.available())}) or your "
+                        "own model's factory, package.module:function")
+    parser.add_argument("--input-shape", type=options.number_list, default=None,
+                        help="one input example's shape, e.g. 32,32,3 (default: the zoo model's; needed for your "
+                        "own model)")
     parser.add_argument("--bits", type=options.number_list, default=(float(MAX_BITS),),
                         help=f"comma-separated bit-width per layer (integers {MIN_BITS}..{MAX_BITS}), or one")
     parser.add_argument("--widths", type=options.number_list, default=(1.0,),
@@ -39,7 +43,10 @@ def run_cost(args) -> int:
     from mpqjax.nn import models
     from mpqjax.nn.config import check_config
 
-    table = models.layer_table(args.model)
+    shape = None if args.input_shape is None else tuple(int(size) for size in args.input_shape)
+    if shape is not None and any(size < 1 or size != int(size) for size in args.input_shape):
+        raise ValueError(f"--input-shape must be positive integers, got {list(args.input_shape)}")
+    table = models.layer_table(args.model, input_shape=shape)
     target = cost_model.load_target(args.target)
     one = lambda values: values[0] if len(values) == 1 else list(values)  # noqa: E731  (one value: every layer)
     bits, widths = check_config(table, one(args.bits), one(args.widths))

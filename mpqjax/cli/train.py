@@ -96,6 +96,7 @@ def run_train(args) -> int:
     from mpqjax.nn import models
     from mpqjax.report.format import format_width
     from mpqjax.store.run_folder import file_path
+    from mpqjax.training import train
 
     config = options.config_from_args(args)
     _check_combination(args)
@@ -107,8 +108,9 @@ def run_train(args) -> int:
     table = models.layer_table(config.model, input_shape=dataset.input_shape)
     target = cost_model.load_target(config.target)
     bits, widths = _configuration(args, table)
-    float_net = search.float_model_of(config, dataset)
     quant_model = search.quantized_model(config, dataset.num_classes, widths)
+    train.config_arrays(quant_model, bits, widths, dataset.input_shape)  # the model's own checks, before training
+    float_net = search.float_model_of(config, dataset)
     width_text = ", ".join(format_width(float(width)) for width in widths)
     print(f"training {config.model} at bits {list(map(int, bits))}, widths [{width_text}] for "
           f"{config.final_epochs} epochs (float model: {float_net.source})")

@@ -13,7 +13,7 @@ Counting rules (the same for every target):
 - Channels follow the table's width semantics: layer ``l`` produces ``scale_channels(out_channels, widths[l])``
   channels (its base ``out_channels`` if not ``scalable``) and consumes what its ``input_layer`` produces (base
   ``in_channels`` for the model input). A depthwise layer produces as many channels as it consumes.
-- Weights: ``kh*kw*Cin'*Cout'`` (conv, dense), ``kh*kw*Cout'`` (depthwise), stored at the layer's bit-width; the
+- Weights: ``kh*kw*Cin'*Cout'/groups`` (conv, dense), ``kh*kw*Cout'`` (depthwise), stored at the layer's bit-width; the
   paper's memory packing makes size linear in the bit-width (3-bit weights cost 3 bits).
 - Auxiliary parameters: a bias (``Cout'`` values) when ``use_bias`` and a batch-norm scale and offset (``2*Cout'``,
   running statistics folded in) when ``batch_norm``, stored at the target's ``bias_bits`` (16 by default).
@@ -139,7 +139,7 @@ def layer_counts(table: LayerTable, widths, *, exact: bool = False) -> dict[str,
     consumed, produced = _layer_channels(arrays, widths, xp, dtype)
     kernel = xp.asarray(arrays["kernel_h"] * arrays["kernel_w"], dtype)
     pixels = xp.asarray(arrays["out_h"] * arrays["out_w"], dtype)
-    patch = kernel * xp.where(arrays["depthwise"], 1.0, consumed)
+    patch = kernel * xp.where(arrays["depthwise"], 1.0, consumed / arrays["groups"])
     weights = patch * produced
     in_pixels = xp.asarray(arrays["out_h"] * arrays["stride_h"] * arrays["out_w"] * arrays["stride_w"], dtype)
     return {

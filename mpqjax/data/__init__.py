@@ -12,8 +12,9 @@ by ``seed``), never from its test examples. Loaders are registered by name in `L
   (`tfds`, whose `load_tfds` reads any tfds image-classification dataset the same way).
 
 Modules: `dataset` (`Split`, `Dataset`, the shared splitting and normalisation), `digits`, `cifar`, `tfds`,
-`registry` (`LOADERS`, `load`), `augmentation` (`augment`), `batching` (`batches`). Every name is re-exported here;
-importing this package imports none of them, nor tensorflow-datasets, until a name is used.
+`registry` (`LOADERS`, `load`), `arrays` (`from_arrays`: a `Dataset` from your own arrays), `augmentation`
+(`augment`), `batching` (`batches`). Every name is re-exported here; importing this package imports none of them,
+nor tensorflow-datasets, until a name is used.
 
 Example:
     >>> data = load("digits", seed=0)
@@ -26,8 +27,9 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["augmentation", "batching", "cifar", "dataset", "digits", "registry", "tfds"],
+    submodules=["arrays", "augmentation", "batching", "cifar", "dataset", "digits", "registry", "tfds"],
     names={
+        "from_arrays": "arrays",
         "AUGMENTATIONS": "augmentation", "augment": "augmentation", "augmenter": "augmentation",
         "batches": "batching",
         "CIFAR_ARCHIVES": "cifar", "CifarArchive": "cifar", "load_cifar10": "cifar", "load_cifar100": "cifar",

@@ -107,7 +107,7 @@ def _first(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
-def _check_widths(table: LayerTable, widths: np.ndarray, max_width: float | None) -> None:
+def _check_widths(table: LayerTable, widths: np.ndarray, max_width: float | None, fixed_at_one: bool) -> None:
     names = table.names
     bad = ~np.isfinite(widths) | (widths <= 0)
     if bad.any():
@@ -115,6 +115,13 @@ def _check_widths(table: LayerTable, widths: np.ndarray, max_width: float | None
         raise ValueError(f"layer {names[index[-1]]!r}: width multiplier must be finite and > 0, "
                          f"got {widths[index]:g}")
     arrays = table.arrays()
+    if fixed_at_one:
+        bad = ~arrays["scalable"] & (widths != 1.0)
+        if bad.any():
+            index = _first(bad)
+            raise ValueError(f"layer {names[index[-1]]!r}: its output channels are fixed by the graph (they reach "
+                             f"the model's input or output, or an operation other than a layer mixes them), so its "
+                             f"width multiplier must be 1, got {widths[index]:g}")
     base = arrays["out_channels"]
     channels = scale_channels(base, widths)
     bad = arrays["scalable"] & (channels < 1)
@@ -139,7 +146,7 @@ def _check_widths(table: LayerTable, widths: np.ndarray, max_width: float | None
                              f"{names[group[0]]!r} ({widths[first]:g}), got {widths[layer]:g}")
 
 
-def check_config(table: LayerTable, bits, widths, *, max_width: float | None = None
+def check_config(table: LayerTable, bits, widths, *, max_width: float | None = None, strict_fixed: bool = False
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Check a configuration (or a batch of them) of ``table`` and return it as arrays; not jittable.
 
@@ -153,6 +160,8 @@ def check_config(table: LayerTable, bits, widths, *, max_width: float | None = N
         bits: bit-width per layer, shape ``(..., len(table))``, or a scalar for every layer; None skips it.
         widths: width multiplier per layer, shape ``(..., len(table))``, or a scalar; None skips it.
         max_width: the largest width multiplier the model can hold (a masked model's ``max_width``); None: no limit.
+        strict_fixed: widths given per layer must be 1 on the layers that are not ``scalable`` (a user's model,
+            whose fixed layers the graph decides); False ignores their widths (the zoo's convention).
 
     Returns:
         ``(bits, widths)`` as int32 and float32 NumPy arrays, broadcast to one shape ``(..., len(table))`` when both
@@ -183,6 +192,6 @@ def check_config(table: LayerTable, bits, widths, *, max_width: float | None = N
             raise _bits_error(f"layer {table.names[index[-1]]!r}", bits_array[index])
         bits_array = bits_array.astype(np.int32)
     if widths_array is not None:
-        _check_widths(table, widths_array, max_width)
+        _check_widths(table, widths_array, max_width, strict_fixed and np.ndim(widths) > 0)
         widths_array = widths_array.astype(np.float32)
     return bits_array, widths_array

@@ -56,6 +56,9 @@ class LayerSpec:
         scalable: whether a width multiplier changes this layer's output channels (False for a classifier head).
         use_bias: whether the layer has a bias vector.
         batch_norm: whether a batch-norm (scale and offset per output channel) follows the layer.
+        groups: a convolution's feature groups (each output channel sees ``in_channels / groups`` inputs); 1 for
+            regular convolutions and dense layers; a depthwise layer's is its channel count.
+        weight: the path of the layer's weight in the parameters ('/'-joined); ``name + "/kernel"`` when empty.
     """
 
     name: str
@@ -70,6 +73,8 @@ class LayerSpec:
     scalable: bool = True
     use_bias: bool = False
     batch_norm: bool = False
+    groups: int = 1
+    weight: str = ""
 
     def __post_init__(self):
         if self.kind not in LAYER_KINDS:
@@ -78,6 +83,14 @@ class LayerSpec:
             raise ValueError(f"layer {self.name!r}: channel counts must be positive")
         if self.kind == "depthwise" and self.in_channels != self.out_channels:
             raise ValueError(f"layer {self.name!r}: a depthwise layer has as many outputs as inputs")
+        uneven = self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups
+        if self.kind == "conv" and uneven:
+            raise ValueError(f"layer {self.name!r}: {self.groups} groups do not divide its channels")
+
+    @property
+    def weight_path(self) -> str:
+        """Where the layer's weight is in the parameters."""
+        return self.weight or f"{self.name}/kernel"
 
     @property
     def weights(self) -> int:
@@ -85,7 +98,7 @@ class LayerSpec:
         kh, kw = self.kernel
         if self.kind == "depthwise":
             return kh * kw * self.out_channels
-        return kh * kw * self.in_channels * self.out_channels
+        return kh * kw * (self.in_channels // self.groups) * self.out_channels
 
     @property
     def macs(self) -> int:
@@ -158,5 +171,6 @@ class LayerTable(Sequence):
             "depthwise": [layer.kind == "depthwise" for layer in self.layers],
             "use_bias": [layer.use_bias for layer in self.layers],
             "batch_norm": [layer.batch_norm for layer in self.layers],
+            "groups": [layer.groups if layer.kind == "conv" else 1 for layer in self.layers],
         }
         return {key: np.asarray(value) for key, value in fields.items()}

@@ -1,6 +1,7 @@
 """The search: its configuration, the objective with limits, the problem, the pipeline's steps and the run loop.
 
-Modules: `config` (`SearchConfig`: settings, defaults, help and validation), `objective` (limits and the
+Modules: `config` (`SearchConfig`: settings, defaults, help and validation), `inputs` (the model and dataset a
+search reads, by name or given as objects), `objective` (limits and the
 Lagrangian objective), `problem` (`Problem`: one configuration's trial, the limits in absolute units), `steps` (the
 float model, the sensitivity analysis, the final training and export, shared with the command line) and `loop`
 (`run`: the trials, resume, the population choice, the baseline). Every public name is re-exported here.
@@ -14,10 +15,13 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["config", "loop", "objective", "problem", "steps", "trials"],
+    submodules=["config", "inputs", "loop", "objective", "problem", "steps", "trials"],
     names={
         **{name: "config" for name in (
             "DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
+        **{name: "inputs" for name in (
+            "PYTHON_PREFIX", "Given", "check_dataset_name", "check_model_name", "dataset_named", "given",
+            "given_dataset", "given_variables", "has_given_variables", "model_named", "prepare_config")},
         **{name: "objective" for name in (
             "DEFAULT_MULTIPLIER", "LIMIT_NAMES", "Limits", "is_feasible", "make_limits", "violations")},
         **{name: "problem" for name in (

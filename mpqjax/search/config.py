@@ -24,7 +24,7 @@ from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import check_bits
 from mpqjax.nn.quant import CALIBRATION_METHODS
-from mpqjax.search import objective
+from mpqjax.search import inputs, objective
 from mpqjax.training.population import STRATEGIES
 
 __all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
@@ -71,13 +71,11 @@ _STRATEGY = _rule(f"auto or one of {', '.join(STRATEGIES)}", lambda v: v in ("au
 
 
 def _known_model(name: str, value: Any) -> None:
-    if value not in models.available():
-        raise ValueError(f"unknown model {value!r}; available: {', '.join(models.available())}")
+    inputs.check_model_name(value)
 
 
 def _known_dataset(name: str, value: Any) -> None:
-    if value not in data.LOADERS:
-        raise ValueError(f"unknown dataset {value!r}; available: {', '.join(data.LOADERS)}")
+    inputs.check_dataset_name(value)
 
 
 def _bits(name: str, value: Any) -> None:
@@ -133,7 +131,9 @@ class SearchConfig:
     `validate` checks the values.
     """
 
-    model: str = _setting("digits_cnn", f"model zoo name: {', '.join(models.available())}", _WHAT, _known_model)
+    model: str = _setting("digits_cnn", f"model zoo name ({', '.join(models.available())}) or your own model's "
+                          "factory, package.module:function (returning a flax linen or nnx module)", _WHAT,
+                          _known_model)
     dataset: str = _setting("digits", f"dataset name: {', '.join(data.LOADERS)} (digits is embedded; the others "
                             "are read from --data-dir or downloaded)", _WHAT, _known_dataset)
     data_dir: str | None = _setting(None, "folder of downloaded datasets (tensorflow-datasets or CIFAR folders)",

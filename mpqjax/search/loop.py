@@ -33,7 +33,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import objective, steps, trials
+from mpqjax.search import inputs, objective, steps, trials
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config_limits, full_space
 from mpqjax.search.trials import choose_population
@@ -63,7 +63,8 @@ class SearchResult:
 def default_out_dir(config: SearchConfig) -> str:
     """A new folder per run: ``runs/search/<model>-<dataset>-<date>-<time>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join("runs", "search", f"{config.model}-{config.dataset}-{stamp}")
+    names = [name.rpartition(":")[2].replace(".", "-") for name in (config.model, config.dataset)]
+    base = os.path.join("runs", "search", f"{names[0]}-{names[1]}-{stamp}")
     path, suffix = base, 1
     while os.path.exists(path):
         suffix += 1
@@ -115,7 +116,8 @@ def _result(out_dir: str) -> SearchResult:
 
 
 def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resume: bool = False,
-        progress: Progress | None = None, cache_dir: str | None = None) -> SearchResult:
+        progress: Progress | None = None, cache_dir: str | None = None, model=None, variables=None,
+        dataset: data.Dataset | None = None) -> SearchResult:
     """Run a whole search (Algorithm 1) and write its output folder.
 
     Args:
@@ -130,6 +132,12 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
             ``trials``, ``record``, ``best``, ``elapsed`` and ``eta`` (seconds left, None until this session has
             timed a population after its first, which compiles).
         cache_dir: the float-model cache (default `mpqjax.search.steps.default_cache_dir`).
+        model: your own model instead of ``config.model``: a ``flax.linen`` or ``flax.nnx`` module, or one wrapped
+            with rules (`mpqjax.nn.models.wrap`). Recorded as ``python:<name>``: resume it from Python, passing
+            it again.
+        variables: its trained float variables (a linen ``{"params", "batch_stats"}`` dict or an ``nnx.State``);
+            None trains the float model first, from the model's own initialisation.
+        dataset: a `mpqjax.data.Dataset` instead of ``config.dataset`` (e.g. `mpqjax.data.from_arrays`).
 
     Returns:
         A `SearchResult`.
@@ -141,9 +149,24 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
             model): a new run that fails before its first trial removes what it wrote, a resumed one changes
             nothing before every check passed. The folder is locked while the search runs.
     """
+    config = SearchConfig() if config is None else config
+    config.validate()
+    if model is not None or dataset is not None:
+        shape = None
+        if model is not None and dataset is None:
+            shape = steps.load_dataset(config).input_shape
+        config, model = inputs.prepare_config(config, model=model, dataset=dataset, input_shape=shape)
+    else:
+        config, _ = inputs.prepare_config(config)
+    with inputs.given(model=model, variables=variables, dataset=dataset):
+        return _run(config, out_dir, resume=resume, progress=progress, cache_dir=cache_dir)
+
+
+def _run(config: SearchConfig, out_dir: str | None, *, resume: bool, progress: Progress | None,
+         cache_dir: str | None) -> SearchResult:
+    """`run` once its inputs are named."""
     from mpqjax import report  # the top of the house: imported here so the rest stays light
 
-    config = SearchConfig() if config is None else config
     config.validate()
     notify = progress or (lambda event: None)
     out_dir = os.fspath(out_dir) if out_dir is not None else default_out_dir(config)
@@ -206,7 +229,8 @@ def _prepare(config: SearchConfig) -> _Setup:
     """Data, layer table, target, limits and the unpruned space; raises ValueError when no configuration can meet
     the limits or the space is smaller than the trials."""
     dataset = steps.load_dataset(config)
-    table = models.layer_table(config.model, input_shape=dataset.input_shape)
+    table = models.layer_table(inputs.model_named(config.model, input_shape=dataset.input_shape),
+                               input_shape=dataset.input_shape)
     target = cost_model.load_target(config.target)
     limits = config_limits(config, table, target)
     space = full_space(config, table)  # config_limits already refused limits no configuration of it can meet
@@ -218,12 +242,13 @@ def _prepare(config: SearchConfig) -> _Setup:
 
 def _read_float_model(config: SearchConfig, dataset: data.Dataset, out_dir: str, resume: bool,
                       previous: dict | None, clock: _Clock) -> steps.FloatModel | None:
-    """The float model from a checkpoint (a resumed search's own copy first), read before the folder is touched so
-    that an unreadable one fails first; None when it is to be trained."""
+    """The float model from a checkpoint (a resumed search's own copy first) or the variables given with the model,
+    read before the folder is touched so that an unreadable or unfitting one fails first; None when it is to be
+    trained."""
     checkpoint = config.float_checkpoint
     if resume and os.path.isfile(run_folder.file_path(out_dir, "float")):
         checkpoint = run_folder.file_path(out_dir, "float")
-    if checkpoint is None:
+    if checkpoint is None and not inputs.has_given_variables():
         return None
     with clock("float_model"):
         float_net = steps.float_model_of(config, dataset, checkpoint=checkpoint)

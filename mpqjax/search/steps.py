@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ import optax
 
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
+from mpqjax.search import inputs
 from mpqjax.search.config import SearchConfig
 from mpqjax.sensitivity import hessian
 from mpqjax.training import train
@@ -86,8 +88,8 @@ def load_dataset(config: SearchConfig) -> data.Dataset:
         ValueError: a batch size of the settings exceeds the training split (found here, before any training,
             rather than at the first batch of a training or of the Hessian).
     """
-    dataset = data.load(config.dataset, seed=config.seed,
-                        **({"data_dir": config.data_dir} if config.data_dir else {}))
+    dataset = inputs.dataset_named(config.dataset, seed=config.seed,
+                                   **({"data_dir": config.data_dir} if config.data_dir else {}))
     examples = len(dataset.train)
     sizes = {"batch_size": config.batch_size, **({"hessian_batch_size": config.hessian_batch_size}
                                                  if config.prune else {})}
@@ -116,7 +118,8 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
 
     Args:
         key: PRNG key of the initialisation and the training.
-        name: zoo model name.
+        name: the model's setting (`mpqjax.search.inputs.model_named`); variables given with a model object
+            (`mpqjax.search.inputs.given`) are used as they are.
         dataset: the data (its train split trains the model).
         checkpoint: a flax msgpack file or orbax folder of ``{'params', 'batch_stats'}`` at width 1.
         epochs, learning_rate, batch_size, weight_decay: the training without checkpoint.
@@ -130,9 +133,14 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
     Raises:
         ValueError: the checkpoint is missing, unreadable or of another model, or the training diverged.
     """
-    table = models.layer_table(name, input_shape=dataset.input_shape)
+    table = models.layer_table(inputs.model_named(name, input_shape=dataset.input_shape),
+                               input_shape=dataset.input_shape)
     # materialised at width 1, so its parameters are exactly the table's base layers
-    model = models.get(name, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table))
+    model = inputs.model_named(name, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table),
+                               input_shape=dataset.input_shape)
+    given = inputs.given_variables(model) if checkpoint is None else None
+    if given is not None:
+        return FloatModel(model, model.check_variables(given, dataset.input_shape), "variables given to the search")
     template = models.init_variables(key, model, dataset.input_shape)
     template = {collection: template[collection] for collection in ("params", "batch_stats") if collection in template}
     if checkpoint is not None:
@@ -141,7 +149,11 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
         except ValueError as error:
             raise ValueError(f"{error} (expected a float {name} at width 1 for {dataset.name})") from None
     key_data = "-".join(str(int(v)) for v in np.asarray(jax.random.key_data(key)).reshape(-1))
-    cache_name = (f"{name}-{dataset.name}-{'x'.join(map(str, dataset.input_shape))}-{dataset.num_classes}-k{key_data}"
+    label = f"{name}-{dataset.name}".replace(":", "-").replace("/", "-")
+    if not isinstance(model, models.QModel) or inputs.given_dataset() is dataset:
+        # a user's code and data can change under one name: the entry is keyed by what they compute and hold
+        label += "-" + _fingerprint(model, dataset)
+    cache_name = (f"{label}-{'x'.join(map(str, dataset.input_shape))}-{dataset.num_classes}-k{key_data}"
                   f"-e{epochs}-lr{learning_rate:g}-b{batch_size}-wd{weight_decay:g}.msgpack")
     cached = os.path.join(cache_dir or default_cache_dir(), "float", cache_name)
     if os.path.isfile(cached):
@@ -158,6 +170,16 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         store.save_variables(cached, variables)
     return FloatModel(model, jax.tree.map(np.asarray, variables), f"trained {epochs} epochs (cached at {cached})")
+
+
+def _fingerprint(model, dataset: data.Dataset) -> str:
+    """A digest of what a model computes (its traced program) and of the training examples."""
+    digest = hashlib.sha256()
+    if not isinstance(model, models.QModel):
+        digest.update(model.fingerprint(dataset.input_shape).encode())
+    for array in (dataset.train.x, dataset.train.y):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def float_model_of(config: SearchConfig, dataset: data.Dataset, *, checkpoint: str | None = None,
@@ -213,7 +235,8 @@ def analyze_sensitivity(key, model: models.QModel, variables, dataset: data.Data
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
     batch_list = list(itertools.islice(data.batches(None, split, batch_size, shuffle=False), num_batches))
-    traces = hessian.layer_traces(key, loss_fn, variables["params"], batch_list, layers=list(table.names),
+    weights = {layer.name: (layer.weight_path,) for layer in table}
+    traces = hessian.layer_traces(key, loss_fn, variables["params"], batch_list, layers=weights,
                                   max_probes=max_probes, tol=tol, chunk_size=chunk_size, probing=probing)
     pruned = sensitivity.prune_space(table, traces, bit_sets=bit_sets, fixed_bits=fixed_bits, widths=widths,
                                      all_bits=all_bits, log_scale=log_scale)
@@ -269,8 +292,8 @@ def layer_space_from_summary(table: models.LayerTable, summary: dict, widths: Se
 def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[float] = ()) -> models.QModel:
     """The masked quantised model of a search: wide enough for every width multiplier of ``config.widths`` (and
     of ``widths``), so all its configurations share one compiled training step."""
-    return models.get(config.model, num_classes=num_classes,
-                      max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
+    return inputs.model_named(config.model, num_classes=num_classes,
+                              max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
 
 
 def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.QModel,
@@ -321,6 +344,17 @@ def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant
     """Export a trained configuration (`mpqjax.export.export_model`) with its dataset and accuracies."""
     from mpqjax import export  # the top of the house: imported when used, so the steps stay light
 
+    if not isinstance(quant_model, models.QModel):  # a user's model: a self-contained program
+        table = models.layer_table(quant_model, input_shape=dataset.input_shape)
+        bits_array, widths_array = train.config_arrays(quant_model, bits, widths, dataset.input_shape)
+        export.export_program(
+            path, lambda variables, x: quant_model.apply(variables, x, bits_array, widths_array),
+            trained.variables, input_shape=dataset.input_shape,
+            metadata={"model": config.model, "dataset": config.dataset, "num_classes": dataset.num_classes,
+                      "layers": list(table.names), "bits": [int(b) for b in np.asarray(bits)],
+                      "widths": [float(w) for w in np.asarray(widths)], "test_accuracy": trained.test_accuracy,
+                      "validation_accuracy": trained.validation_accuracy})
+        return
     export.export_model(path, model_name=config.model,
                         model_kwargs={"num_classes": dataset.num_classes, "max_width": quant_model.max_width},
                         variables=trained.variables, bits=bits, widths=widths, input_shape=dataset.input_shape,

@@ -132,13 +132,16 @@ def config_arrays(model: QModel, bits, widths, input_shape) -> tuple[jax.Array, 
     length = len(table)
     # None is float: the layers' internal FLOAT_BITS, not a user's bit-width, so only the widths are checked.
     float_model = bits is None
+    # a user's model refuses a width other than 1 on a layer the graph fixes, when widths come per layer
+    strict_fixed = not isinstance(model, QModel) and widths is not None and np.ndim(widths) > 0
     if model.widths is not None:
         widths = np.asarray(model.widths)
     else:
         widths = 1.0 if widths is None else widths
         widths = np.full(length, widths) if np.ndim(widths) == 0 else np.asarray(widths)
     max_width = None if model.widths is not None else model.max_width
-    bits, widths = check_config(table, None if float_model else bits, widths, max_width=max_width)
+    bits, widths = check_config(table, None if float_model else bits, widths, max_width=max_width,
+                                strict_fixed=strict_fixed)
     bits = np.full(length, quant.FLOAT_BITS) if float_model else bits
     return jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32)
 
@@ -153,7 +156,8 @@ def step_function(model: QModel):
     def step(state: TrainState, x, y, bits, widths, learning_rate, weight_decay):
         def loss_fn(params):
             logits, updates = model.apply(
-                {"params": params, **state.model_state}, x, bits, widths, train=True, mutable=["batch_stats"]
+                {"params": params, **state.model_state}, x, bits, widths, train=True, mutable=["batch_stats"],
+                rngs={"dropout": jax.random.fold_in(jax.random.key(0), state.step)},  # a model with dropout
             )
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, updates

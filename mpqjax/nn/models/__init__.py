@@ -18,20 +18,33 @@ from mpqjax.nn.models.core import (
     layer_table,
     trace,
 )
+from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, path_text
+from mpqjax.nn.models.own import OwnModel, wrap
+from mpqjax.nn.models.rules import Rules
+from mpqjax.nn.models.sources import as_variables, from_factory
 from mpqjax.nn.models.transfer import materialize, transfer_variables
 from mpqjax.nn.table import LayerSpec, LayerTable, scale_channels
 
 __all__ = [
     "DEFAULT_MAX_WIDTH",
+    "FlaxFunction",
     "LayerSpec",
     "LayerTable",
+    "OwnModel",
     "QModel",
+    "RNG",
+    "Rules",
+    "WidthFactory",
+    "as_variables",
     "available",
+    "from_factory",
     "get",
     "init_variables",
     "layer_table",
     "materialize",
+    "path_text",
     "scale_channels",
     "trace",
     "transfer_variables",
+    "wrap",
 ]

@@ -280,10 +280,12 @@ def available() -> tuple[str, ...]:
 
 
 def get(name: str, **model_kwargs) -> QModel:
-    """The zoo model ``name`` as a Flax module.
+    """The zoo model ``name`` as a Flax module, or a user's model named by its factory.
 
     Args:
-        name: one of `available()`.
+        name: one of `available()`, or ``"package.module:factory"``: an importable function returning a linen or
+            NNX module (`mpqjax.nn.models.sources.from_factory`; its options: ``input_shape``, ``num_classes``,
+            ``quantize``, ``max_width``, ``act_clipping``).
         **model_kwargs: the model's fields, e.g. ``num_classes``, ``widths`` (a tuple: materialised model),
             ``max_width`` (masked model), ``quantize``, ``act_clipping``; ``stem`` for resnet18.
 
@@ -300,8 +302,12 @@ def get(name: str, **model_kwargs) -> QModel:
         >>> model.apply(variables, x, bits, widths).shape
         (1, 10)
     """
+    if isinstance(name, str) and ":" in name:
+        from mpqjax.nn.models.sources import from_factory
+
+        return from_factory(name, **model_kwargs)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}, or package.module:factory")
     cls = _REGISTRY[name]
     if "widths" in model_kwargs and model_kwargs["widths"] is not None:
         model_kwargs["widths"] = tuple(float(w) for w in np.asarray(model_kwargs["widths"]).reshape(-1))
@@ -317,6 +323,10 @@ def _resolve(model_or_name, model_kwargs) -> QModel:
         return get(model_or_name, **model_kwargs)
     if model_kwargs:
         raise ValueError("model options can only be given with a model name")
+    if not isinstance(model_or_name, QModel) and not hasattr(model_or_name, "analysis"):
+        from mpqjax.nn.models.own import wrap  # a user's linen or NNX module, as it is
+
+        return wrap(model_or_name, input_shape=None)
     return model_or_name
 
 
@@ -326,6 +336,8 @@ def trace(model_or_name, *, input_shape: Sequence[int] | None = None, **model_kw
     The table always describes the model at width 1 (base channels), whatever its widths or max_width.
     """
     model = _resolve(model_or_name, model_kwargs)
+    if not isinstance(model, QModel):  # a user's model (mpqjax.nn.models.own.OwnModel) finds its own layers
+        return model.table(input_shape), ()
     base_model = model.clone(widths=None, max_width=1.0, quantize=False, parent=None)
     shape = tuple(int(size) for size in input_shape) if input_shape is not None else tuple(model.input_shape())
     return _trace_base(base_model, shape)
@@ -350,10 +362,11 @@ def _trace_base(base_model: QModel, shape: tuple[int, ...]):
 
 
 def layer_table(model_or_name, *, input_shape: Sequence[int] | None = None, **model_kwargs) -> LayerTable:
-    """The layer table of a zoo model (by name or module), derived by shape inference.
+    """The layer table of a model (by name or module), derived by shape inference.
 
     Args:
-        model_or_name: a zoo name or a `QModel`.
+        model_or_name: a zoo name or a `QModel`, ``"package.module:factory"``, a user's linen or NNX module or
+            an `mpqjax.nn.models.OwnModel` (their layers are found in their trace: `mpqjax.nn.models.wrap`).
         input_shape: one example's shape (no batch axis); the model's default when None.
         **model_kwargs: options when a name is given (e.g. ``stem="cifar"`` for resnet18).
 
@@ -391,6 +404,8 @@ def init_variables(key, model: QModel, input_shape: Sequence[int] | None = None)
         A variables dict (``params``, ``batch_stats``, and ``quant`` for calibrated clipping).
     """
     shape = tuple(int(size) for size in input_shape) if input_shape is not None else tuple(model.input_shape())
+    if not isinstance(model, QModel):  # a user's model initialises itself
+        return model.init_variables(key, shape)
     abstract = _abstract_variables(model, shape)
     seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).reshape(-1)
     rng = np.random.default_rng(seed.tolist())

@@ -90,6 +90,10 @@ def transfer_variables(key, model: QModel, float_model: QModel, float_variables,
         Variables for ``model``. A masked target stores channels in importance order (see the module docstring);
         its outputs at widths >= 1 equal the float model's (same bits permitting).
     """
+    if not isinstance(model, QModel):  # a user's model keeps its channels in place (`OwnModel.transfer`)
+        _check_same_architecture(trace(model, input_shape=input_shape)[0],
+                                 trace(float_model, input_shape=input_shape)[0])
+        return model.transfer(key, float_variables, input_shape)
     table, links = trace(model, input_shape=input_shape)
     float_table, _ = trace(float_model, input_shape=input_shape)
     _check_same_architecture(table, float_table)

@@ -1,0 +1,225 @@
+"""Run a traced model with its layers fake-quantised and its channels masked: mpqjax's interceptor.
+
+`quantized_call` evaluates the jaxpr of ``forward(params, state, x)`` equation by equation. Every layer that
+`mpqjax.nn.graph.discover` found (a convolution or contraction of an activation with a weight) runs on quantised
+operands instead: its weight fake-quantised per output channel and its input per tensor, at the layer's bit-width
+(`mpqjax.nn.quant`), after the input channels that the configuration's widths switch off are zeroed. Everything else
+runs as traced, custom derivative rules included (a call is entered only when a layer is inside it).
+
+Bit-widths, widths and clipping values are ordinary arrays here, never Python values: one compiled program serves
+every configuration and a population vmaps over them. Qwix takes its quantisation settings as static Python values
+when it rewrites a model, which would compile one program per configuration; hence this interceptor of our own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jex_core
+
+from mpqjax.nn import quant
+from mpqjax.nn.graph import CALL_PRIMITIVES, layer_operands, sub_jaxpr
+from mpqjax.nn.table import scale_channels
+
+__all__ = ["Plan", "mask_of", "quantized_call"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the interceptor does at each layer, fixed when the model is wrapped.
+
+    Attributes:
+        layer_of_leaf: ``{(weight leaf index, occurrence): layer index}`` of the quantised layers (an excluded layer
+            is absent and runs in float).
+        in_masks: per layer, how its input mask is built (`mpqjax.nn.graph.Discovery.in_masks`).
+        signed: per layer, whether its input may be negative (signed activation quantiser).
+        base_channels: per layer, its output channels at width 1 (what a width multiplier scales).
+        act_clipping: ``"calibrated"``, ``"pact"`` or ``"lsq"``.
+    """
+
+    layer_of_leaf: dict
+    in_masks: tuple
+    signed: tuple
+    base_channels: tuple
+    act_clipping: str = "calibrated"
+
+    def __hash__(self):
+        return hash((tuple(sorted(self.layer_of_leaf.items())), self.in_masks, self.signed, self.base_channels,
+                     self.act_clipping))
+
+
+def mask_of(description, widths, base_channels: Sequence[int]):
+    """The float32 channel mask a description gives at ``widths`` (None: every channel kept).
+
+    Example:
+        >>> mask_of(("group", 0, 4), jnp.array([0.5]), [4]).tolist()
+        [1.0, 1.0, 0.0, 0.0]
+    """
+    if description is None:
+        return None
+    kind = description[0]
+    if kind == "ones":
+        return jnp.ones((description[1],), jnp.float32)
+    if kind == "group":
+        _, layer, size = description
+        active = scale_channels(base_channels[layer], widths[layer])
+        return (jnp.arange(size) < active).astype(jnp.float32)
+    parts = [mask_of(part, widths, base_channels) for part in description[1]]
+    if kind == "concat":
+        return jnp.concatenate(parts)
+    mask = parts[0]
+    for part in parts[1:]:
+        mask = (mask[:, None] * part[None, :]).reshape(-1)
+    return mask
+
+
+def _along(vector, ndim: int, axes: Sequence[int], shape: Sequence[int]):
+    """``vector`` (the flattened ``axes`` of an array of ``ndim`` axes) shaped to broadcast against that array."""
+    full = [1] * ndim
+    for axis in axes:
+        full[axis] = shape[axis]
+    order = sorted(range(len(axes)), key=lambda k: axes[k])
+    sizes = [shape[axis] for axis in axes]
+    reshaped = vector.reshape(sizes)
+    return jnp.transpose(reshaped, order).reshape(full)
+
+
+def _quantize_weight(weight, bits, channel_axes: Sequence[int]):
+    """Per-channel fake-quantisation of ``weight`` with one scale per entry of its ``channel_axes``."""
+    others = [axis for axis in range(weight.ndim) if axis not in channel_axes]
+    order = others + list(channel_axes)
+    moved = jnp.transpose(weight, order)
+    flat = moved.reshape(*moved.shape[: len(others)], -1) if channel_axes else moved.reshape(*moved.shape, 1)
+    quantized = quant.quantize_weights(flat, bits).reshape(moved.shape)
+    return jnp.transpose(quantized, np.argsort(order))
+
+
+@dataclasses.dataclass
+class _Context:
+    plan: Plan
+    bits: jax.Array
+    masks: list
+    clips: jax.Array
+    calibrate: bool
+    main_leaf: dict
+    stats: dict = dataclasses.field(default_factory=dict)
+    seen: dict = dataclasses.field(default_factory=dict)
+
+    def layer(self, eqn, operands, weight_position: int, leaf: int):
+        occurrence = self.seen.get(leaf, 0) + 1
+        self.seen[leaf] = occurrence
+        index = self.plan.layer_of_leaf.get((leaf, occurrence))
+        if index is None:
+            return _bind(eqn, operands)
+        weight, x = operands[weight_position], operands[1 - weight_position]
+        bits, mask, signed = self.bits[index], self.masks[index], self.plan.signed[index]
+        if eqn.primitive.name == "conv_general_dilated":
+            numbers = eqn.params["dimension_numbers"]
+            x_axes, weight_in_axes, channel_axes = [numbers.lhs_spec[1]], [numbers.rhs_spec[1]], [numbers.rhs_spec[0]]
+            grouped = eqn.params["feature_group_count"] > 1
+        else:
+            (contracting, batch) = eqn.params["dimension_numbers"]
+            x_axes, weight_in_axes = list(contracting[1 - weight_position]), list(contracting[weight_position])
+            channel_axes = [axis for axis in range(weight.ndim) if axis not in weight_in_axes]
+            grouped = False
+        if mask is not None:
+            x = x * _along(mask, x.ndim, x_axes, x.shape).astype(x.dtype)
+            if not grouped:
+                weight = weight * _along(mask, weight.ndim, weight_in_axes, weight.shape).astype(weight.dtype)
+        if self.calibrate:
+            channels_last = jnp.moveaxis(x, x_axes, list(range(x.ndim - len(x_axes), x.ndim)))
+            channels_last = channels_last.reshape(-1, int(np.prod([x.shape[a] for a in x_axes])))
+            self.stats[index] = quant.calibration_stats(channels_last, bits, signed=signed, channel_mask=mask)
+        x = quant.quantize_activations(x, bits, self.clips[index], signed=signed, mode=self.plan.act_clipping)
+        weight = _quantize_weight(weight, bits, channel_axes)
+        quantized = [None, None]
+        quantized[weight_position], quantized[1 - weight_position] = weight, x
+        return _bind(eqn, quantized)
+
+
+def _bind(eqn, operands):
+    with eqn.ctx.manager:
+        return eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
+
+
+def _holds_layer(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            return True
+        body = sub_jaxpr(eqn)
+        if body is not None and _holds_layer(body[0]):
+            return True
+    return False
+
+
+def _evaluate(jaxpr, consts, args, infos, context: _Context):
+    values, known = {}, {}
+
+    def read(atom):
+        if isinstance(atom, jex_core.Literal):
+            return atom.val, (frozenset(), False)
+        return values[atom], known[atom]
+
+    for var, const in zip(jaxpr.constvars, consts, strict=True):
+        values[var], known[var] = const, (frozenset(), False)
+    for var, arg, info in zip(jaxpr.invars, args, infos, strict=True):
+        values[var], known[var] = arg, info
+    for eqn in jaxpr.eqns:
+        read_atoms = [read(atom) for atom in eqn.invars]
+        operands = [value for value, _ in read_atoms]
+        operand_infos = [info for _, info in read_atoms]
+        leaves = frozenset().union(*(info[0] for info in operand_infos))
+        activation = any(info[1] for info in operand_infos)
+        out_infos = (leaves, activation)
+        body = sub_jaxpr(eqn) if eqn.primitive.name in CALL_PRIMITIVES else None
+        if body is not None and activation and leaves and len(body[0].invars) == len(operands) \
+                and _holds_layer(body[0]):
+            outs = _evaluate(body[0], body[1], operands, operand_infos, context)
+        else:
+            is_weight = [bool(info[0]) and not info[1] for info in operand_infos]
+            weight_position = layer_operands(eqn, is_weight, [info[1] for info in operand_infos])
+            if weight_position is not None:
+                weight_leaves = operand_infos[weight_position][0]
+                leaf = context.main_leaf.get(weight_leaves, min(weight_leaves))
+                outs = context.layer(eqn, operands, weight_position, leaf)
+            else:
+                outs = _bind(eqn, operands)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+        for var, out in zip(eqn.outvars, outs, strict=True):
+            values[var], known[var] = out, out_infos
+    return [read(atom)[0] for atom in jaxpr.outvars]
+
+
+def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_leaves: int, plan: Plan,
+                   main_leaf: dict, bits, widths, clips, calibrate: bool = False):
+    """Evaluate a traced ``forward(params, state, x)`` with its layers quantised and masked.
+
+    Args:
+        closed_jaxpr: the model's jaxpr (inputs: parameter leaves, state leaves, the input).
+        flat_args: the values of those inputs.
+        num_param_leaves, num_state_leaves: how the inputs split.
+        plan: the layers (`Plan`).
+        main_leaf: ``{frozenset of leaves: the weight leaf}`` for weights computed from several leaves.
+        bits, widths, clips: ``[L]`` float32 arrays: bit-widths, width multipliers, activation clips.
+        calibrate: also return each layer's input statistics (`mpqjax.nn.quant.calibration_stats`).
+
+    Returns:
+        ``(outputs, stats)``: the jaxpr's outputs and ``{layer index: stats}`` (empty unless ``calibrate``).
+    """
+    jaxpr = closed_jaxpr.jaxpr
+    masks = [mask_of(description, widths, plan.base_channels) for description in plan.in_masks]
+    context = _Context(plan, bits, masks, clips, calibrate, main_leaf)
+    infos = []
+    for position in range(len(jaxpr.invars)):
+        if position < num_param_leaves:
+            infos.append((frozenset({position}), False))
+        elif position < num_param_leaves + num_state_leaves:
+            infos.append((frozenset(), False))
+        else:
+            infos.append((frozenset(), True))
+    outputs = _evaluate(jaxpr, closed_jaxpr.consts, list(flat_args), infos, context)
+    return outputs, context.stats

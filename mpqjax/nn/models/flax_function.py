@@ -1,0 +1,149 @@
+"""A user's Flax model as a pure function: `FlaxFunction` (a linen or NNX module) and `WidthFactory` (a function
+from a width multiplier to such a module).
+
+`FlaxFunction` turns either kind of module into ``(params, state, x, train) -> (output, new state)`` over plain
+dicts (NNX states are split into parameters and the rest), and traces it to a jaxpr once per input shape. It is
+compared by identity: two wraps of one module are two models.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["RNG", "FlaxFunction", "WidthFactory", "path_text"]
+
+# Where `OwnModel.apply` passes the training step's dropout key to `FlaxFunction` (next to the model's state).
+RNG = "__mpqjax_rng__"
+_TRAIN_ARGUMENTS = {"train": True, "training": True, "is_training": True, "deterministic": False,
+                    "use_running_average": False}
+
+
+def path_text(path) -> str:
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+class FlaxFunction:
+    """A linen or NNX model as the pure function ``(params, state, x, train) -> (output, new state)``.
+
+    ``state`` holds the non-parameter collections (``{"batch_stats": ...}``). Compared by identity.
+    """
+
+    def __init__(self, module, *, train_argument: str | None = "auto"):
+        try:
+            from flax import nnx
+        except ImportError:  # pragma: no cover - flax always ships nnx in the supported versions
+            nnx = None
+        if isinstance(module, nn.Module):
+            self.kind = "linen"
+            self.module = module
+            self.train_argument = _train_argument(module.__call__, train_argument)
+        elif nnx is not None and isinstance(module, nnx.Module):
+            self.kind = "nnx"
+            self.graphdef, self.param_template, self.state_template = nnx.split(module, nnx.Param, ...)
+            self.module = type(module)
+        else:
+            raise ValueError(f"expected a flax.linen or flax.nnx module, got {type(module).__name__}")
+        self.label = type(module).__name__ if self.kind == "nnx" else type(module).__name__
+        self._jaxprs: dict = {}
+
+    def initial_variables(self, key, input_shape: Sequence[int]) -> dict:
+        """The model's variables: ``module.init`` for linen, the module's current state for NNX."""
+        if self.kind == "nnx":
+            from flax import nnx
+
+            variables = {"params": nnx.to_pure_dict(self.param_template)}
+            state = nnx.to_pure_dict(self.state_template)
+            return {**variables, "batch_stats": state} if state else variables
+        x = jnp.zeros((1, *input_shape), jnp.float32)
+        kwargs = {} if self.train_argument is None else {self.train_argument: not _TRAIN_ARGUMENTS[self.train_argument]}
+        return dict(jax.jit(lambda init_key: self.module.init(init_key, x, **kwargs))(key))
+
+    def __call__(self, params, state, x, train: bool):
+        """Run the model; ``state[RNG]``, when present, is the training step's key for dropout."""
+        state = dict(state)
+        rng = state.pop(RNG, None)
+        if self.kind == "nnx":
+            return self._call_nnx(params, state, x, train)
+        kwargs = {}
+        if self.train_argument is not None:
+            kwargs[self.train_argument] = train if _TRAIN_ARGUMENTS[self.train_argument] else not train
+        if train and rng is not None:
+            kwargs["rngs"] = {"dropout": rng}
+        variables = {"params": params, **state}
+        if train and state:
+            out, updates = self.module.apply(variables, x, mutable=list(state), **kwargs)
+            return out, {**state, **updates}
+        return self.module.apply(variables, x, **kwargs), state
+
+    def _call_nnx(self, params, state, x, train: bool):
+        from flax import nnx
+
+        param_state = jax.tree.map(lambda leaf: leaf, self.param_template)
+        nnx.replace_by_pure_dict(param_state, params)
+        other_state = jax.tree.map(lambda leaf: leaf, self.state_template)
+        if state.get("batch_stats"):
+            nnx.replace_by_pure_dict(other_state, state["batch_stats"])
+        module = nnx.merge(self.graphdef, param_state, other_state)
+        module.train() if train else module.eval()
+        out = module(x)
+        _, _, new_state = nnx.split(module, nnx.Param, ...)
+        new_state = nnx.to_pure_dict(new_state)
+        return out, ({"batch_stats": new_state} if new_state else {})
+
+    def jaxpr(self, params, state, x, train: bool):
+        """``(closed jaxpr, output treedef)`` of the call at these shapes (cached per shapes and mode)."""
+        flat, treedef = jax.tree.flatten((params, state, x))
+        key = (train, treedef, tuple((leaf.shape, jnp.result_type(leaf)) for leaf in flat))
+        if key not in self._jaxprs:
+            closed, out_shape = jax.make_jaxpr(lambda p, s, v: self(p, s, v, train), return_shape=True)(
+                params, state, x)
+            self._jaxprs[key] = (closed, jax.tree.structure(out_shape))
+        return self._jaxprs[key]
+
+
+def _train_argument(method, requested: str | None) -> str | None:
+    if requested != "auto":
+        if requested is not None and requested not in _TRAIN_ARGUMENTS:
+            raise ValueError(f"train_argument must be one of {sorted(_TRAIN_ARGUMENTS)}, None or 'auto'")
+        return requested
+    parameters = inspect.signature(method).parameters
+    return next((name for name in _TRAIN_ARGUMENTS if name in parameters), None)
+
+
+class WidthFactory:
+    """A function ``width -> module`` (the model built at a width multiplier), its modules' functions memoised.
+
+    The module at width 1 is the model; a wider one holds the parameters a search needs for multipliers up to its
+    width. Both must have the same layers, the wider one at least ``width`` times the channels of each.
+    """
+
+    def __init__(self, build, *, train_argument: str | None = "auto", label: str = ""):
+        self.build = build
+        self.train_argument = train_argument
+        self.label = label or getattr(build, "__name__", type(build).__name__)
+        self._functions: dict[float, FlaxFunction] = {}
+
+    def function(self, width: float) -> FlaxFunction:
+        """The model built at ``width`` as a `FlaxFunction` (one per width)."""
+        key = round(float(width), 9)
+        if key not in self._functions:
+            try:
+                module = self.build(width)
+            except Exception as error:  # the user's factory may fail in any way
+                raise ValueError(f"the width factory {self.label!r} raised {type(error).__name__} at width "
+                                 f"{width:g}: {str(error).splitlines()[0] if str(error) else ''}") from None
+            self._functions[key] = FlaxFunction(module, train_argument=self.train_argument)
+        return self._functions[key]
