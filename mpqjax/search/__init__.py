@@ -20,7 +20,8 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "config" for name in (
             "DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
         **{name: "inputs" for name in (
-            "PYTHON_PREFIX", "Given", "check_dataset_name", "check_model_name", "dataset_named", "given",
+            "PYTHON_PREFIX", "Given", "check_dataset_name", "check_model_name", "check_resumable", "dataset_named",
+            "given",
             "given_dataset", "given_variables", "has_given_variables", "model_named", "prepare_config")},
         **{name: "objective" for name in (
             "DEFAULT_MULTIPLIER", "LIMIT_NAMES", "Limits", "is_feasible", "make_limits", "violations")},

@@ -19,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import os
 import re
 from typing import Any
 
-from mpqjax import data
+from mpqjax import data, store
 from mpqjax.nn import models
+from mpqjax.store import run_folder
 
-__all__ = ["PYTHON_PREFIX", "Given", "check_dataset_name", "check_model_name", "dataset_named", "given",
-           "given_dataset", "given_variables", "has_given_variables", "model_named", "prepare_config"]
+__all__ = ["PYTHON_PREFIX", "Given", "check_dataset_name", "check_model_name", "check_resumable", "dataset_named",
+           "given", "given_dataset", "given_variables", "has_given_variables", "model_named", "prepare_config"]
 
 PYTHON_PREFIX = "python:"
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -74,6 +76,21 @@ def check_dataset_name(value) -> None:
 def _object_missing(what: str, name: str) -> ValueError:
     return ValueError(f"the {what} {name!r} was given to mpqjax.run as a Python object: pass it again "
                       f"(run(..., {what}=...)); a command cannot rebuild it")
+
+
+def check_resumable(out_dir, *, model=None, dataset: data.Dataset | None = None) -> None:
+    """Refuse to resume a folder whose model or dataset was given as an object, when it is not given again."""
+    path = run_folder.file_path(out_dir, "search")
+    if not os.path.isfile(path):
+        return
+    try:
+        settings = store.read_json(path).get("settings", {})
+    except (ValueError, AttributeError):  # not a search file: the folder check says so
+        return
+    for what, given_object in (("model", model), ("dataset", dataset)):
+        name = settings.get(what)
+        if isinstance(name, str) and name.startswith(PYTHON_PREFIX) and given_object is None:
+            raise _object_missing(what, name)
 
 
 def model_named(name: str, **model_kwargs):

@@ -151,6 +151,8 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
     """
     config = SearchConfig() if config is None else config
     config.validate()
+    if resume and out_dir is not None:
+        inputs.check_resumable(out_dir, model=model, dataset=dataset)
     if model is not None or dataset is not None:
         shape = None
         if model is not None and dataset is None:
