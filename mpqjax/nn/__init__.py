@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "graph" for name in ("CALL_PRIMITIVES", "Discovery", "FoundLayer", "discover", "layer_operands",
                                       "sub_jaxpr")},
         **{name: "spaces" for name in ("ELEMENTWISE", "SpaceRules", "Spaces")},
-        **{name: "intercept" for name in ("Plan", "mask_of", "quantized_call")},
+        **{name: "intercept" for name in ("Plan", "along", "mask_of", "quantized_call")},
         **{name: "layers" for name in ("DEFAULT_ACT_CLIP", "QConv", "QDense", "channel_mask")},
         **{name: "quant" for name in (
             "CALIBRATION_METHODS", "CLIPPING_MODES", "FLOAT_BITS", "PASS_THROUGH_BITS", "calibration_stats",

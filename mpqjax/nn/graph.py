@@ -84,7 +84,7 @@ class FoundLayer:
     stride: tuple[int, int]
     groups: int
     out_hw: tuple[int, int]
-    out_axes: tuple[int, ...] = ()  # the weight's output-channel axes
+    in_axes: tuple[int, ...] = ()  # the weight's input-channel (contracted) axes
 
 
 def layer_operands(eqn, is_weight: Sequence[bool], is_activation: Sequence[bool]):
@@ -119,7 +119,7 @@ def _describe(eqn, weight_position: int, leaf: int) -> FoundLayer:
                                                                                    int(np.prod(out_spatial[1:])))
         kind = "depthwise" if groups == in_channels and groups == out_channels and groups > 1 else "conv"
         return FoundLayer(leaf, weight_position, kind, in_channels, out_channels, tuple(kernel), tuple(stride),
-                          groups, tuple(out_hw), (numbers.rhs_spec[0],))
+                          groups, tuple(out_hw), (numbers.rhs_spec[1],))
     (contracting, batch) = eqn.params["dimension_numbers"]
     weight_contracting = contracting[weight_position]
     weight_batch = batch[weight_position]
@@ -134,9 +134,8 @@ def _describe(eqn, weight_position: int, leaf: int) -> FoundLayer:
     act_free = [size for axis, size in enumerate(activation_shape)
                 if axis not in act_contracting and axis not in act_batch]
     positions = int(np.prod(act_free[1:])) if act_free else 1
-    out_axes = tuple(axis for axis in range(len(weight_shape)) if axis not in weight_contracting)
     return FoundLayer(leaf, weight_position, "dense", in_channels, out_channels, (1, 1), (1, 1), 1, (positions, 1),
-                      out_axes)
+                      tuple(weight_contracting))
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ from mpqjax.nn import quant
 from mpqjax.nn.graph import CALL_PRIMITIVES, layer_operands, sub_jaxpr
 from mpqjax.nn.table import scale_channels
 
-__all__ = ["Plan", "mask_of", "quantized_call"]
+__all__ = ["Plan", "along", "mask_of", "quantized_call"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def mask_of(description, widths, base_channels: Sequence[int]):
     return mask
 
 
-def _along(vector, ndim: int, axes: Sequence[int], shape: Sequence[int]):
+def along(vector, ndim: int, axes: Sequence[int], shape: Sequence[int]):
     """``vector`` (the flattened ``axes`` of an array of ``ndim`` axes) shaped to broadcast against that array."""
     full = [1] * ndim
     for axis in axes:
@@ -127,9 +127,9 @@ class _Context:
             channel_axes = [axis for axis in range(weight.ndim) if axis not in weight_in_axes]
             grouped = False
         if mask is not None:
-            x = x * _along(mask, x.ndim, x_axes, x.shape).astype(x.dtype)
+            x = x * along(mask, x.ndim, x_axes, x.shape).astype(x.dtype)
             if not grouped:
-                weight = weight * _along(mask, weight.ndim, weight_in_axes, weight.shape).astype(weight.dtype)
+                weight = weight * along(mask, weight.ndim, weight_in_axes, weight.shape).astype(weight.dtype)
         if self.calibrate:
             channels_last = jnp.moveaxis(x, x_axes, list(range(x.ndim - len(x_axes), x.ndim)))
             channels_last = channels_last.reshape(-1, int(np.prod([x.shape[a] for a in x_axes])))

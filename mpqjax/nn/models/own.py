@@ -53,7 +53,7 @@ class _Analysis:
     plan: intercept.Plan
     main_leaf: dict
     pinned: dict
-    out_axes: tuple  # per layer, its weight's output-channel axes
+    in_axes: tuple  # per layer, its weight's input-channel axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +151,12 @@ class OwnModel:
         return self.with_clips(variables, shape) if self.quantize else variables
 
     def transfer(self, key, float_variables, input_shape: Sequence[int] | None = None) -> dict:
-        """This model's variables from the trained width-1 float model's: the same arrays when the model does not
-        grow; for a wider model, the float weights in the leading channels and, in the new channels, the wider
-        model's initialisation with the producing weights zeroed (the function is the float model's until
-        training moves them), then default activation clips.
+        """This model's variables from the trained width-1 float model's, with default activation clips.
+
+        A model that does not grow takes the same arrays. A wider one takes the float weights in its leading
+        channels and its own initialisation in the new ones, with the weights that read new channels zeroed: the
+        function is the float model's until training moves them, and the new channels train (their consumers'
+        weights get gradients at once).
 
         Raises:
             ValueError: float variables that do not fit the width-1 model, or a wider model whose variables are
@@ -167,7 +169,12 @@ class OwnModel:
         wide = jax.tree.map(np.array, self.model_function.initial_variables(key, shape))
         flat_base = {path_text(p): v for p, v in jax.tree_util.tree_flatten_with_path(base)[0]}
         analysis = self.analysis(shape)
-        weights = {layer.weight_path: axes for layer, axes in zip(analysis.table, analysis.out_axes, strict=True)}
+        ones = np.ones(len(analysis.table), np.float32)
+        reads = {}  # weight path -> (input-channel axes, which input channels exist at width 1)
+        for index, layer in enumerate(analysis.table):
+            mask = intercept.mask_of(analysis.plan.in_masks[index], ones, analysis.plan.base_channels)
+            if mask is not None and layer.kind != "depthwise":
+                reads[f"params/{layer.weight_path}"] = (analysis.in_axes[index], np.asarray(mask))
 
         def paste(path, leaf):
             name = path_text(path)
@@ -176,10 +183,9 @@ class OwnModel:
                 raise ValueError(f"the width factory builds {name!r} as {leaf.shape} at width {self.max_width:g}, "
                                  f"which does not hold its {None if old is None else old.shape} at width 1")
             leaf[tuple(slice(0, size) for size in old.shape)] = old
-            for axis in weights.get(name.split("/", 1)[1] if "/" in name else name, ()):
-                index = [slice(None)] * leaf.ndim
-                index[axis] = slice(old.shape[axis], None)
-                leaf[tuple(index)] = 0.0
+            if name in reads:
+                axes, mask = reads[name]
+                leaf *= np.asarray(intercept.along(jnp.asarray(mask), leaf.ndim, axes, leaf.shape), leaf.dtype)
             return leaf
 
         return self.with_clips(jax.tree_util.tree_map_with_path(paste, wide), shape)
@@ -335,6 +341,9 @@ def _check_wider(table: LayerTable, wide: LayerTable, max_width: float) -> None:
         raise ValueError(f"the width factory builds other layers at width {max_width:g} ({', '.join(wide.names)}) "
                          f"than at width 1 ({', '.join(table.names)})")
     for layer, wider in zip(table, wide, strict=True):
+        if not layer.scalable and wider.out_channels != layer.out_channels:
+            raise ValueError(f"layer {layer.name!r}: its channels are fixed by the graph, but the width factory gives "
+                             f"it {wider.out_channels} at width {max_width:g} instead of {layer.out_channels}")
         needed = scale_channels(layer.out_channels, max_width) if layer.scalable else layer.out_channels
         if wider.out_channels < needed:
             raise ValueError(f"layer {layer.name!r}: the width factory gives it {wider.out_channels} channels at "
@@ -360,8 +369,8 @@ def _analyse(function: FlaxFunction, model_function: FlaxFunction, rules: Rules,
     plan = intercept.Plan(layer_of_leaf=layer_of_leaf, in_masks=in_masks,
                           signed=tuple(not found.input_nonneg[i] for i, keep in enumerate(kept) if keep),
                           base_channels=tuple(layer.out_channels for layer in table), act_clipping=act_clipping)
-    out_axes = tuple(layer.out_axes for layer, keep in zip(found.layers, kept, strict=True) if keep)
-    return _Analysis(table, plan, found.main_leaf, rules.pinned(table.names), out_axes)
+    in_axes = tuple(layer.in_axes for layer, keep in zip(found.layers, kept, strict=True) if keep)
+    return _Analysis(table, plan, found.main_leaf, rules.pinned(table.names), in_axes)
 
 
 def _renumber(description, position: dict):

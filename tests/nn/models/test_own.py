@@ -334,9 +334,12 @@ def test_widening_transfer_keeps_the_float_function_at_every_width():
     for width in (1.0, 1.125, 1.25):
         widths = jnp.asarray([width, width, width, 1.0], jnp.float32)
         np.testing.assert_allclose(apply(variables, x, jnp.full(4, 16.0), widths), expected, atol=1e-5)
-    # the new channels' producing weights start at zero; their consumers' weights do not (so they train)
-    kernel = np.asarray(variables["params"]["Conv_0"]["kernel"])
-    assert np.all(kernel[..., 8:] == 0) and np.any(np.asarray(variables["params"]["Conv_1"]["kernel"])[:, :, 8:] != 0)
+    # the new channels are computed (their producing weights are the wider model's initialisation), and the weights
+    # that read them start at zero
+    params = jax.tree.map(np.asarray, variables["params"])
+    assert np.any(params["Conv_0"]["kernel"][..., 8:] != 0)
+    assert np.all(params["Conv_1"]["kernel"][:, :, 8:, :] == 0) and np.any(params["Conv_1"]["kernel"][..., 8:] != 0)
+    assert np.all(params["Conv_2"]["kernel"][:, :, 8:, :] == 0) and np.all(params["Dense_0"]["kernel"][16:] == 0)
 
 
 def test_a_wider_model_gets_gradient_in_its_new_channels():
@@ -352,7 +355,8 @@ def test_a_wider_model_gets_gradient_in_its_new_channels():
         return jnp.mean(logits ** 2)
 
     grads = jax.jit(jax.grad(loss))(variables["params"])
-    assert np.any(np.asarray(grads["Conv_0"]["kernel"])[..., 8:] != 0)
+    assert np.any(np.asarray(grads["Conv_1"]["kernel"])[:, :, 8:, :] != 0)  # the weights reading new channels
+    assert np.any(np.asarray(grads["Dense_0"]["kernel"])[16:] != 0)
 
 
 def test_a_width_factory_without_room_for_the_wider_layers_is_refused():
