@@ -12,7 +12,8 @@ Counting rules (the same for every target):
 
 - Channels follow the table's width semantics: layer ``l`` produces ``scale_channels(out_channels, widths[l])``
   channels (its base ``out_channels`` if not ``scalable``) and consumes what its ``input_layer`` produces (base
-  ``in_channels`` for the model input). A depthwise layer produces as many channels as it consumes.
+  ``in_channels`` for the model input; times ``input_repeat`` after flattening). A depthwise layer produces as many
+  channels as it consumes.
 - Weights: ``kh*kw*Cin'*Cout'/groups`` (conv, dense), ``kh*kw*Cout'`` (depthwise), stored at the layer's bit-width; the
   paper's memory packing makes size linear in the bit-width (3-bit weights cost 3 bits).
 - Auxiliary parameters: a bias (``Cout'`` values) when ``use_bias`` and a batch-norm scale and offset (``2*Cout'``,
@@ -107,7 +108,8 @@ def _layer_channels(arrays, widths, xp=jnp, dtype=jnp.float32):
     source = arrays["channel_source"]
     produced = xp.where(source >= 0, xp.take(scaled, np.maximum(source, 0), axis=-1), base_in)
     input_layer = arrays["input_layer"]
-    consumed = xp.where(input_layer >= 0, xp.take(produced, np.maximum(input_layer, 0), axis=-1), base_in)
+    repeated = xp.take(produced, np.maximum(input_layer, 0), axis=-1) * arrays["input_repeat"]
+    consumed = xp.where(input_layer >= 0, repeated, base_in)
     return consumed, produced
 
 

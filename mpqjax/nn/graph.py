@@ -161,7 +161,10 @@ class Discovery:
         out_classes: each layer's output space class (layers of one class share a width multiplier).
         fixed: per layer, whether its output channels are fixed by the graph.
         input_nonneg: per layer, whether its input is known to be non-negative (after a ReLU).
-        input_layer: per layer, a layer whose output it consumes (-1: the model input, a composite or fixed axis).
+        input_layer: per layer, a layer whose output it consumes (-1: the model input, a concatenation or a fixed
+            axis).
+        input_repeat: per layer, how many times ``input_layer``'s channels repeat in its input (the positions of a
+            flattened feature map; 1 otherwise).
         use_bias: per layer, whether a parameter vector is added to its output right away.
         batch_norm: per layer, whether a batch norm (an affine map with the model's running statistics) follows.
         main_leaf: ``{parameter leaves a weight is computed from: the leaf that names it}``.
@@ -174,6 +177,7 @@ class Discovery:
     fixed: tuple
     input_nonneg: tuple
     input_layer: tuple
+    input_repeat: tuple
     use_bias: tuple
     batch_norm: tuple
     main_leaf: dict
@@ -442,16 +446,26 @@ def discover(closed_jaxpr, leaf_paths: Sequence[str], num_param_leaves: int, num
         counts[name] = counts.get(name, 0) + 1
         names.append(name if counts[name] == 1 else f"{name}#{counts[name]}")
     in_masks = tuple(_mask_description(spaces, node, group_of_class, fixed_classes) for node in walk.layer_in)
-    out_classes, fixed, input_layer = [], [], []
+    out_classes, fixed, input_layer, input_repeat = [], [], [], []
     for index, node in enumerate(walk.layer_out):
         root = spaces.find(node) if node is not None else -1 - index
         out_classes.append(group_of_class.get(root, index) if node is not None else index)
         fixed.append(node is None or root not in group_of_class)
         in_node = walk.layer_in[index]
         in_root = spaces.find(in_node) if in_node is not None else None
-        input_layer.append(group_of_class.get(in_root, -1) if in_root is not None else -1)
+        source, repeat = group_of_class.get(in_root, -1) if in_root is not None else -1, 1
+        description = in_masks[index]
+        if source < 0 and description is not None and description[0] == "product":
+            groups = [part for part in description[1] if part[0] == "group"]
+            if len(groups) == 1 and all(part[0] in ("group", "ones") for part in description[1]):
+                # a flattened producer: its channels, repeated at every position
+                source = groups[0][1]
+                repeat = int(np.prod([part[1] for part in description[1] if part[0] == "ones"]))
+        input_layer.append(source)
+        input_repeat.append(repeat)
     return Discovery(layers=tuple(walk.layers), names=tuple(names), in_masks=in_masks, out_classes=tuple(out_classes),
                      fixed=tuple(fixed), input_nonneg=tuple(walk.layer_nonneg), input_layer=tuple(input_layer),
+                     input_repeat=tuple(input_repeat),
                      use_bias=tuple(index in walk.bias_after for index in range(len(walk.layers))),
                      batch_norm=tuple(index in walk.batch_norm for index in range(len(walk.layers))),
                      main_leaf=dict(walk.main_leaf))

@@ -59,6 +59,8 @@ class LayerSpec:
         groups: a convolution's feature groups (each output channel sees ``in_channels / groups`` inputs); 1 for
             regular convolutions and dense layers; a depthwise layer's is its channel count.
         weight: the path of the layer's weight in the parameters ('/'-joined); ``name + "/kernel"`` when empty.
+        input_repeat: how many times ``input_layer``'s channels repeat in this layer's input (a dense layer after
+            flattening a feature map reads them at every position); 1 otherwise.
     """
 
     name: str
@@ -75,6 +77,7 @@ class LayerSpec:
     batch_norm: bool = False
     groups: int = 1
     weight: str = ""
+    input_repeat: int = 1
 
     def __post_init__(self):
         if self.kind not in LAYER_KINDS:
@@ -172,5 +175,6 @@ class LayerTable(Sequence):
             "use_bias": [layer.use_bias for layer in self.layers],
             "batch_norm": [layer.batch_norm for layer in self.layers],
             "groups": [layer.groups if layer.kind == "conv" else 1 for layer in self.layers],
+            "input_repeat": [layer.input_repeat for layer in self.layers],
         }
         return {key: np.asarray(value) for key, value in fields.items()}

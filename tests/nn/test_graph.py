@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mpqjax import cost
 from mpqjax.nn import graph, intercept
 from mpqjax.nn.models import wrap
 
@@ -185,6 +186,11 @@ def test_flattening_gives_a_product_space_that_stays_scalable():
     # (4, 4, 4) flattened row-major: every pixel keeps its first 2 of 4 channels
     np.testing.assert_array_equal(mask, np.tile([1, 1, 0, 0], 16))
     assert analysis.plan.in_masks[2] == ("group", 1, 16)
+    # the cost model reads the flattened producer's channels at each of its 16 positions
+    assert (analysis.table[1].input_layer, analysis.table[1].input_repeat) == (0, 16)
+    counts = cost.layer_counts(analysis.table, [0.5, 1.0, 1.0], exact=True)
+    np.testing.assert_array_equal(counts["consumed"], [1, 2 * 16, 16])
+    np.testing.assert_array_equal(counts["weights"], [9 * 2, 2 * 16 * 16, 160])
 
 
 @pytest.mark.parametrize("name, signed", [

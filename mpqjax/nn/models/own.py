@@ -328,7 +328,7 @@ def _table(found, kept, paths, position: dict, name: str, input_shape) -> LayerT
             specs.append(LayerSpec(
                 name=found.names[index], kind=layer.kind, in_channels=layer.in_channels,
                 out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride, out_hw=layer.out_hw,
-                input_layer=position.get(found.input_layer[index], -1),
+                input_layer=position.get(found.input_layer[index], -1), input_repeat=found.input_repeat[index],
                 width_group=position[found.out_classes[index]], scalable=not found.fixed[index],
                 use_bias=found.use_bias[index], batch_norm=found.batch_norm[index], groups=layer.groups,
                 weight=paths[layer.leaf]))
