@@ -121,7 +121,8 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
         name: the model's setting (`mpqjax.search.inputs.model_named`); variables given with a model object
             (`mpqjax.search.inputs.given`) are used as they are.
         dataset: the data (its train split trains the model).
-        checkpoint: a flax msgpack file or orbax folder of ``{'params', 'batch_stats'}`` at width 1.
+        checkpoint: a flax msgpack file or orbax folder of ``{'params', 'batch_stats'}`` at width 1 (for a user's
+            NNX model, also of ``nnx.state(module)``).
         epochs, learning_rate, batch_size, weight_decay: the training without checkpoint.
         cache_dir: cache folder (default `default_cache_dir`); the cache key holds every setting above and the
             key's data, so a different seed or schedule trains a new model.
@@ -141,6 +142,9 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
     given = inputs.given_variables(model) if checkpoint is None else None
     if given is not None:
         return FloatModel(model, model.check_variables(given, dataset.input_shape), "variables given to the search")
+    if checkpoint is not None and not isinstance(model, models.QModel):  # a user's model reads its own layout
+        variables = models.as_variables(model, store.read_checkpoint(checkpoint))
+        return FloatModel(model, model.check_variables(variables, dataset.input_shape), f"checkpoint {checkpoint}")
     template = models.init_variables(key, model, dataset.input_shape)
     template = {collection: template[collection] for collection in ("params", "batch_stats") if collection in template}
     if checkpoint is not None:

@@ -8,7 +8,7 @@ __getattr__, __dir__, __all__ = attach(
     names={
         **{name: "files" for name in (
             "TrialLog", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-            "load_variables", "read_json", "read_jsonl", "save_variables", "to_json_value")},
+            "load_variables", "read_checkpoint", "read_json", "read_jsonl", "save_variables", "to_json_value")},
         "load_tpe_state": "tpe_state", "save_tpe_state": "tpe_state",
         **{name: "lock" for name in ("LOCK_FILE", "FolderLock", "FolderLockedError", "check_unlocked", "holder")},
         **{name: "run_folder" for name in (

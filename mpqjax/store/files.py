@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["TrialLog", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "load_variables",
-           "read_json", "read_jsonl", "save_variables", "to_json_value"]
+           "read_checkpoint", "read_json", "read_jsonl", "save_variables", "to_json_value"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
@@ -182,6 +182,29 @@ def save_variables(path: str | os.PathLike, variables: Any) -> None:
     atomic_write_bytes(path, flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
 
 
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """The tree of arrays in a flax msgpack file or an orbax checkpoint folder, as it was saved.
+
+    Raises:
+        ValueError: the path is missing or is neither.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path!r} does not exist")
+    try:
+        if os.path.isdir(path):
+            import orbax.checkpoint as ocp
+
+            return ocp.StandardCheckpointer().restore(os.path.abspath(path))
+        import flax.serialization
+
+        with open(path, "rb") as handle:
+            return flax.serialization.msgpack_restore(handle.read())
+    except Exception as error:  # msgpack and orbax errors alike: not a checkpoint
+        raise ValueError(f"cannot read {path!r} as a checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+
+
 def load_variables(path: str | os.PathLike, template: Any) -> Any:
     """Read variables shaped like ``template`` from a flax msgpack file or an orbax checkpoint folder.
 
@@ -200,19 +223,9 @@ def load_variables(path: str | os.PathLike, template: Any) -> Any:
     import jax
     import numpy as np
 
+    restored = read_checkpoint(path)
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path!r} does not exist")
     try:
-        if os.path.isdir(path):
-            import orbax.checkpoint as ocp
-
-            restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
-        else:
-            import flax.serialization
-
-            with open(path, "rb") as handle:
-                restored = flax.serialization.msgpack_restore(handle.read())
         restored = {name: restored[name] for name in template}
         variables = jax.tree.map(lambda _, value: np.asarray(value), template, restored)
         mismatched = [np.shape(a) != np.shape(b) for a, b in

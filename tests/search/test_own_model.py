@@ -387,3 +387,27 @@ def test_a_search_on_other_arrays_does_not_reuse_the_float_model_of_the_first(ow
     first_float, second_float = (read_json(folder, "search.json")["float"] for folder in (first, tmp_path / "run"))
     assert second_float["source"] != first_float["source"]
     assert second_float["test_accuracy"] > 0.5  # trained on the shifted labels, not the first search's
+
+
+@pytest.mark.parametrize("saved_as", ["orbax state", "msgpack pure dict"])
+def test_a_checkpoint_of_an_nnx_state_is_the_float_model(digits, tmp_path, saved_as):
+    import orbax.checkpoint as ocp
+
+    from mpqjax.search import inputs, steps
+
+    module = NnxCNN(nnx.Rngs(0))
+    train_nnx(module, digits.train, steps=10)
+    path = tmp_path / "float"
+    if saved_as == "orbax state":
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, nnx.state(module))
+        checkpointer.wait_until_finished()
+    else:
+        store.save_variables(path, nnx.to_pure_dict(nnx.state(module)))
+    wrapped = wrap(module, input_shape=digits.input_shape)
+    with inputs.given(model=wrapped, dataset=digits):
+        float_net = steps.float_model(jax.random.key(0), "python:NnxCNN", digits, checkpoint=str(path))
+    assert float_net.source == f"checkpoint {path}"
+    assert set(float_net.variables) == {"params", "batch_stats"}
+    expected = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    jax.tree.map(np.testing.assert_array_equal, float_net.variables["params"], expected)

@@ -97,3 +97,18 @@ def test_checkpoints_of_another_model_or_garbage_are_refused(tmp_path, variables
         store.load_variables(garbage, variables)
     with pytest.raises(ValueError, match="does not exist"):
         store.load_variables(tmp_path / "missing", variables)
+
+
+def test_a_checkpoint_reads_back_as_saved_whatever_its_layout(tmp_path):
+    tree = {"conv": {"kernel": np.ones((3, 3, 1, 2), np.float32)}, "bn": {"mean": np.zeros(2, np.float32)}}
+    path = tmp_path / "state.msgpack"
+    store.save_variables(path, tree)
+    restored = store.read_checkpoint(path)
+    assert set(restored) == {"conv", "bn"}
+    np.testing.assert_array_equal(restored["conv"]["kernel"], tree["conv"]["kernel"])
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01 not msgpack")
+    with pytest.raises(ValueError, match="cannot read .* as a checkpoint"):
+        store.read_checkpoint(garbage)
+    with pytest.raises(ValueError, match="does not exist"):
+        store.read_checkpoint(tmp_path / "missing")

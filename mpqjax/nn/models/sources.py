@@ -81,8 +81,9 @@ def from_factory(spec: str, *, input_shape: Sequence[int] | None = None, num_cla
 
 
 def as_variables(model: OwnModel, variables) -> dict:
-    """A user's variables as mpqjax keeps them: a linen ``{"params", "batch_stats"}`` dict as it is, an
-    ``nnx.State`` (``nnx.state(module)``) split into ``params`` and ``batch_stats`` plain dicts."""
+    """A user's variables as mpqjax keeps them: a linen ``{"params", "batch_stats"}`` dict as it is; an
+    ``nnx.State`` (``nnx.state(module)``), or a plain tree of one (as an orbax or msgpack checkpoint of it reads
+    back), split into ``params`` and ``batch_stats`` plain dicts."""
     try:
         from flax import nnx
     except ImportError:  # pragma: no cover
@@ -91,8 +92,25 @@ def as_variables(model: OwnModel, variables) -> dict:
         params = nnx.to_pure_dict(nnx.filter_state(variables, nnx.Param))
         rest = nnx.to_pure_dict(nnx.filter_state(variables, nnx.Not(nnx.Param)))
         return {"params": params, **({"batch_stats": rest} if rest else {})}
+    if isinstance(variables, Mapping) and "params" not in variables and model.function.kind == "nnx":
+        return _split_nnx_tree(model, variables)
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError(f"variables of model {model.name!r} must be a dict with 'params' (and 'batch_stats'), "
                          f"or an nnx.State; got {type(variables).__name__}")
     return dict(variables)
+
+
+def _split_nnx_tree(model: OwnModel, tree: Mapping) -> dict:
+    """An NNX model's whole state as a plain tree (a checkpoint of ``nnx.state(module)``, with or without the
+    ``value`` level of its variables) split into ``params`` and ``batch_stats`` by the model's own layout."""
+    from flax import nnx, traverse_util
+
+    flat = {}
+    for key, value in traverse_util.flatten_dict(dict(tree)).items():
+        flat[key[:-1] if key and key[-1] == "value" else key] = value
+    param_keys = set(traverse_util.flatten_dict(nnx.to_pure_dict(model.function.param_template)))
+    params = {key: value for key, value in flat.items() if key in param_keys}
+    rest = {key: value for key, value in flat.items() if key not in param_keys}
+    variables = {"params": traverse_util.unflatten_dict(params)}
+    return {**variables, "batch_stats": traverse_util.unflatten_dict(rest)} if rest else variables
 
