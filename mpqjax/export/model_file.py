@@ -74,8 +74,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
-import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -85,6 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mpqjax.export.archive import one_line, read_archive
 from mpqjax.export.integer import activation_scale, integer_weights, requantisable_kernel, weight_dtype
 from mpqjax.nn import models, quant
 from mpqjax.nn.config import check_config
@@ -316,37 +315,10 @@ def export_model(path: str | os.PathLike, *, model_name: str, model_kwargs: dict
 
 
 # ------------------------------------------------------------------------------------------------ load
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _read_arrays(path: str) -> tuple[dict[str, np.ndarray], dict]:
     """Every entry of the file and its parsed config; any failure is a one-line ValueError naming the file."""
-    unreadable = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except unreadable as error:
-        raise ValueError(f"{path!r} is not a readable mpqjax export ({_one_line(error)})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} is not an mpqjax export (a single array, not an .npz archive)")
-    with archive:
-        if CONFIG_ENTRY not in archive.files:
-            raise ValueError(f"{path!r} is not an mpqjax export (no {CONFIG_ENTRY} entry)")
-        try:
-            # Reading every entry now surfaces a truncated or corrupt member here, not later.
-            arrays = {name: archive[name] for name in archive.files}
-        except unreadable as error:
-            raise ValueError(f"{path!r} is not a readable mpqjax export ({_one_line(error)})") from None
-    try:
-        config = json.loads(str(arrays.pop(CONFIG_ENTRY)))
-    except (json.JSONDecodeError, TypeError) as error:
-        raise ValueError(f"{path!r}: {CONFIG_ENTRY} is not valid JSON ({_one_line(error)})") from None
-    if not isinstance(config, dict) or "format" not in config:
-        raise ValueError(f"{path!r} is not an mpqjax export ({CONFIG_ENTRY} names no format)")
-    if config["format"] != FORMAT_VERSION:
-        raise ValueError(f"{path!r} has format {config['format']!r}; this version of mpqjax reads {FORMAT_VERSION!r}")
-    return arrays, config
+    return read_archive(path, kind="mpqjax export", required=(CONFIG_ENTRY,), config_entry=CONFIG_ENTRY,
+                        format_version=FORMAT_VERSION)
 
 
 def _as_tuples(value):
@@ -380,7 +352,7 @@ def _rebuild(arrays: dict, config: dict) -> Exported:
         kwargs = _as_tuples(dict(config["model_kwargs"]))
         model_name = config["model"]
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{CONFIG_ENTRY} is incomplete ({_one_line(error)})") from None
+        raise ValueError(f"{CONFIG_ENTRY} is incomplete ({one_line(error)})") from None
     kwargs["num_classes"] = num_classes
     model = models.get(model_name, **kwargs, widths=tuple(float(w) for w in widths))
     table = models.layer_table(model, input_shape=input_shape)
@@ -442,4 +414,4 @@ def load_model(path: str | os.PathLike) -> Exported:
     try:
         return _rebuild(arrays, config)
     except (ValueError, KeyError, TypeError) as error:  # a tampered or hand-made file
-        raise ValueError(f"{path!r}: {_one_line(error).removeprefix('ValueError: ')}") from None
+        raise ValueError(f"{path!r}: {one_line(error).removeprefix('ValueError: ')}") from None

@@ -31,14 +31,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from mpqjax.export.archive import one_line, read_archive
 from mpqjax.store.files import atomic_write, to_json_value
 
 __all__ = ["LOWERING_PLATFORMS", "PROGRAM_FORMAT", "Program", "export_program", "load_program"]
@@ -46,11 +45,6 @@ __all__ = ["LOWERING_PLATFORMS", "PROGRAM_FORMAT", "Program", "export_program", 
 PROGRAM_FORMAT = "mpqjax-program/1"
 LOWERING_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 _PROGRAM, _CONFIG = "__program__", "__config__"
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def _key_name(key) -> str:
@@ -88,7 +82,7 @@ def _exported_program(forward, variables, input_spec, platforms):
     try:
         exported = jax.export.export(jax.jit(program), platforms=platforms)(*specs, input_spec)
     except Exception as error:  # any failure of the user's code is reported the same way
-        raise ValueError(f"forward fails to trace at export ({_one_line(error)})") from None
+        raise ValueError(f"forward fails to trace at export ({one_line(error)})") from None
     if len(exported.out_avals) != 1 or exported.out_tree != jax.tree_util.tree_structure(0):
         raise ValueError(f"forward must return one array (the logits), got {len(exported.out_avals)} outputs")
     return exported, names, leaves
@@ -138,7 +132,7 @@ def export_program(path: str | os.PathLike, forward: Callable, variables: Any, *
     try:
         text = json.dumps(to_json_value(config), allow_nan=False)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"metadata must be JSON values ({_one_line(error)})") from None
+        raise ValueError(f"metadata must be JSON values ({one_line(error)})") from None
     arrays = {_PROGRAM: np.frombuffer(bytes(exported.serialize()), dtype=np.uint8), _CONFIG: np.asarray(text),
               **dict(zip(names, leaves, strict=True))}
 
@@ -210,26 +204,8 @@ class Program:
 
 def _read_entries(path: str) -> tuple[dict[str, np.ndarray], dict]:
     """Every entry of a program file and its parsed config; any failure is a one-line ValueError naming the file."""
-    unreadable = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except unreadable as error:
-        raise ValueError(f"{path!r} is not an mpqjax program file ({_one_line(error)})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} is not an mpqjax program file (a single array, not an .npz archive)")
-    with archive:
-        if _CONFIG not in archive.files or _PROGRAM not in archive.files:
-            raise ValueError(f"{path!r} is not an mpqjax program file (no {_CONFIG} and {_PROGRAM} entries)")
-        try:
-            entries = {name: archive[name] for name in archive.files}
-            config = json.loads(str(entries.pop(_CONFIG)))
-        except (*unreadable, json.JSONDecodeError) as error:
-            raise ValueError(f"{path!r} is a damaged mpqjax program file ({_one_line(error)})") from None
-    if not isinstance(config, dict) or "format" not in config:
-        raise ValueError(f"{path!r} is not an mpqjax program file ({_CONFIG} names no format)")
-    if config["format"] != PROGRAM_FORMAT:
-        raise ValueError(f"{path!r} has format {config['format']!r}; this version of mpqjax reads {PROGRAM_FORMAT!r}")
-    return entries, config
+    return read_archive(path, kind="mpqjax program file", required=(_CONFIG, _PROGRAM), config_entry=_CONFIG,
+                        format_version=PROGRAM_FORMAT)
 
 
 def _arguments_of(entries: dict, config: dict, exported) -> list[np.ndarray]:
@@ -273,7 +249,7 @@ def load_program(path: str | os.PathLike) -> Program:
     except Exception as error:  # a damaged flatbuffer raises anything from struct.error on
         raise ValueError(f"{path!r} is a damaged mpqjax program file (its program, written by jax "
                          f"{config.get('jax_version')}, does not load in jax {jax.__version__}: "
-                         f"{_one_line(error)})") from None
+                         f"{one_line(error)})") from None
     try:
         arguments = _arguments_of(entries, config, exported)
         variables = _nest(config["variables"], arguments)
@@ -281,7 +257,7 @@ def load_program(path: str | os.PathLike) -> Program:
         if missing:
             raise ValueError(f"{_CONFIG} lacks {sorted(missing)}")
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path!r} is a damaged mpqjax program file ({_one_line(error)})") from None
+        raise ValueError(f"{path!r} is a damaged mpqjax program file ({one_line(error)})") from None
     device = _device_for(exported.platforms)
     return Program(config=config, variables=variables, _exported=exported,
                    _arguments=tuple(jax.device_put(arguments, device)), _run=jax.jit(exported.call))

@@ -295,7 +295,7 @@ def test_load_refuses_foreign_truncated_and_tampered_files(exported, tmp_path):
         for name in source.namelist():  # the right names, one member cut short
             member = source.read(name)
             archive.writestr(name, member[: len(member) // 2] if name == "conv2/weight.npy" else member)
-    expected["corrupt.npz"] = "is not a readable mpqjax export"
+    expected["corrupt.npz"] = "is a damaged mpqjax export"
     rewrite(tmp_path / "range.npz", {**arrays, "conv3/weight": np.full_like(arrays["conv3/weight"], 4)})
     expected["range.npz"] = r"layer 'conv3': weights exceed \+-3"  # 3 bits hold -3..3
     rewrite(tmp_path / "dtype.npz", {**arrays, "conv1/weight": arrays["conv1/weight"].astype(np.int32)})
