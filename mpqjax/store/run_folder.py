@@ -218,16 +218,18 @@ def _check_content(out_dir: str, settings: Mapping[str, Any], resume: bool) -> d
     search_path = file_path(out_dir, "search")
     if resume:
         if not os.path.isfile(search_path):
-            raise ValueError(f"--resume: {out_dir!r} holds no search to resume (no {FILES['search']})")
+            raise ValueError(f"cannot resume: {out_dir!r} holds no search to resume (no {FILES['search']})")
         previous = read_json(search_path)
         if not isinstance(previous, dict) or previous.get("format") != FORMAT:
-            raise ValueError(f"--resume: {search_path!r} is not an mpqjax search file")
+            raise ValueError(f"cannot resume: {search_path!r} is not an mpqjax search file")
         differences = settings_differences(previous.get("settings", {}), settings)
         if differences:
-            raise ValueError(f"--resume: settings differ from the interrupted search in {', '.join(differences)}")
+            raise ValueError(f"cannot resume: settings differ from the interrupted search in "
+                             f"{', '.join(differences)}")
         logged = len(read_jsonl(file_path(out_dir, "trials")))
         if settings["trials"] < logged:
-            raise ValueError(f"--resume: {logged} trials are already logged, more than trials={settings['trials']}")
+            raise ValueError(f"cannot resume: {logged} trials are already logged, more than "
+                             f"trials={settings['trials']}")
         return previous
     if os.path.isfile(search_path):
         raise ValueError(f"output folder {out_dir!r} holds another search: use --resume to continue it, or another "
