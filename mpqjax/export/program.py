@@ -47,11 +47,6 @@ LOWERING_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 _PROGRAM, _CONFIG = "__program__", "__config__"
 
 
-def _key_name(key) -> str:
-    """A pytree key's own text: a dict key, an attribute name or a list index."""
-    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-
 def _nest(names: Sequence[str], leaves: Sequence[np.ndarray]) -> dict:
     """The nested dict ``{"params": {"conv1": {"kernel": ...}}}`` of '/'-joined names; ValueError on a clash."""
     nested: dict = {}
@@ -71,7 +66,7 @@ def _nest(names: Sequence[str], leaves: Sequence[np.ndarray]) -> dict:
 def _exported_program(forward, variables, input_spec, platforms):
     """``(jax.export.Exported, variable names, leaves)`` of ``forward`` with the variables as leading arguments."""
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
-    names = ["/".join(_key_name(key) for key in path) for path, _ in paths_leaves]
+    names = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in paths_leaves]
     leaves = [np.asarray(leaf) for _, leaf in paths_leaves]
     _nest(names, leaves)
 

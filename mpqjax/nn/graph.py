@@ -28,47 +28,17 @@ from collections.abc import Sequence
 import numpy as np
 from jax.extend import core as jex_core
 
+from mpqjax.nn.jaxprs import CALL_PRIMITIVES, bodies, contracts, input_kinds, layer_operands, sub_jaxpr
 from mpqjax.nn.spaces import SpaceRules, Spaces
 
-__all__ = ["CALL_PRIMITIVES", "Discovery", "FoundLayer", "discover", "layer_operands", "sub_jaxpr"]
+__all__ = ["Discovery", "FoundLayer", "discover"]
 
-CALL_PRIMITIVES = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-                             "custom_vjp_call_jaxpr", "checkpoint", "remat", "remat2"})
 _NONNEG_UNARY = frozenset({"exp", "exp2", "logistic", "abs", "sqrt", "rsqrt", "square"})
 _NONNEG_KEEP = frozenset({"convert_element_type", "reshape", "transpose", "broadcast_in_dim", "squeeze", "reduce_max",
                           "reduce_min", "reduce_sum", "reduce_window_sum", "reduce_window_max", "reduce_window",
                           "slice", "dynamic_slice", "gather", "copy", "copy_p", "sharding_constraint", "expand_dims",
                           "rev", "cumsum", "cummax", "sort"})
 _NONNEG_BOTH = frozenset({"add", "mul", "div", "min", "concatenate", "select_n", "pad"})
-
-
-def _bodies(eqn):
-    """Every jaxpr in an equation's parameters (a scan's body, a cond's branches, ...)."""
-    for value in eqn.params.values():
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(item, jex_core.ClosedJaxpr):
-                yield item.jaxpr
-            elif isinstance(item, jex_core.Jaxpr):
-                yield item
-
-
-def _contracts(jaxpr) -> bool:
-    """Whether a convolution or a contraction runs somewhere in ``jaxpr``."""
-    return any(eqn.primitive.name in ("conv_general_dilated", "dot_general") or any(map(_contracts, _bodies(eqn)))
-               for eqn in jaxpr.eqns)
-
-
-def sub_jaxpr(eqn):
-    """``(jaxpr, consts)`` of a call primitive's body, or None."""
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        body = eqn.params.get(key)
-        if body is None:
-            continue
-        if isinstance(body, jex_core.ClosedJaxpr):
-            return body.jaxpr, body.consts
-        if isinstance(body, jex_core.Jaxpr):
-            return body, ()
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +57,10 @@ class FoundLayer:
     in_axes: tuple[int, ...] = ()  # the weight's input-channel (contracted) axes
 
 
-def layer_operands(eqn, is_weight: Sequence[bool], is_activation: Sequence[bool]):
-    """The weight operand's index when ``eqn`` is a layer (a convolution or contraction of an activation with a
-    weight), else None."""
-    if eqn.primitive.name not in ("conv_general_dilated", "dot_general") or len(eqn.invars) != 2:
-        return None
-    for weight, other in ((1, 0), (0, 1)):
-        if is_weight[weight] and is_activation[other]:
-            if eqn.primitive.name == "conv_general_dilated" and weight != 1:
-                return None
-            return weight
-    return None
+def _pair(sizes) -> tuple[int, int]:
+    """Spatial sizes as (height, width): 1-D padded with 1, 3-D and more folded into the width."""
+    sizes = [int(size) for size in sizes] + [1, 1]
+    return sizes[0], int(np.prod(sizes[1:]))
 
 
 def _describe(eqn, weight_position: int, leaf: int) -> FoundLayer:
@@ -110,16 +73,12 @@ def _describe(eqn, weight_position: int, leaf: int) -> FoundLayer:
         in_channels = lhs_shape[numbers.lhs_spec[1]]
         out_channels = out_shape[numbers.out_spec[1]]
         groups = int(eqn.params["feature_group_count"])
-        spatial = [weight_shape[axis] for axis in numbers.rhs_spec[2:]]
-        out_spatial = [out_shape[axis] for axis in numbers.out_spec[2:]]
-        strides = list(eqn.params["window_strides"])
-        kernel = (tuple(spatial) + (1, 1))[:2] if len(spatial) < 2 else (spatial[0], int(np.prod(spatial[1:])))
-        stride = (tuple(strides) + (1, 1))[:2]
-        out_hw = (tuple(out_spatial) + (1, 1))[:2] if len(out_spatial) < 2 else (out_spatial[0],
-                                                                                   int(np.prod(out_spatial[1:])))
+        kernel = _pair([weight_shape[axis] for axis in numbers.rhs_spec[2:]])
+        out_hw = _pair([out_shape[axis] for axis in numbers.out_spec[2:]])
+        stride = (tuple(eqn.params["window_strides"]) + (1, 1))[:2]
         kind = "depthwise" if groups == in_channels and groups == out_channels and groups > 1 else "conv"
-        return FoundLayer(leaf, weight_position, kind, in_channels, out_channels, tuple(kernel), tuple(stride),
-                          groups, tuple(out_hw), (numbers.rhs_spec[1],))
+        return FoundLayer(leaf, weight_position, kind, in_channels, out_channels, kernel, stride, groups, out_hw,
+                          (numbers.rhs_spec[1],))
     (contracting, batch) = eqn.params["dimension_numbers"]
     weight_contracting = contracting[weight_position]
     weight_batch = batch[weight_position]
@@ -157,7 +116,7 @@ class Discovery:
     Attributes:
         layers: the layers in execution order (`FoundLayer`).
         names: each layer's name (its weight path, ``kernel`` dropped).
-        in_masks: each layer's input mask description (see `mask_description`).
+        in_masks: each layer's input mask description (`mpqjax.nn.intercept.mask_of` builds the mask).
         out_classes: each layer's output space class (layers of one class share a width multiplier).
         fixed: per layer, whether its output channels are fixed by the graph.
         input_nonneg: per layer, whether its input is known to be non-negative (after a ReLU).
@@ -199,7 +158,7 @@ class _Walk(SpaceRules):
         self.layer_in: list[int | None] = []  # space node of each layer's contracted axis
         self.layer_out: list[int | None] = []
         self.layer_nonneg: list[bool] = []
-        self.layer_out_vars: list = []
+        self.layer_of_output: dict = {}  # each layer's output variable -> the layer
         self.bias_after: set[int] = set()
         self.batch_norm: set[int] = set()
         self.following: dict = {}  # variables computed from a layer's output by per-channel affine operations
@@ -241,7 +200,7 @@ class _Walk(SpaceRules):
         body = sub_jaxpr(eqn) if name in CALL_PRIMITIVES else None
         if body is not None and len(body[0].invars) == len(ins):
             return self.run(body[0], body[1], ins)
-        if activation and leaves and any(_contracts(body) for body in _bodies(eqn)):
+        if activation and leaves and any(contracts(body) for body in bodies(eqn)):
             largest = max(sorted(leaves), key=lambda leaf: self.leaf_sizes[leaf])
             raise ValueError(f"layer {_leaf_name(self.leaf_paths[largest])!r} runs inside {name} (nn.scan, lax.scan, "
                              f"lax.cond...), which mpqjax cannot quantise: write the loop as a Python loop")
@@ -261,11 +220,12 @@ class _Walk(SpaceRules):
         return [_Var(leaves, True, spaces, self.nonneg(eqn, ins)) for spaces in outs]
 
     def note_bias(self, eqn, ins: list[_Var]) -> None:
-        if eqn.primitive.name != "add" or len(ins) != 2:
+        """A parameter vector added to a layer's output itself is the layer's bias."""
+        if eqn.primitive.name != "add" or not any(var.leaves and not var.activation for var in ins):
             return
-        for index, var in enumerate(self.layer_out_vars):
-            if any(atom is var for atom in eqn.invars) and any(v.leaves and not v.activation for v in ins):
-                self.bias_after.add(index)
+        for atom in eqn.invars:
+            if isinstance(atom, jex_core.Var) and atom in self.layer_of_output:
+                self.bias_after.add(self.layer_of_output[atom])
 
     def follow_output(self, eqn, ins: list[_Var]) -> None:
         """Follow a layer's output through per-channel affine operations: one with the model's state (a running
@@ -325,7 +285,7 @@ class _Walk(SpaceRules):
         self.layer_in.append(in_node)
         self.layer_out.append(out_node)
         self.layer_nonneg.append(activation.nonneg)
-        self.layer_out_vars.append(eqn.outvars[0])
+        self.layer_of_output[eqn.outvars[0]] = index
         self.following[eqn.outvars[0]] = index
         return _Var(weight.leaves | activation.leaves, True, spaces, False)
 
@@ -383,6 +343,20 @@ def _mask_description(spaces: Spaces, node: int | None, group_of_class: dict, fi
     return (spaces.kind[member], tuple(parts))
 
 
+def _input_source(description) -> tuple[int, int]:
+    """``(layer, repeat)``: the layer whose channels a layer reads, ``repeat`` times over (a flattened producer's
+    channels at every position); ``(-1, 1)`` for the model input, a fixed axis or a concatenation."""
+    if description is None:
+        return -1, 1
+    if description[0] == "group":
+        return description[1], 1
+    parts = description[1]
+    groups = [part for part in parts if part[0] == "group"]
+    if description[0] == "product" and len(groups) == 1 and all(part[0] in ("group", "ones") for part in parts):
+        return groups[0][1], int(np.prod([part[1] for part in parts if part[0] == "ones"]))
+    return -1, 1
+
+
 def _resolve(walk: _Walk) -> tuple[dict, set]:
     """Which classes are width groups (class -> first layer) and which are fixed."""
     spaces = walk.spaces
@@ -425,10 +399,11 @@ def discover(closed_jaxpr, leaf_paths: Sequence[str], num_param_leaves: int, num
     sizes = [int(np.prod(var.aval.shape)) for var in jaxpr.invars[:num_param_leaves]]
     walk = _Walk(leaf_paths, sizes)
     args = []
-    for position, var in enumerate(jaxpr.invars):
-        if position < num_param_leaves:
+    for position, (var, kind) in enumerate(zip(jaxpr.invars, input_kinds(len(jaxpr.invars), num_param_leaves,
+                                                                          num_state_leaves), strict=True)):
+        if kind == "param":
             args.append(_Var(frozenset({position}), False, None, False))
-        elif position < num_param_leaves + num_state_leaves:
+        elif kind == "state":
             args.append(_Var(frozenset(), False, None, False, True))
         else:
             args.append(_Var(frozenset(), True, walk.fresh(var.aval), False))
@@ -451,16 +426,7 @@ def discover(closed_jaxpr, leaf_paths: Sequence[str], num_param_leaves: int, num
         root = spaces.find(node) if node is not None else -1 - index
         out_classes.append(group_of_class.get(root, index) if node is not None else index)
         fixed.append(node is None or root not in group_of_class)
-        in_node = walk.layer_in[index]
-        in_root = spaces.find(in_node) if in_node is not None else None
-        source, repeat = group_of_class.get(in_root, -1) if in_root is not None else -1, 1
-        description = in_masks[index]
-        if source < 0 and description is not None and description[0] == "product":
-            groups = [part for part in description[1] if part[0] == "group"]
-            if len(groups) == 1 and all(part[0] in ("group", "ones") for part in description[1]):
-                # a flattened producer: its channels, repeated at every position
-                source = groups[0][1]
-                repeat = int(np.prod([part[1] for part in description[1] if part[0] == "ones"]))
+        source, repeat = _input_source(in_masks[index])
         input_layer.append(source)
         input_repeat.append(repeat)
     return Discovery(layers=tuple(walk.layers), names=tuple(names), in_masks=in_masks, out_classes=tuple(out_classes),

@@ -22,7 +22,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from mpqjax.nn import quant
-from mpqjax.nn.graph import CALL_PRIMITIVES, layer_operands, sub_jaxpr
+from mpqjax.nn.jaxprs import CALL_PRIMITIVES, contracts, input_kinds, layer_operands, sub_jaxpr
 from mpqjax.nn.table import scale_channels
 
 __all__ = ["Plan", "along", "mask_of", "quantized_call"]
@@ -146,16 +146,6 @@ def _bind(eqn, operands):
         return eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
 
 
-def _holds_layer(jaxpr) -> bool:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
-            return True
-        body = sub_jaxpr(eqn)
-        if body is not None and _holds_layer(body[0]):
-            return True
-    return False
-
-
 def _evaluate(jaxpr, consts, args, infos, context: _Context):
     values, known = {}, {}
 
@@ -177,7 +167,7 @@ def _evaluate(jaxpr, consts, args, infos, context: _Context):
         out_infos = (leaves, activation)
         body = sub_jaxpr(eqn) if eqn.primitive.name in CALL_PRIMITIVES else None
         if body is not None and activation and leaves and len(body[0].invars) == len(operands) \
-                and _holds_layer(body[0]):
+                and contracts(body[0]):
             outs = _evaluate(body[0], body[1], operands, operand_infos, context)
         else:
             is_weight = [bool(info[0]) and not info[1] for info in operand_infos]
@@ -213,13 +203,8 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
     jaxpr = closed_jaxpr.jaxpr
     masks = [mask_of(description, widths, plan.base_channels) for description in plan.in_masks]
     context = _Context(plan, bits, masks, clips, calibrate, main_leaf)
-    infos = []
-    for position in range(len(jaxpr.invars)):
-        if position < num_param_leaves:
-            infos.append((frozenset({position}), False))
-        elif position < num_param_leaves + num_state_leaves:
-            infos.append((frozenset(), False))
-        else:
-            infos.append((frozenset(), True))
+    kinds = input_kinds(len(jaxpr.invars), num_param_leaves, num_state_leaves)
+    infos = [(frozenset({position}) if kind == "param" else frozenset(), kind == "input")
+             for position, kind in enumerate(kinds)]
     outputs = _evaluate(jaxpr, closed_jaxpr.consts, list(flat_args), infos, context)
     return outputs, context.stats

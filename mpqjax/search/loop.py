@@ -153,20 +153,17 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
     config.validate()
     if resume and out_dir is not None:
         inputs.check_resumable(out_dir, model=model, dataset=dataset)
-    if model is not None or dataset is not None:
-        shape = None
-        if model is not None and dataset is None:
-            shape = steps.load_dataset(config).input_shape
-        config, model = inputs.prepare_config(config, model=model, dataset=dataset, input_shape=shape)
-    else:
-        config, _ = inputs.prepare_config(config)
+    # a model without a dataset object learns its input shape from the named dataset, loaded once for the search
+    loaded = steps.load_dataset(config) if model is not None and dataset is None else None
+    config, model = inputs.prepare_config(config, model=model, dataset=dataset,
+                                          input_shape=None if loaded is None else loaded.input_shape)
     with inputs.given(model=model, variables=variables, dataset=dataset):
-        return _run(config, out_dir, resume=resume, progress=progress, cache_dir=cache_dir)
+        return _run(config, out_dir, resume=resume, progress=progress, cache_dir=cache_dir, loaded=loaded)
 
 
 def _run(config: SearchConfig, out_dir: str | None, *, resume: bool, progress: Progress | None,
-         cache_dir: str | None) -> SearchResult:
-    """`run` once its inputs are named."""
+         cache_dir: str | None, loaded: data.Dataset | None) -> SearchResult:
+    """`run` once its inputs are named (``loaded``: the named dataset, when `run` already loaded it)."""
     from mpqjax import report  # the top of the house: imported here so the rest stays light
 
     config.validate()
@@ -182,7 +179,7 @@ def _run(config: SearchConfig, out_dir: str | None, *, resume: bool, progress: P
     clock = _Clock(previous.get("timings") if previous else None)
 
     # every check that reads the folder or the inputs runs before the first write
-    setup = _prepare(config)
+    setup = _prepare(config, loaded)
     float_net = _read_float_model(config, setup.dataset, out_dir, resume, previous, clock)
     recorded = _recorded_space(config, setup, out_dir) if resume else None
     logged = len(store.read_jsonl(run_folder.file_path(out_dir, "trials"))) if previous is not None else 0
@@ -227,10 +224,10 @@ class _Setup(NamedTuple):
     full_space: sensitivity.LayerSpace
 
 
-def _prepare(config: SearchConfig) -> _Setup:
+def _prepare(config: SearchConfig, loaded: data.Dataset | None = None) -> _Setup:
     """Data, layer table, target, limits and the unpruned space; raises ValueError when no configuration can meet
     the limits or the space is smaller than the trials."""
-    dataset = steps.load_dataset(config)
+    dataset = loaded if loaded is not None else steps.load_dataset(config)
     table = models.layer_table(inputs.model_named(config.model, input_shape=dataset.input_shape),
                                input_shape=dataset.input_shape)
     target = cost_model.load_target(config.target)

@@ -18,7 +18,7 @@ from mpqjax.nn.models.core import (
     layer_table,
     trace,
 )
-from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, path_text
+from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths, path_text
 from mpqjax.nn.models.own import OwnModel, wrap
 from mpqjax.nn.models.rules import Rules
 from mpqjax.nn.models.sources import as_variables, from_factory
@@ -41,6 +41,7 @@ __all__ = [
     "get",
     "init_variables",
     "layer_table",
+    "leaf_paths",
     "materialize",
     "path_text",
     "scale_channels",

@@ -8,6 +8,7 @@ compared by identity: two wraps of one module are two models.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["RNG", "FlaxFunction", "WidthFactory", "path_text"]
+__all__ = ["RNG", "FlaxFunction", "WidthFactory", "leaf_paths", "path_text"]
 
 # Where `OwnModel.apply` passes the training step's dropout key to `FlaxFunction` (next to the model's state).
 RNG = "__mpqjax_rng__"
@@ -24,15 +25,13 @@ _TRAIN_ARGUMENTS = {"train": True, "training": True, "is_training": True, "deter
 
 
 def path_text(path) -> str:
-    parts = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    """A pytree key path as ``"conv1/kernel"`` (dict keys, attribute names and indices joined with '/')."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def leaf_paths(tree) -> list[str]:
+    """`path_text` of every leaf of ``tree``, in flattening order."""
+    return [path_text(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 class FlaxFunction:
@@ -53,10 +52,9 @@ class FlaxFunction:
         elif nnx is not None and isinstance(module, nnx.Module):
             self.kind = "nnx"
             self.graphdef, self.param_template, self.state_template = nnx.split(module, nnx.Param, ...)
-            self.module = type(module)
         else:
             raise ValueError(f"expected a flax.linen or flax.nnx module, got {type(module).__name__}")
-        self.label = type(module).__name__ if self.kind == "nnx" else type(module).__name__
+        self.label = type(module).__name__
         self._jaxprs: dict = {}
 
     def initial_variables(self, key, input_shape: Sequence[int]) -> dict:
@@ -102,6 +100,20 @@ class FlaxFunction:
         _, _, new_state = nnx.split(module, nnx.Param, ...)
         new_state = nnx.to_pure_dict(new_state)
         return out, ({"batch_stats": new_state} if new_state else {})
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019  (compared by identity, one entry per input shape)
+    def abstract_variables(self, input_shape: tuple[int, ...]) -> dict:
+        """Shapes and dtypes of the model's variables (`initial_variables` without running it)."""
+        return jax.eval_shape(lambda: self.initial_variables(jax.random.key(0), input_shape))
+
+    def eval_jaxpr(self, input_shape: tuple[int, ...]):
+        """``(closed jaxpr, parameter leaf paths, number of state leaves)`` of the inference call on one example."""
+        variables = self.abstract_variables(tuple(input_shape))
+        params = variables["params"]
+        state = {name: value for name, value in variables.items() if name != "params"}
+        x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+        closed, _ = self.jaxpr(params, state, x, False)
+        return closed, leaf_paths(params), len(jax.tree.leaves(state))
 
     def jaxpr(self, params, state, x, train: bool):
         """``(closed jaxpr, output treedef)`` of the call at these shapes (cached per shapes and mode)."""

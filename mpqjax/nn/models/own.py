@@ -39,7 +39,7 @@ from flax import traverse_util
 
 from mpqjax.nn import graph, intercept, quant
 from mpqjax.nn.layers import DEFAULT_ACT_CLIP
-from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, path_text
+from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths, path_text
 from mpqjax.nn.models.rules import Rules
 from mpqjax.nn.table import LayerSpec, LayerTable, scale_channels
 
@@ -113,13 +113,6 @@ class OwnModel:
         return dataclasses.replace(self, **changes)
 
     # -- structure ---------------------------------------------------------------------------------------------
-    def _abstract(self, input_shape: tuple[int, ...]):
-        variables = jax.eval_shape(lambda: self.function.initial_variables(jax.random.key(0), input_shape))
-        params = variables["params"]
-        state = {name: value for name, value in variables.items() if name != "params"}
-        x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-        return params, state, x
-
     def analysis(self, input_shape: Sequence[int] | None = None) -> _Analysis:
         """The layer table and the interceptor's plan at one input shape (cached)."""
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
@@ -135,8 +128,7 @@ class OwnModel:
         import hashlib
 
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
-        params, state, x = self._abstract(shape)
-        closed = jax.make_jaxpr(lambda p, s, v: self.function(p, s, v, False)[0])(params, state, x)
+        closed = self.function.eval_jaxpr(tuple(int(size) for size in shape))[0]
         return hashlib.sha256(str(closed).encode()).hexdigest()[:16]
 
     def pinned_bits(self) -> dict[str, int]:
@@ -167,7 +159,7 @@ class OwnModel:
         if self.model_function is self.function:
             return self.with_clips(base, shape)
         wide = jax.tree.map(np.array, self.model_function.initial_variables(key, shape))
-        flat_base = {path_text(p): v for p, v in jax.tree_util.tree_flatten_with_path(base)[0]}
+        flat_base = dict(zip(leaf_paths(base), jax.tree.leaves(base), strict=True))
         analysis = self.analysis(shape)
         ones = np.ones(len(analysis.table), np.float32)
         reads = {}  # weight path -> (input-channel axes, which input channels exist at width 1)
@@ -197,10 +189,10 @@ class OwnModel:
             ValueError: a missing or unexpected leaf, or a leaf of another shape, named by its path.
         """
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
-        expected = jax.eval_shape(lambda: self.function.initial_variables(jax.random.key(0), shape))  # at width 1
+        expected = self.function.abstract_variables(tuple(int(size) for size in shape))  # at width 1
         given = {name: variables[name] for name in expected if name in variables}
-        flat_expected = {path_text(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
-        flat_given = {path_text(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(given)[0]}
+        flat_expected = dict(zip(leaf_paths(expected), jax.tree.leaves(expected), strict=True))
+        flat_given = dict(zip(leaf_paths(given), jax.tree.leaves(given), strict=True))
         for path, leaf in flat_expected.items():
             if path not in flat_given:
                 raise ValueError(f"variables do not fit model {self.name!r}: {path!r} is missing")
@@ -301,13 +293,8 @@ def _forward(model: OwnModel, variables, x, bits, widths, rng, *, train: bool, m
 
 def _discover(function: FlaxFunction, rules: Rules, name: str, input_shape: tuple[int, ...]):
     """``(discovery, kept, weight paths)`` of one module: its layers with the rules applied."""
-    variables = jax.eval_shape(lambda: function.initial_variables(jax.random.key(0), input_shape))
-    params = variables["params"]
-    state = {key: value for key, value in variables.items() if key != "params"}
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    closed = jax.make_jaxpr(lambda p, s, v: function(p, s, v, False)[0])(params, state, x)
-    paths = [path_text(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    num_params, num_state = len(paths), len(jax.tree.leaves(state))
+    closed, paths, num_state = function.eval_jaxpr(input_shape)
+    num_params = len(paths)
     found = graph.discover(closed, paths, num_params, num_state)
     if not found.layers:
         raise ValueError(f"model {name!r} has no quantisable layer (no convolution or dense contraction of its input "

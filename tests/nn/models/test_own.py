@@ -382,3 +382,31 @@ def test_from_factory_with_a_width_argument_is_a_width_factory(monkeypatch):
     model = from_factory("user_models:make_width_cnn", input_shape=(8, 8, 1), max_width=1.25)
     assert model.factory is not None and model.max_width == 1.25
     assert model.init_variables(jax.random.key(0))["params"]["Conv_0"]["kernel"].shape[-1] == 10
+
+
+def test_a_layer_inside_a_loop_or_a_branch_is_refused_by_name():
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return nn.relu(nn.Dense(8)(x)), None
+
+    class Scanned(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(8)(x)
+            scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+            x, _ = scan(name="blocks")(x, None)
+            return nn.Dense(10)(x)
+
+    class Branched(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 10))
+            return jax.lax.cond(x.sum() > 0, lambda v: v @ kernel, lambda v: -(v @ kernel), x)
+
+    with pytest.raises(ValueError, match=r"layer 'blocks/Dense_0' runs inside scan .* write the loop as a Python"):
+        wrap(Scanned(), input_shape=(4,))
+    with pytest.raises(ValueError, match=r"layer 'kernel' runs inside cond"):
+        wrap(Branched(), input_shape=(4,))
