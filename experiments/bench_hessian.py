@@ -77,7 +77,7 @@ def setup(name: str, batch_size: int, *, train_epochs: int = 0, seed: int = 0):
     input_shape = split.x.shape[1:]
     batch = (jnp.asarray(split.x[:batch_size]), jnp.asarray(split.y[:batch_size]))
     table = models.layer_table(name, input_shape=input_shape)
-    model = models.get(name, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table))
+    model = models.get(name, quantize=False, num_classes=dataset.num_classes, max_width=1.0)
     init_key, train_key = jax.random.split(key)
     variables = models.init_variables(init_key, model, input_shape)
     if train_epochs:

@@ -4,11 +4,10 @@
 * compiled_steps: training-step programs compiled by whole searches of a user's linen model with 4 and with 8
   trials (the float model's step included): the count does not grow with the trials;
 * step_seconds: median time of one jitted training step (digits, batch 64) of
-  - the zoo's digits_cnn through its own quantised layers (``zoo_qconv``, masked at max_width 1.25 as a search
-    builds it, and ``zoo_qconv_width1`` at max_width 1),
-  - the same float network traced and quantised by the interceptor (``intercepted``),
-  - the float network (``float``),
-  and a user's residual linen CNN intercepted and in float; ratios against the zoo path and the float model.
+  - the zoo's digits_cnn quantised by the interceptor (``zoo``, at max_width 1.25 as a search builds it, and
+    ``zoo_width1`` at max_width 1),
+  - the same network in float (``float``),
+  and a user's residual linen CNN quantised and in float; ratios against the float models.
 
 Usage: python experiments/bench_own_model.py [--quick]
 """
@@ -96,20 +95,16 @@ def median_step_seconds(model, variables, x, y, bits, widths, repeats: int) -> f
 def step_times(dataset, repeats: int) -> dict:
     x, y = dataset.train.x[:64], dataset.train.y[:64]
     shape = dataset.input_shape
-    zoo_float = models.get("digits_cnn", quantize=False, widths=(1.0,) * 4)
+    zoo_float = models.get("digits_cnn", quantize=False, max_width=1.0)
     float_variables = models.init_variables(jax.random.key(0), zoo_float, shape)
     bits = jnp.asarray([8, 4, 3, 6], jnp.float32)
     widths = jnp.asarray([1.0, 0.75, 0.875, 1.0], jnp.float32)
     ones = jnp.ones(4, jnp.float32)
     times = {}
-    for label, max_width in (("zoo_qconv", 1.25), ("zoo_qconv_width1", 1.0)):
+    for label, max_width in (("zoo", 1.25), ("zoo_width1", 1.0)):
         zoo = models.get("digits_cnn", max_width=max_width)
         variables = models.transfer_variables(jax.random.key(1), zoo, zoo_float, float_variables, input_shape=shape)
         times[label] = median_step_seconds(zoo, variables, x, y, bits, widths, repeats)
-    intercepted = models.wrap(zoo_float, input_shape=shape)
-    variables = intercepted.clone(quantize=True).with_clips(float_variables, shape)
-    times["intercepted"] = median_step_seconds(intercepted.clone(quantize=True), variables, x, y, bits, widths,
-                                               repeats)
     times["float"] = median_step_seconds(zoo_float, float_variables, x, y, jnp.full(4, 32.0), ones, repeats)
     user = models.wrap(ResidualCNN(), input_shape=shape)
     user_variables = user.init_variables(jax.random.key(0))
@@ -133,9 +128,8 @@ def main() -> None:
         "compiled_steps": {"trials_4": compiled_steps(4, dataset), "trials_8": compiled_steps(8, dataset)},
         "step_seconds": times,
         "ratios": {
-            "intercepted_vs_zoo_qconv": times["intercepted"] / times["zoo_qconv"],
-            "intercepted_vs_zoo_qconv_width1": times["intercepted"] / times["zoo_qconv_width1"],
-            "intercepted_vs_float": times["intercepted"] / times["float"],
+            "zoo_vs_float": times["zoo"] / times["float"],
+            "zoo_width1_vs_float": times["zoo_width1"] / times["float"],
             "user_intercepted_vs_float": times["user_intercepted"] / times["user_float"],
         },
         "machine": {"devices": [str(device) for device in jax.devices()], "jax": jax.__version__,

@@ -78,7 +78,7 @@ def bench_model(name: str, *, populations, strategies, train_examples: int, epoc
 
     dataset = _dataset(name, train_examples, seed)
     table = models.layer_table(name, input_shape=dataset.input_shape)
-    float_model = models.get(name, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table))
+    float_model = models.get(name, quantize=False, num_classes=dataset.num_classes, max_width=1.0)
     float_variables = models.init_variables(jax.random.key(seed), float_model, dataset.input_shape)
     model = models.get(name, num_classes=dataset.num_classes, max_width=1.25)
     key = jax.random.key(seed)

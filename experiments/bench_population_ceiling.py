@@ -80,7 +80,7 @@ def bench_model(name: str, *, population: int, batch_size: int, steps: int, repe
     row["vmapped_speedup"] = population * row["one_member_seconds"] / row["vmapped_seconds"]
     row["ceiling_speedup"] = population * row["one_member_seconds"] / row["shared_weights_seconds"]
     if quantize:  # how much of one whole evaluation (transfer, calibration, fine-tune, validation) is steps
-        float_model = models.get(name, quantize=False, num_classes=10, widths=(1.0,) * len(table))
+        float_model = models.get(name, quantize=False, num_classes=10, max_width=1.0)
         float_variables = models.init_variables(jax.random.key(0), float_model, input_shape)
         train_x, train_y = batch(batch_size * steps)
         dataset = data.Dataset("random", data.Split(np.asarray(train_x), np.asarray(train_y)),

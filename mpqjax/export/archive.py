@@ -1,7 +1,7 @@
 """Reading an mpqjax file: an ``.npz`` archive with a JSON ``__config__`` entry naming its format.
 
-Both file kinds (`mpqjax.export.model_file`, `mpqjax.export.program`) read their entries here, so a missing,
-truncated, foreign or newer file gives the same one-line messages for both.
+Every file kind (`mpqjax.export.program`) reads its entries here, so a missing, truncated, foreign or newer file
+gives the same one-line messages for each.
 """
 
 from __future__ import annotations

@@ -74,10 +74,15 @@ def _exported_program(forward, variables, input_spec, platforms):
         return forward(jax.tree_util.tree_unflatten(treedef, arguments[:-1]), arguments[-1])
 
     specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+    # Without Python tracebacks in its locations, the same model gives the same bytes from any caller.
+    previous_limit = jax.config.jax_traceback_in_locations_limit
+    jax.config.update("jax_traceback_in_locations_limit", 0)
     try:
         exported = jax.export.export(jax.jit(program), platforms=platforms)(*specs, input_spec)
     except Exception as error:  # any failure of the user's code is reported the same way
         raise ValueError(f"forward fails to trace at export ({one_line(error)})") from None
+    finally:
+        jax.config.update("jax_traceback_in_locations_limit", previous_limit)
     if len(exported.out_avals) != 1 or exported.out_tree != jax.tree_util.tree_structure(0):
         raise ValueError(f"forward must return one array (the logits), got {len(exported.out_avals)} outputs")
     return exported, names, leaves

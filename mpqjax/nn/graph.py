@@ -12,12 +12,15 @@ operands of a contraction between activations. A layer's output channels start a
 axis (the input's, spatial axes, a reshape that splits an axis) starts a *fixed* one. A space whose class holds a
 fixed member cannot be narrowed; the layers whose outputs share one class form a width group. Concatenation along
 an axis and zero padding make a *composite* space (its segments side by side), flattening makes a *product* space.
-Whatever mixes channels other than a layer (a reduction over them, slicing, gathering, a contraction between
-activations, an operation not listed here) fixes the spaces involved: a narrowed model then equals the model with
-those channels removed.
+Whatever mixes channels other than a layer (a reduction over them, slicing part of them, gathering, a contraction
+between activations, an operation not listed here) fixes the spaces involved: a narrowed model then equals the model
+with those channels removed.
 
 A layer reads its input through a *mask description* (`Discovery.in_masks`): which channel spaces its contracted
 axis is made of, so that `mpqjax.nn.intercept` can zero the inactive input channels at a configuration's widths.
+A composite joined with a width group (a zero-padding shortcut added to a residual stream) would carry its segments'
+inactive channels into the group, since masks are applied where values are read: such a concatenation or padding
+masks its segments where it forms instead (`Discovery.formations`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ from collections.abc import Sequence
 import numpy as np
 from jax.extend import core as jex_core
 
-from mpqjax.nn.jaxprs import CALL_PRIMITIVES, bodies, contracts, input_kinds, layer_operands, sub_jaxpr
+from mpqjax.nn.jaxprs import (
+    CALL_PRIMITIVES,
+    COMPOSING,
+    FoundLayer,
+    bodies,
+    contracts,
+    describe_layer,
+    input_kinds,
+    layer_operands,
+    sub_jaxpr,
+)
 from mpqjax.nn.spaces import SpaceRules, Spaces
 
-__all__ = ["Discovery", "FoundLayer", "discover"]
+__all__ = ["Discovery", "discover"]
 
 _NONNEG_UNARY = frozenset({"exp", "exp2", "logistic", "abs", "sqrt", "rsqrt", "square"})
 _NONNEG_KEEP = frozenset({"convert_element_type", "reshape", "transpose", "broadcast_in_dim", "squeeze", "reduce_max",
@@ -39,62 +52,6 @@ _NONNEG_KEEP = frozenset({"convert_element_type", "reshape", "transpose", "broad
                           "slice", "dynamic_slice", "gather", "copy", "copy_p", "sharding_constraint", "expand_dims",
                           "rev", "cumsum", "cummax", "sort"})
 _NONNEG_BOTH = frozenset({"add", "mul", "div", "min", "concatenate", "select_n", "pad"})
-
-
-@dataclasses.dataclass(frozen=True)
-class FoundLayer:
-    """One layer as the walk meets it: its weight leaf, the operand positions and the op's static facts."""
-
-    leaf: int
-    weight_position: int  # operand index of the weight (0 or 1)
-    kind: str  # "conv", "depthwise", "dense"
-    in_channels: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    groups: int
-    out_hw: tuple[int, int]
-    in_axes: tuple[int, ...] = ()  # the weight's input-channel (contracted) axes
-
-
-def _pair(sizes) -> tuple[int, int]:
-    """Spatial sizes as (height, width): 1-D padded with 1, 3-D and more folded into the width."""
-    sizes = [int(size) for size in sizes] + [1, 1]
-    return sizes[0], int(np.prod(sizes[1:]))
-
-
-def _describe(eqn, weight_position: int, leaf: int) -> FoundLayer:
-    """A layer's kind, channels, kernel, stride, groups and output size from its equation."""
-    weight_shape = eqn.invars[weight_position].aval.shape
-    out_shape = eqn.outvars[0].aval.shape
-    if eqn.primitive.name == "conv_general_dilated":
-        numbers = eqn.params["dimension_numbers"]
-        lhs_shape = eqn.invars[0].aval.shape
-        in_channels = lhs_shape[numbers.lhs_spec[1]]
-        out_channels = out_shape[numbers.out_spec[1]]
-        groups = int(eqn.params["feature_group_count"])
-        kernel = _pair([weight_shape[axis] for axis in numbers.rhs_spec[2:]])
-        out_hw = _pair([out_shape[axis] for axis in numbers.out_spec[2:]])
-        stride = (tuple(eqn.params["window_strides"]) + (1, 1))[:2]
-        kind = "depthwise" if groups == in_channels and groups == out_channels and groups > 1 else "conv"
-        return FoundLayer(leaf, weight_position, kind, in_channels, out_channels, kernel, stride, groups, out_hw,
-                          (numbers.rhs_spec[1],))
-    (contracting, batch) = eqn.params["dimension_numbers"]
-    weight_contracting = contracting[weight_position]
-    weight_batch = batch[weight_position]
-    in_channels = int(np.prod([weight_shape[axis] for axis in weight_contracting]))
-    free = [size for axis, size in enumerate(weight_shape)
-            if axis not in weight_contracting and axis not in weight_batch]
-    out_channels = int(np.prod(free + [weight_shape[axis] for axis in weight_batch]))
-    # positions of one example that each apply the weight (tokens of a sequence): the dense layer's "pixels"
-    activation_shape = eqn.invars[1 - weight_position].aval.shape
-    act_contracting = contracting[1 - weight_position]
-    act_batch = batch[1 - weight_position]
-    act_free = [size for axis, size in enumerate(activation_shape)
-                if axis not in act_contracting and axis not in act_batch]
-    positions = int(np.prod(act_free[1:])) if act_free else 1
-    return FoundLayer(leaf, weight_position, "dense", in_channels, out_channels, (1, 1), (1, 1), 1, (positions, 1),
-                      tuple(weight_contracting))
 
 
 @dataclasses.dataclass
@@ -114,7 +71,7 @@ class Discovery:
     """What `discover` found.
 
     Attributes:
-        layers: the layers in execution order (`FoundLayer`).
+        layers: the layers in execution order (`mpqjax.nn.jaxprs.FoundLayer`).
         names: each layer's name (its weight path, ``kernel`` dropped).
         in_masks: each layer's input mask description (`mpqjax.nn.intercept.mask_of` builds the mask).
         out_classes: each layer's output space class (layers of one class share a width multiplier).
@@ -127,6 +84,9 @@ class Discovery:
         use_bias: per layer, whether a parameter vector is added to its output right away.
         batch_norm: per layer, whether a batch norm (an affine map with the model's running statistics) follows.
         main_leaf: ``{parameter leaves a weight is computed from: the leaf that names it}``.
+        formations: ``{composition: ((operand, axis, mask description), ...)}``: the concatenations and paddings
+            (numbered in the order the walk meets them, `mpqjax.nn.jaxprs.COMPOSING`) whose result joins a width
+            group; each listed operand is masked along ``axis`` as the segments are laid side by side.
     """
 
     layers: tuple
@@ -140,6 +100,7 @@ class Discovery:
     use_bias: tuple
     batch_norm: tuple
     main_leaf: dict
+    formations: dict = dataclasses.field(default_factory=dict)
 
 
 def _leaf_name(path: str) -> str:
@@ -163,6 +124,7 @@ class _Walk(SpaceRules):
         self.batch_norm: set[int] = set()
         self.following: dict = {}  # variables computed from a layer's output by per-channel affine operations
         self.main_leaf: dict = {}
+        self.compositions: list[list] = []  # per concatenation or padding: [(composite node, axis, operands)]
 
     # -- values ------------------------------------------------------------------------------------------------
     def read(self, env, atom) -> _Var:
@@ -216,7 +178,10 @@ class _Walk(SpaceRules):
             return [self.layer(eqn, ins, weight_position)]
         self.note_bias(eqn, ins)
         self.follow_output(eqn, ins)
+        first_new = len(self.spaces.parent)
         outs = self.activation_spaces(eqn, ins)
+        if name in COMPOSING:
+            self.note_composition(eqn, outs[0], first_new)
         return [_Var(leaves, True, spaces, self.nonneg(eqn, ins)) for spaces in outs]
 
     def note_bias(self, eqn, ins: list[_Var]) -> None:
@@ -240,6 +205,16 @@ class _Walk(SpaceRules):
         if any(var.state and not var.activation for var in ins):
             self.batch_norm.add(layer)
 
+    def note_composition(self, eqn, out_spaces: tuple, first_new: int) -> None:
+        """Number a concatenation or padding; note the composite spaces it made (nodes from ``first_new`` on) and
+        which operand each of their parts is."""
+        made = []
+        for axis, node in enumerate(out_spaces):
+            if node >= first_new and self.spaces.kind[node] == "concat":
+                operands = tuple(range(len(eqn.invars))) if eqn.primitive.name == "concatenate" else (0, None)
+                made.append((node, axis, operands))
+        self.compositions.append(made)
+
     def nonneg(self, eqn, ins: list[_Var]) -> bool:
         name = eqn.primitive.name
         if name in _NONNEG_UNARY:
@@ -258,7 +233,7 @@ class _Walk(SpaceRules):
     def layer(self, eqn, ins: list[_Var], weight_position: int) -> _Var:
         weight, activation = ins[weight_position], ins[1 - weight_position]
         leaf = max(weight.leaves, key=lambda index: self.leaf_sizes[index])
-        found = _describe(eqn, weight_position, leaf)
+        found = describe_layer(eqn, weight_position, leaf)
         self.main_leaf[weight.leaves] = leaf
         index = len(self.layers)
         out_aval = eqn.outvars[0].aval
@@ -357,16 +332,24 @@ def _input_source(description) -> tuple[int, int]:
     return -1, 1
 
 
-def _resolve(walk: _Walk) -> tuple[dict, set]:
-    """Which classes are width groups (class -> first layer) and which are fixed."""
+def _resolve(walk: _Walk) -> tuple[dict, set, set]:
+    """Which classes are width groups (class -> first layer), which are fixed, and which composite nodes are masked
+    where they form."""
     spaces = walk.spaces
     fixed_classes = {spaces.find(k) for k in range(len(spaces.parent)) if spaces.kind[k] == "fixed"}
-    # a composite or product joined with a layer group would leak the segments' inactive channels: fix it
+    formed = {node for made in walk.compositions for node, _, _ in made}
+    masked_at_formation = set()
+    # A composite joined with a layer group would leak its segments' inactive channels (masks are applied where
+    # values are read): a concatenation or padding masks its segments as it forms instead, when none of them is in
+    # the group itself. A product (a flattening) joined with a group fixes both.
     for k in range(len(spaces.parent)):
         if spaces.kind[k] in ("concat", "product"):
             root = spaces.find(k)
             joined_with_layer = any(spaces.find(node) == root for node in walk.layer_out if node is not None)
-            if joined_with_layer or root in fixed_classes:
+            parts_apart = all(part is None or spaces.find(part) != root for part, _ in spaces.parts[k])
+            if joined_with_layer and root not in fixed_classes and k in formed and parts_apart:
+                masked_at_formation.add(k)
+            elif joined_with_layer or root in fixed_classes:
                 fixed_classes.add(root)
                 for part, _ in spaces.parts[k]:
                     if part is not None:
@@ -378,7 +361,25 @@ def _resolve(walk: _Walk) -> tuple[dict, set]:
         root = spaces.find(node)
         if root not in fixed_classes:
             group_of_class.setdefault(root, index)
-    return group_of_class, fixed_classes
+    masked_at_formation = {k for k in masked_at_formation if spaces.find(k) in group_of_class}
+    return group_of_class, fixed_classes, masked_at_formation
+
+
+def _formations(walk: _Walk, masked: set, group_of_class: dict, fixed_classes: set) -> dict:
+    """`Discovery.formations`: per numbered composition, the operands to mask as their segments are laid out."""
+    formations = {}
+    for number, made in enumerate(walk.compositions):
+        masks = []
+        for node, axis, operands in made:
+            if node not in masked:
+                continue
+            for (part, _), operand in zip(walk.spaces.parts[node], operands, strict=True):
+                description = _mask_description(walk.spaces, part, group_of_class, fixed_classes)
+                if operand is not None and description is not None:
+                    masks.append((operand, axis, description))
+        if masks:
+            formations[number] = tuple(masks)
+    return formations
 
 
 def discover(closed_jaxpr, leaf_paths: Sequence[str], num_param_leaves: int, num_state_leaves: int, *,
@@ -413,7 +414,7 @@ def discover(closed_jaxpr, leaf_paths: Sequence[str], num_param_leaves: int, num
     for index in fixed_layers:  # a layer left in float reads and writes every channel
         walk.spaces.fix(walk.layer_out[index])
         walk.spaces.fix(walk.layer_in[index])
-    group_of_class, fixed_classes = _resolve(walk)
+    group_of_class, fixed_classes, masked_at_formation = _resolve(walk)
     spaces = walk.spaces
     names, counts = [], {}
     for found in walk.layers:
@@ -434,4 +435,5 @@ def discover(closed_jaxpr, leaf_paths: Sequence[str], num_param_leaves: int, num
                      input_repeat=tuple(input_repeat),
                      use_bias=tuple(index in walk.bias_after for index in range(len(walk.layers))),
                      batch_norm=tuple(index in walk.batch_norm for index in range(len(walk.layers))),
-                     main_leaf=dict(walk.main_leaf))
+                     main_leaf=dict(walk.main_leaf),
+                     formations=_formations(walk, masked_at_formation, group_of_class, fixed_classes))

@@ -3,8 +3,9 @@
 `quantized_call` evaluates the jaxpr of ``forward(params, state, x)`` equation by equation. Every layer that
 `mpqjax.nn.graph.discover` found (a convolution or contraction of an activation with a weight) runs on quantised
 operands instead: its weight fake-quantised per output channel and its input per tensor, at the layer's bit-width
-(`mpqjax.nn.quant`), after the input channels that the configuration's widths switch off are zeroed. Everything else
-runs as traced, custom derivative rules included (a call is entered only when a layer is inside it).
+(`mpqjax.nn.quant`), after the input channels that the configuration's widths switch off are zeroed. The
+concatenations and paddings the plan names mask their operands as they form. Everything else runs as traced, custom
+derivative rules included (a call is entered only when a layer, a concatenation or a padding is inside it).
 
 Bit-widths, widths and clipping values are ordinary arrays here, never Python values: one compiled program serves
 every configuration and a population vmaps over them. Qwix takes its quantisation settings as static Python values
@@ -22,7 +23,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from mpqjax.nn import quant
-from mpqjax.nn.jaxprs import CALL_PRIMITIVES, contracts, input_kinds, layer_operands, sub_jaxpr
+from mpqjax.nn.jaxprs import CALL_PRIMITIVES, COMPOSING, composes, contracts, input_kinds, layer_operands, sub_jaxpr
 from mpqjax.nn.table import scale_channels
 
 __all__ = ["Plan", "along", "mask_of", "quantized_call"]
@@ -39,6 +40,8 @@ class Plan:
         signed: per layer, whether its input may be negative (signed activation quantiser).
         base_channels: per layer, its output channels at width 1 (what a width multiplier scales).
         act_clipping: ``"calibrated"``, ``"pact"`` or ``"lsq"``.
+        formations: ``{composition: ((operand, axis, mask description), ...)}``: concatenations and paddings whose
+            operands are masked as they form (`mpqjax.nn.graph.Discovery.formations`).
     """
 
     layer_of_leaf: dict
@@ -46,18 +49,24 @@ class Plan:
     signed: tuple
     base_channels: tuple
     act_clipping: str = "calibrated"
+    formations: dict = dataclasses.field(default_factory=dict)
 
     def __hash__(self):
         return hash((tuple(sorted(self.layer_of_leaf.items())), self.in_masks, self.signed, self.base_channels,
-                     self.act_clipping))
+                     self.act_clipping, tuple(sorted(self.formations.items()))))
 
 
-def mask_of(description, widths, base_channels: Sequence[int]):
+def mask_of(description, widths, base_channels: Sequence[int], ranks=None):
     """The float32 channel mask a description gives at ``widths`` (None: every channel kept).
+
+    A width group keeps its ``active`` channels of lowest rank: ``ranks[layer]`` (a group's channel ranks, keyed by
+    its first layer: 0 for the most important channel) when given, else the channel's position (the first ones).
 
     Example:
         >>> mask_of(("group", 0, 4), jnp.array([0.5]), [4]).tolist()
         [1.0, 1.0, 0.0, 0.0]
+        >>> mask_of(("group", 0, 4), jnp.array([0.5]), [4], {0: jnp.array([3, 0, 2, 1])}).tolist()
+        [0.0, 1.0, 0.0, 1.0]
     """
     if description is None:
         return None
@@ -67,8 +76,9 @@ def mask_of(description, widths, base_channels: Sequence[int]):
     if kind == "group":
         _, layer, size = description
         active = scale_channels(base_channels[layer], widths[layer])
-        return (jnp.arange(size) < active).astype(jnp.float32)
-    parts = [mask_of(part, widths, base_channels) for part in description[1]]
+        rank = (ranks or {}).get(layer)
+        return ((jnp.arange(size) if rank is None else rank) < active).astype(jnp.float32)
+    parts = [mask_of(part, widths, base_channels, ranks) for part in description[1]]
     if kind == "concat":
         return jnp.concatenate(parts)
     mask = parts[0]
@@ -106,8 +116,24 @@ class _Context:
     clips: jax.Array
     calibrate: bool
     main_leaf: dict
+    widths: jax.Array
+    ranks: dict
     stats: dict = dataclasses.field(default_factory=dict)
     seen: dict = dataclasses.field(default_factory=dict)
+    compositions: int = 0
+
+    def compose(self, eqn, operands, infos):
+        """A concatenation or padding, its operands masked where the plan says so."""
+        number, self.compositions = self.compositions, self.compositions + 1
+        operands = list(operands)
+        for operand, axis, description in self.plan.formations.get(number, ()):
+            value = operands[operand]
+            if not infos[operand][1] or value.shape[axis] != _mask_size(description):
+                raise ValueError(f"the traced model differs from the one analysed at concatenation or padding "
+                                 f"number {number} ({eqn.primitive.name})")
+            mask = mask_of(description, self.widths, self.plan.base_channels, self.ranks)
+            operands[operand] = value * along(mask, value.ndim, [axis], value.shape).astype(value.dtype)
+        return _bind(eqn, operands)
 
     def layer(self, eqn, operands, weight_position: int, leaf: int):
         occurrence = self.seen.get(leaf, 0) + 1
@@ -141,6 +167,13 @@ class _Context:
         return _bind(eqn, quantized)
 
 
+def _mask_size(description) -> int:
+    if description[0] in ("ones", "group"):
+        return description[-1]
+    sizes = [_mask_size(part) for part in description[1]]
+    return int(sum(sizes)) if description[0] == "concat" else int(np.prod(sizes))
+
+
 def _bind(eqn, operands):
     with eqn.ctx.manager:
         return eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
@@ -166,9 +199,11 @@ def _evaluate(jaxpr, consts, args, infos, context: _Context):
         activation = any(info[1] for info in operand_infos)
         out_infos = (leaves, activation)
         body = sub_jaxpr(eqn) if eqn.primitive.name in CALL_PRIMITIVES else None
-        if body is not None and activation and leaves and len(body[0].invars) == len(operands) \
-                and contracts(body[0]):
+        if body is not None and activation and len(body[0].invars) == len(operands) \
+                and ((leaves and contracts(body[0])) or composes(body[0])):
             outs = _evaluate(body[0], body[1], operands, operand_infos, context)
+        elif activation and eqn.primitive.name in COMPOSING:
+            outs = [context.compose(eqn, operands, operand_infos)]
         else:
             is_weight = [bool(info[0]) and not info[1] for info in operand_infos]
             weight_position = layer_operands(eqn, is_weight, [info[1] for info in operand_infos])
@@ -185,7 +220,7 @@ def _evaluate(jaxpr, consts, args, infos, context: _Context):
 
 
 def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_leaves: int, plan: Plan,
-                   main_leaf: dict, bits, widths, clips, calibrate: bool = False):
+                   main_leaf: dict, bits, widths, clips, ranks=None, calibrate: bool = False):
     """Evaluate a traced ``forward(params, state, x)`` with its layers quantised and masked.
 
     Args:
@@ -195,14 +230,17 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
         plan: the layers (`Plan`).
         main_leaf: ``{frozenset of leaves: the weight leaf}`` for weights computed from several leaves.
         bits, widths, clips: ``[L]`` float32 arrays: bit-widths, width multipliers, activation clips.
+        ranks: ``{first layer of a width group: its channels' ranks}`` (see `mask_of`); a group without an entry
+            keeps its first channels.
         calibrate: also return each layer's input statistics (`mpqjax.nn.quant.calibration_stats`).
 
     Returns:
         ``(outputs, stats)``: the jaxpr's outputs and ``{layer index: stats}`` (empty unless ``calibrate``).
     """
     jaxpr = closed_jaxpr.jaxpr
-    masks = [mask_of(description, widths, plan.base_channels) for description in plan.in_masks]
-    context = _Context(plan, bits, masks, clips, calibrate, main_leaf)
+    ranks = dict(ranks or {})
+    masks = [mask_of(description, widths, plan.base_channels, ranks) for description in plan.in_masks]
+    context = _Context(plan, bits, masks, clips, calibrate, main_leaf, widths, ranks)
     kinds = input_kinds(len(jaxpr.invars), num_param_leaves, num_state_leaves)
     infos = [(frozenset({position}) if kind == "param" else frozenset(), kind == "input")
              for position, kind in enumerate(kinds)]

@@ -30,6 +30,7 @@ from mpqjax.nn.config import MIN_BITS as MIN_BITS  # kept reachable here: caller
 __all__ = [
     "CALIBRATION_METHODS",
     "CLIPPING_MODES",
+    "DEFAULT_ACT_CLIP",
     "FLOAT_BITS",
     "PASS_THROUGH_BITS",
     "calibration_stats",
@@ -43,6 +44,8 @@ __all__ = [
 
 PASS_THROUGH_BITS = MAX_BITS
 FLOAT_BITS = 32
+# A layer's activation clip before calibration or training sets it.
+DEFAULT_ACT_CLIP = 4.0
 CLIPPING_MODES = ("calibrated", "pact", "lsq")
 CALIBRATION_METHODS = ("max", "percentile", "mse")
 
@@ -79,16 +82,11 @@ def is_pass_through(bits):
 def quantize_weights(kernel, bits):
     """Symmetric per-output-channel fake-quantisation of a kernel whose last axis is the output channel.
 
-    Gradient (straight-through estimator): the scale ``max|w| / levels`` is a constant in the backward pass and
-    rounding passes the gradient unchanged, so ``d q / d w`` is the clip's derivative at ``u = w / scale``:
-
-    * 1 where ``|u| < levels``: every weight but a channel's largest-magnitude one(s), up to float32 rounding of
-      ``scale / scale`` (0.99999994 instead of 1 now and then);
-    * for a channel's largest-magnitude weight(s) ``|u|`` is ``levels`` up to the float32 rounding of the division
-      (which depends on how XLA compiles it: under `jax.jit` it multiplies by a reciprocal), and the gradient is
-      1 where ``|u|`` rounds below ``levels``, 1/2 where it equals ``levels`` exactly (`jax.numpy.clip` splits a
-      tie) and 0 where it rounds above;
-    * 1 everywhere (exactly the identity) at bit-widths >= 16, which return ``kernel``.
+    Gradient (straight-through estimator): the scale ``max|w| / levels`` is a constant in the backward pass, and the
+    clipping and the rounding pass the gradient unchanged, so ``d q / d w`` is 1 for every weight (up to the float32
+    rounding of ``scale / scale``: 0.99999994 now and then), whatever the compiler does with the division; exactly 1
+    at bit-widths >= 16, which return ``kernel``. (A channel's largest weight sits on the clipping bound up to that
+    rounding; a clip's own derivative would give it 1, 1/2 or 0 depending on how the division compiles.)
 
     Args:
         kernel: weights, any shape ``(..., out_channels)``.
@@ -107,7 +105,8 @@ def quantize_weights(kernel, bits):
     levels = signed_levels(bits)
     max_abs = jnp.max(jnp.abs(kernel), axis=reduce_axes, keepdims=True)
     scale = jax.lax.stop_gradient(jnp.maximum(max_abs, _TINY) / levels)
-    units = jnp.clip(kernel / scale, -levels, levels)
+    units = kernel / scale
+    units = units + jax.lax.stop_gradient(jnp.clip(units, -levels, levels) - units)
     quantized = (round_ste(units) * scale).astype(kernel.dtype)
     return jnp.where(is_pass_through(bits), kernel, quantized)
 

@@ -162,6 +162,21 @@ class SpaceRules:
             spaces.append(nodes[0])
         return [tuple(spaces)]
 
+    def _slice(self, eqn, ins):
+        """Axes taken whole keep their space (a strided spatial subsampling); any other axis is fixed."""
+        spaces = []
+        shape = eqn.invars[0].aval.shape
+        strides = eqn.params["strides"] or (1,) * len(shape)
+        for axis, node in enumerate(ins[0].spaces):
+            whole = (eqn.params["start_indices"][axis], eqn.params["limit_indices"][axis], strides[axis]) == (
+                0, shape[axis], 1)
+            if whole:
+                spaces.append(node)
+            else:
+                self.spaces.fix(node)
+                spaces.append(self.spaces.new(eqn.outvars[0].aval.shape[axis]))
+        return [tuple(spaces)]
+
     def _pad(self, eqn, ins):
         source = ins[0].spaces
         spaces = []

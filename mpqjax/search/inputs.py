@@ -36,7 +36,7 @@ _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 @dataclasses.dataclass(frozen=True)
 class Given:
-    """Inputs given as objects: a wrapped model (`mpqjax.nn.models.OwnModel`), its float variables, a dataset."""
+    """Inputs given as objects: a wrapped model (`mpqjax.nn.models.Model`), its float variables, a dataset."""
 
     model: Any = None
     variables: Any = None
@@ -102,8 +102,6 @@ def model_named(name: str, **model_kwargs):
         model_kwargs.pop("num_classes", None)
         model_kwargs.pop("input_shape", None)
         return model.clone(**model_kwargs)
-    if ":" not in name:  # a zoo model knows its input shape
-        model_kwargs.pop("input_shape", None)
     return models.get(name, **model_kwargs)
 
 

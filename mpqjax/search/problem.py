@@ -245,9 +245,9 @@ class Problem:
     table: models.LayerTable
     target: Any
     limits: objective.Limits
-    float_model: models.QModel
+    float_model: models.Model
     float_variables: dict
-    quant_model: models.QModel
+    quant_model: models.Model
     layer_space: sensitivity.LayerSpace
 
     def cost(self, bits, widths) -> cost_model.Cost:

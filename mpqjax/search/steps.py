@@ -105,7 +105,7 @@ def load_dataset(config: SearchConfig) -> data.Dataset:
 class FloatModel(NamedTuple):
     """A trained float model at width 1: the module, its ``{'params', 'batch_stats'}`` and where they came from."""
 
-    model: models.QModel
+    model: models.Model
     variables: dict
     source: str
 
@@ -128,48 +128,41 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
             key's data, so a different seed or schedule trains a new model.
 
     Returns:
-        A `FloatModel` ``(model, variables, source)``: the float `QModel`, its ``{'params', 'batch_stats'}`` and a
+        A `FloatModel` ``(model, variables, source)``: the float `Model`, its ``{'params', 'batch_stats'}`` and a
         description of where they came from.
 
     Raises:
         ValueError: the checkpoint is missing, unreadable or of another model, or the training diverged.
     """
-    table = models.layer_table(inputs.model_named(name, input_shape=dataset.input_shape),
-                               input_shape=dataset.input_shape)
-    # materialised at width 1, so its parameters are exactly the table's base layers
-    model = inputs.model_named(name, quantize=False, num_classes=dataset.num_classes, widths=(1.0,) * len(table),
+    # the model at width 1, so its parameters are exactly the table's layers
+    model = inputs.model_named(name, quantize=False, num_classes=dataset.num_classes, max_width=1.0,
                                input_shape=dataset.input_shape)
     given = inputs.given_variables(model) if checkpoint is None else None
     if given is not None:
         return FloatModel(model, model.check_variables(given, dataset.input_shape), "variables given to the search")
-    if checkpoint is not None and not isinstance(model, models.QModel):  # a user's model reads its own layout
-        variables = models.as_variables(model, store.read_checkpoint(checkpoint))
-        return FloatModel(model, model.check_variables(variables, dataset.input_shape), f"checkpoint {checkpoint}")
-    template = models.init_variables(key, model, dataset.input_shape)
-    template = {collection: template[collection] for collection in ("params", "batch_stats") if collection in template}
     if checkpoint is not None:
         try:
-            return FloatModel(model, store.load_variables(checkpoint, template), f"checkpoint {checkpoint}")
+            variables = models.as_variables(model, store.read_checkpoint(checkpoint))
+            return FloatModel(model, model.check_variables(variables, dataset.input_shape), f"checkpoint {checkpoint}")
         except ValueError as error:
             raise ValueError(f"{error} (expected a float {name} at width 1 for {dataset.name})") from None
     key_data = "-".join(str(int(v)) for v in np.asarray(jax.random.key_data(key)).reshape(-1))
-    label = f"{name}-{dataset.name}".replace(":", "-").replace("/", "-")
-    if not isinstance(model, models.QModel) or inputs.given_dataset() is dataset:
-        # a user's code and data can change under one name: the entry is keyed by what they compute and hold
-        label += "-" + _fingerprint(model, dataset)
+    # the entry is keyed by what the model computes and, for data given as arrays, by what they hold
+    label = f"{name}-{dataset.name}".replace(":", "-").replace("/", "-") + "-" + _fingerprint(model, dataset)
     cache_name = (f"{label}-{'x'.join(map(str, dataset.input_shape))}-{dataset.num_classes}-k{key_data}"
                   f"-e{epochs}-lr{learning_rate:g}-b{batch_size}-wd{weight_decay:g}.msgpack")
     cached = os.path.join(cache_dir or default_cache_dir(), "float", cache_name)
     if os.path.isfile(cached):
         try:
-            return FloatModel(model, store.load_variables(cached, template), f"cache {cached}")
-        except ValueError:
+            variables = model.check_variables(store.read_checkpoint(cached), dataset.input_shape)
+            return FloatModel(model, variables, f"cache {cached}")
+        except (ValueError, OSError):
             pass  # a stale or damaged cache entry: train again and overwrite it
     variables, losses = train.train_float(key, model, dataset, epochs=epochs, learning_rate=learning_rate,
                                           batch_size=batch_size, weight_decay=weight_decay)
     if not np.all(np.isfinite(losses)):
         raise ValueError(f"training the float {name} diverged (non-finite loss); lower the float learning rate")
-    variables = {collection: variables[collection] for collection in template}
+    variables = {name: variables[name] for name in ("params", "batch_stats") if name in variables}
     with contextlib.suppress(OSError):  # a read-only cache only costs the next run a retraining
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         store.save_variables(cached, variables)
@@ -177,12 +170,12 @@ def float_model(key, name: str, dataset: data.Dataset, *, checkpoint: str | None
 
 
 def _fingerprint(model, dataset: data.Dataset) -> str:
-    """A digest of what a model computes (its traced program) and of the training examples."""
+    """A digest of what a model computes (its traced program) and, for data given as arrays, of its examples."""
     digest = hashlib.sha256()
-    if not isinstance(model, models.QModel):
-        digest.update(model.fingerprint(dataset.input_shape).encode())
-    for array in (dataset.train.x, dataset.train.y):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(model.fingerprint(dataset.input_shape).encode())
+    if inputs.given_dataset() is dataset:
+        for array in (dataset.train.x, dataset.train.y):
+            digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -206,7 +199,7 @@ def float_model_of(config: SearchConfig, dataset: data.Dataset, *, checkpoint: s
 # -- the sensitivity analysis --------------------------------------------------------------------------------------
 
 
-def analyze_sensitivity(key, model: models.QModel, variables, dataset: data.Dataset, *,
+def analyze_sensitivity(key, model: models.Model, variables, dataset: data.Dataset, *,
                         batch_size: int = SearchConfig.hessian_batch_size,
                         num_batches: int = SearchConfig.hessian_batches,
                         max_probes: int = SearchConfig.hessian_max_probes, tol: float = SearchConfig.hessian_tol,
@@ -293,15 +286,15 @@ def layer_space_from_summary(table: models.LayerTable, summary: dict, widths: Se
 # -- training and export of a configuration ------------------------------------------------------------------------
 
 
-def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[float] = ()) -> models.QModel:
+def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[float] = ()) -> models.Model:
     """The masked quantised model of a search: wide enough for every width multiplier of ``config.widths`` (and
     of ``widths``), so all its configurations share one compiled training step."""
     return inputs.model_named(config.model, num_classes=num_classes,
                               max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
 
 
-def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.QModel,
-                           float_variables, quant_model: models.QModel, bits, widths, *, epochs: int,
+def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.Model,
+                           float_variables, quant_model: models.Model, bits, widths, *, epochs: int,
                            learning_rate: float):
     """Train a configuration from the float model with the search's batch size, calibration and weight decay;
     returns ``(variables, losses)`` (`mpqjax.training.train.finetune`). A trial and the final training differ only
@@ -319,7 +312,7 @@ class Trained(NamedTuple):
     test_accuracy: float
 
 
-def final_training(config: SearchConfig, dataset: data.Dataset, float_net: FloatModel, quant_model: models.QModel,
+def final_training(config: SearchConfig, dataset: data.Dataset, float_net: FloatModel, quant_model: models.Model,
                    bits, widths, *, what: str = "the best configuration") -> Trained:
     """The final training of a configuration (``final_epochs`` at ``final_learning_rate``, the search's final key)
     and its validation and test accuracies.
@@ -343,25 +336,18 @@ def final_training(config: SearchConfig, dataset: data.Dataset, float_net: Float
     return Trained(variables, validation, test)
 
 
-def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant_model: models.QModel,
+def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant_model: models.Model,
                    trained: Trained, bits, widths) -> None:
-    """Export a trained configuration (`mpqjax.export.export_model`) with its dataset and accuracies."""
+    """Export a trained configuration as a self-contained program (`mpqjax.export.export_program`) with its
+    configuration, dataset and accuracies."""
     from mpqjax import export  # the top of the house: imported when used, so the steps stay light
 
-    if not isinstance(quant_model, models.QModel):  # a user's model: a self-contained program
-        table = models.layer_table(quant_model, input_shape=dataset.input_shape)
-        bits_array, widths_array = train.config_arrays(quant_model, bits, widths, dataset.input_shape)
-        export.export_program(
-            path, lambda variables, x: quant_model.apply(variables, x, bits_array, widths_array),
-            trained.variables, input_shape=dataset.input_shape,
-            metadata={"model": config.model, "dataset": config.dataset, "num_classes": dataset.num_classes,
-                      "layers": list(table.names), "bits": [int(b) for b in np.asarray(bits)],
-                      "widths": [float(w) for w in np.asarray(widths)], "test_accuracy": trained.test_accuracy,
-                      "validation_accuracy": trained.validation_accuracy})
-        return
-    export.export_model(path, model_name=config.model,
-                        model_kwargs={"num_classes": dataset.num_classes, "max_width": quant_model.max_width},
-                        variables=trained.variables, bits=bits, widths=widths, input_shape=dataset.input_shape,
-                        num_classes=dataset.num_classes,
-                        metadata={"test_accuracy": trained.test_accuracy, "dataset": config.dataset,
-                                  "validation_accuracy": trained.validation_accuracy})
+    table = models.layer_table(quant_model, input_shape=dataset.input_shape)
+    bits_array, widths_array = train.config_arrays(quant_model, bits, widths, dataset.input_shape)
+    export.export_program(
+        path, lambda variables, x: quant_model.apply(variables, x, bits_array, widths_array),
+        trained.variables, input_shape=dataset.input_shape,
+        metadata={"model": config.model, "dataset": config.dataset, "num_classes": dataset.num_classes,
+                  "layers": list(table.names), "bits": [int(b) for b in np.asarray(bits)],
+                  "widths": [float(w) for w in np.asarray(widths)], "test_accuracy": trained.test_accuracy,
+                  "validation_accuracy": trained.validation_accuracy})

@@ -44,7 +44,7 @@ class Clock(Protocol):
     def to_dict(self) -> dict[str, float]: ...
 
 
-def choose_population(config: SearchConfig, quant_model: models.QModel, dataset: data.Dataset) -> dict:
+def choose_population(config: SearchConfig, quant_model: models.Model, dataset: data.Dataset) -> dict:
     """The population size and strategy of a search (``search.json``'s ``population``), measured when asked.
 
     An explicit size with an explicit strategy (or size 1) is taken as is, after checking that it fits in memory;

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mpqjax.nn.models import QModel, init_variables, trace
+from mpqjax.nn.models import Model, init_variables, layer_table
 from mpqjax.training import train
 
 __all__ = [
@@ -142,13 +142,13 @@ def to_host(array) -> np.ndarray:
 # -- memory ---------------------------------------------------------------------------------------------------------
 
 
-def member_memory_bytes(model: QModel, input_shape, *, batch_size: int) -> int:
+def member_memory_bytes(model: Model, input_shape, *, batch_size: int) -> int:
     """Device memory one configuration's training step needs: arguments + outputs + temporaries of the compiled step.
 
     XLA's own accounting; the same compilation serves the sequential strategy afterwards. A backend without memory
     accounting gets the state's size times 9 (the state and 8x it in temporaries).
     """
-    table = trace(model, input_shape=input_shape)[0]
+    table = layer_table(model, input_shape=input_shape)
     state = train.init_state(init_variables(jax.random.key(0), model, tuple(input_shape)))  # values do not matter
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), state)
     x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
@@ -193,7 +193,7 @@ def free_memory_bytes(mesh: Mesh | None = None) -> tuple[int, str]:
     return total, f"memory of {len(devices)} {devices[0].platform.upper()} device(s)"
 
 
-def max_population(model: QModel, input_shape, *, batch_size: int, mesh: Mesh | None = None,
+def max_population(model: Model, input_shape, *, batch_size: int, mesh: Mesh | None = None,
                    memory_bytes: int | None = None, minimum: int = 1) -> int:
     """The largest population that fits: ``MEMORY_FRACTION`` of the free memory over one member's need.
 

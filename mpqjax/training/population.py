@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mpqjax.data import Dataset, Split
-from mpqjax.nn.models import QModel, trace, transfer_variables
+from mpqjax.nn.models import Model, layer_table, transfer_variables
 from mpqjax.training import train
 from mpqjax.training.devices import (
     AXIS,
@@ -72,16 +72,14 @@ def check_strategy(strategy: str) -> None:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
-def config_arrays(model: QModel, bits, widths, input_shape) -> tuple[np.ndarray, np.ndarray]:
+def config_arrays(model: Model, bits, widths, input_shape) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``[P, L]`` float32 bits and widths of a population (each row checked like one configuration).
 
     Raises:
         ValueError: not 2-D, rows of another length than the model's layer table, a population of 0, rows of
             different lengths (mixed model shapes), or any invalid bit-width or width.
     """
-    if model.widths is not None:
-        raise ValueError("a population needs a masked model (widths=None); materialised models have one width")
-    length = len(trace(model, input_shape=input_shape)[0])
+    length = len(layer_table(model, input_shape=input_shape))
     arrays = []
     for label, values in (("bits", bits), ("widths", widths)):
         try:
@@ -137,7 +135,7 @@ def init_state(variables, mesh: Mesh) -> train.TrainState:
 
 
 @functools.lru_cache(maxsize=32)
-def vmapped_step(model: QModel, mesh: Mesh):
+def vmapped_step(model: Model, mesh: Mesh):
     """The jitted step of a population: `mpqjax.training.train.step_function` vmapped over the members.
 
     ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, losses[P])``, the state and the ``[P, L]``
@@ -150,7 +148,7 @@ def vmapped_step(model: QModel, mesh: Mesh):
 
 
 @functools.lru_cache(maxsize=32)
-def scanned_steps(model: QModel, mesh: Mesh):
+def scanned_steps(model: Model, mesh: Mesh):
     """The jitted ``lax.scan`` of S population steps (`vmapped_step`'s computation), for the ``"scan"`` strategy.
 
     ``(state, xs[S, B...], ys[S, B], bits, widths, rates[S], weight_decay) -> (state, losses[S, P])``.
@@ -171,14 +169,14 @@ def scanned_steps(model: QModel, mesh: Mesh):
 
 
 @functools.lru_cache(maxsize=32)
-def _vmapped_forward(model: QModel, mesh: Mesh):
+def _vmapped_forward(model: Model, mesh: Mesh):
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
     forward = jax.vmap(train.forward_function(model), in_axes=(0, None, 0, 0))
     return jax.jit(forward, in_shardings=(members, replicated, members, members), out_shardings=members)
 
 
 @functools.lru_cache(maxsize=32)
-def _vmapped_calibration(model: QModel, mesh: Mesh):
+def _vmapped_calibration(model: Model, mesh: Mesh):
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
     stats = jax.vmap(train.calibration_function(model), in_axes=(0, None, 0, 0))
     return jax.jit(stats, in_shardings=(members, replicated, members, members), out_shardings=members)
@@ -193,7 +191,7 @@ def scan_chunk(steps_per_epoch: int) -> int:
 # -- fine-tune and evaluate ---------------------------------------------------------------------------------------
 
 
-def train_population(key, model: QModel, variables, data: Dataset | Split, *, bits, widths, epochs: int,
+def train_population(key, model: Model, variables, data: Dataset | Split, *, bits, widths, epochs: int,
                      batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 1e-4,
                      strategy: str = "vmap", mesh: Mesh | None = None):
     """Train every member of a population from its own variables on the same batches.
@@ -257,7 +255,7 @@ def train_population(key, model: QModel, variables, data: Dataset | Split, *, bi
     return train.state_variables(state), np.asarray(losses, np.float32)
 
 
-def calibrate(model: QModel, variables, x, *, bits, widths, method: str = "mse", batch_size: int = 256,
+def calibrate(model: Model, variables, x, *, bits, widths, method: str = "mse", batch_size: int = 256,
               num_batches: int = 4, mesh: Mesh | None = None):
     """`mpqjax.training.train.calibrate` of every member of a population, each at its own bits and widths.
 
@@ -285,7 +283,7 @@ def calibrate(model: QModel, variables, x, *, bits, widths, method: str = "mse",
         batch_size=batch_size, num_batches=num_batches, to_host=to_host, to_device=lambda clips: place(clips, members))
 
 
-def finetune(key, float_model: QModel, float_variables, model: QModel, data: Dataset, *, bits, widths,
+def finetune(key, float_model: Model, float_variables, model: Model, data: Dataset, *, bits, widths,
              epochs: int = 4, batch_size: int = 64, learning_rate: float = 1e-3, calibration: str = "mse",
              weight_decay: float = 1e-4, strategy: str = "vmap", mesh: Mesh | None = None):
     """`mpqjax.training.train.finetune` of every configuration of a population, together.
@@ -335,7 +333,7 @@ def finetune(key, float_model: QModel, float_variables, model: QModel, data: Dat
     return jax.tree.map(lambda leaf: to_host(leaf)[:size], variables), losses[:size]
 
 
-def predict(model: QModel, variables, x, *, bits, widths, batch_size: int = 512, mesh: Mesh | None = None):
+def predict(model: Model, variables, x, *, bits, widths, batch_size: int = 512, mesh: Mesh | None = None):
     """Logits ``[P, N, C]`` of every member of a population for ``x`` (batch norm in inference mode)."""
     mesh = population_mesh() if mesh is None else mesh
     bits, widths = config_arrays(model, bits, widths, x.shape[1:])
@@ -350,7 +348,7 @@ def predict(model: QModel, variables, x, *, bits, widths, batch_size: int = 512,
     return logits[:size]
 
 
-def evaluate(model: QModel, variables, split: Split, *, bits, widths, batch_size: int = 512,
+def evaluate(model: Model, variables, split: Split, *, bits, widths, batch_size: int = 512,
              mesh: Mesh | None = None) -> np.ndarray:
     """Top-1 accuracy ``[P]`` of every member of a population on ``split``."""
     logits = predict(model, variables, split.x, bits=bits, widths=widths, batch_size=batch_size, mesh=mesh)

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mpqjax.data import Dataset
-from mpqjax.nn.models import QModel, init_variables, trace
+from mpqjax.nn.models import Model, init_variables, layer_table
 from mpqjax.training import population, train
 from mpqjax.training.devices import (
     max_population,
@@ -59,7 +59,7 @@ class Choice:
                 "measurements": [dict(m) for m in self.measurements]}
 
 
-def choose(model: QModel, data: Dataset, *, batch_size: int, steps_per_configuration: int,
+def choose(model: Model, data: Dataset, *, batch_size: int, steps_per_configuration: int,
            populations: Sequence[int] | None = None, strategies: Sequence[str] = population.STRATEGIES,
            max_size: int | None = None,
            mesh: Mesh | None = None, memory_bytes: int | None = None, tolerance: float = 0.1,
@@ -96,7 +96,7 @@ def choose(model: QModel, data: Dataset, *, batch_size: int, steps_per_configura
     if populations is None:
         populations = sorted({min(size, cap) for size in (1, 4, 16)})
     populations = sorted({padded_size(size, mesh) for size in populations if size >= 1 and size <= max(cap, 1)})
-    table = trace(model, input_shape=data.input_shape)[0]
+    table = layer_table(model, input_shape=data.input_shape)
     chunk = population.scan_chunk(len(data.train) // batch_size)
     x, y = data.train.x[:batch_size], data.train.y[:batch_size]
     base = init_variables(jax.random.key(0), model, data.input_shape)  # values do not matter
@@ -132,7 +132,7 @@ def _time_steps(call: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _step_seconds(model: QModel, variables, x, y, bits, widths, *, strategy: str, chunk: int, mesh: Mesh,
+def _step_seconds(model: Model, variables, x, y, bits, widths, *, strategy: str, chunk: int, mesh: Mesh,
                  repeats: int) -> float:
     """Median seconds of one training step of a whole population under ``strategy``.
 

@@ -22,7 +22,7 @@ from flax import traverse_util
 from mpqjax.data import Dataset, Split, batches
 from mpqjax.nn import quant
 from mpqjax.nn.config import check_config
-from mpqjax.nn.models import QModel, init_variables, trace, transfer_variables
+from mpqjax.nn.models import Model, init_variables, layer_table, transfer_variables
 
 __all__ = [
     "CALIBRATION_COLUMNS",
@@ -113,11 +113,11 @@ def as_float32(values):
     return np.asarray(values, np.float32)
 
 
-def config_arrays(model: QModel, bits, widths, input_shape) -> tuple[jax.Array, jax.Array]:
+def config_arrays(model: Model, bits, widths, input_shape) -> tuple[jax.Array, jax.Array]:
     """Validated per-layer ``(bits, widths)`` float32 arrays of one configuration.
 
     Args:
-        model: a zoo model; a materialised one (fixed widths) uses its own widths whatever ``widths`` says.
+        model: a model (`mpqjax.nn.models.get`, `mpqjax.nn.models.wrap`).
         bits: ``[L]`` bit-widths, a scalar for every layer, or None for float.
         widths: ``[L]`` width multipliers, a scalar for every layer, or None for 1.
         input_shape: one example's shape (traces the layer table).
@@ -126,27 +126,23 @@ def config_arrays(model: QModel, bits, widths, input_shape) -> tuple[jax.Array, 
         ``(bits, widths)``, each ``[L]`` float32.
 
     Raises:
-        ValueError: a length other than the layer table's, or an invalid bit-width or width (naming the layer).
+        ValueError: a length other than the layer table's, or an invalid bit-width or width (naming the layer);
+            per-layer widths other than 1 on a layer whose channels the graph fixes.
     """
-    table = trace(model, input_shape=input_shape)[0]
+    table = layer_table(model, input_shape=input_shape)
     length = len(table)
     # None is float: the layers' internal FLOAT_BITS, not a user's bit-width, so only the widths are checked.
     float_model = bits is None
-    # a user's model refuses a width other than 1 on a layer the graph fixes, when widths come per layer
-    strict_fixed = not isinstance(model, QModel) and widths is not None and np.ndim(widths) > 0
-    if model.widths is not None:
-        widths = np.asarray(model.widths)
-    else:
-        widths = 1.0 if widths is None else widths
-        widths = np.full(length, widths) if np.ndim(widths) == 0 else np.asarray(widths)
-    max_width = None if model.widths is not None else model.max_width
-    bits, widths = check_config(table, None if float_model else bits, widths, max_width=max_width,
+    strict_fixed = widths is not None and np.ndim(widths) > 0
+    widths = 1.0 if widths is None else widths
+    widths = np.full(length, widths) if np.ndim(widths) == 0 else np.asarray(widths)
+    bits, widths = check_config(table, None if float_model else bits, widths, max_width=model.max_width,
                                 strict_fixed=strict_fixed)
     bits = np.full(length, quant.FLOAT_BITS) if float_model else bits
     return jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32)
 
 
-def step_function(model: QModel):
+def step_function(model: Model):
     """The (unjitted) training step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)``.
 
     `train_step` jits it for one configuration; `mpqjax.training.population` vmaps it over a population of
@@ -174,7 +170,7 @@ def step_function(model: QModel):
 
 
 @functools.lru_cache(maxsize=64)
-def train_step(model: QModel):
+def train_step(model: Model):
     """The jitted step ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, loss)`` of a model.
 
     ``bits`` and ``widths`` are ``[L]`` float32 arrays (`config_arrays`); another dtype compiles another program.
@@ -182,12 +178,12 @@ def train_step(model: QModel):
     return jax.jit(step_function(model), donate_argnums=0)
 
 
-def forward_function(model: QModel):
+def forward_function(model: Model):
     """The (unjitted) inference forward pass ``(variables, x, bits, widths) -> logits``."""
     return lambda variables, x, bits, widths: model.apply(variables, x, bits, widths, train=False)
 
 
-def calibration_function(model: QModel):
+def calibration_function(model: Model):
     """The (unjitted) ``(variables, x, bits, widths) -> statistics`` of every layer's input (`calibrate`)."""
 
     def stats(variables, x, bits, widths):
@@ -198,12 +194,12 @@ def calibration_function(model: QModel):
 
 
 @functools.lru_cache(maxsize=64)
-def _predict(model: QModel):
+def _predict(model: Model):
     return jax.jit(forward_function(model))
 
 
 @functools.lru_cache(maxsize=64)
-def _calibration_stats(model: QModel):
+def _calibration_stats(model: Model):
     return jax.jit(calibration_function(model))
 
 
@@ -225,13 +221,13 @@ def schedule(key, data: Dataset | Split, *, epochs: int, batch_size: int, learni
             step += 1
 
 
-def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, batch_size: int = 64,
+def train(key, model: Model, variables, data: Dataset | Split, *, epochs: int, batch_size: int = 64,
           learning_rate: float = 3e-3, weight_decay: float = 1e-4, bits=None, widths=None):
     """Train ``model`` from ``variables`` at one configuration; returns ``(variables, losses)``.
 
     Args:
         key: PRNG key for shuffling.
-        model: a zoo model (float, masked or materialised).
+        model: a model (float or quantised).
         variables: initial variables (`mpqjax.nn.models.init_variables`, `transfer_variables` or a previous run).
         data: a `Dataset` (its train split is used, augmented as its ``augmentation`` says) or a `Split` (used as
             it is).
@@ -256,7 +252,7 @@ def train(key, model: QModel, variables, data: Dataset | Split, *, epochs: int, 
     return state_variables(state), np.asarray(jax.device_get(losses), np.float32)
 
 
-def predict(model: QModel, variables, x, *, bits=None, widths=None, batch_size: int = 512) -> np.ndarray:
+def predict(model: Model, variables, x, *, bits=None, widths=None, batch_size: int = 512) -> np.ndarray:
     """Logits for ``x`` in batches of one fixed shape (the last one padded), so one compilation serves all."""
     bits_array, widths_array = config_arrays(model, bits, widths, x.shape[1:])
     return logits_in_batches(_predict(model), variables, x, bits_array, widths_array, batch_size=batch_size)
@@ -279,13 +275,13 @@ def logits_in_batches(forward, variables, x, bits, widths, *, batch_size: int = 
     return np.concatenate(outputs, axis=-2)
 
 
-def evaluate(model: QModel, variables, split: Split, *, bits=None, widths=None, batch_size: int = 512) -> float:
+def evaluate(model: Model, variables, split: Split, *, bits=None, widths=None, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``split`` at a configuration (batch norm in inference mode)."""
     logits = predict(model, variables, split.x, bits=bits, widths=widths, batch_size=batch_size)
     return float(np.mean(np.argmax(logits, axis=-1) == split.y))
 
 
-def calibrate(model: QModel, variables, x, *, bits=None, widths=None, method: str = "mse", batch_size: int = 256,
+def calibrate(model: Model, variables, x, *, bits=None, widths=None, method: str = "mse", batch_size: int = 256,
               num_batches: int = 4):
     """Set every layer's activation clip from a few batches of ``x``: the mean over batches of the per-batch max,
     99.99th percentile or MSE-optimal clip (at the layer's bit-width) of its input.
@@ -304,7 +300,7 @@ def calibrate(model: QModel, variables, x, *, bits=None, widths=None, method: st
                           batch_size=batch_size, num_batches=num_batches)
 
 
-def calibrate_with(stats_fn, model: QModel, variables, x, bits, widths, *, method: str, batch_size: int,
+def calibrate_with(stats_fn, model: Model, variables, x, bits, widths, *, method: str, batch_size: int,
                    num_batches: int, to_host=np.asarray, to_device=jnp.asarray):
     """`calibrate` with a given compiled statistics function (`calibration_function`, jitted or vmapped).
 
@@ -326,12 +322,12 @@ def calibrate_with(stats_fn, model: QModel, variables, x, bits, widths, *, metho
     return traverse_util.unflatten_dict(flat)
 
 
-def finetune(key, float_model: QModel, float_variables, model: QModel, data: Dataset, *, bits, widths=None,
+def finetune(key, float_model: Model, float_variables, model: Model, data: Dataset, *, bits, widths=None,
              epochs: int = 4, batch_size: int = 64, learning_rate: float = 1e-3, calibration: str = "mse",
              weight_decay: float = 1e-4):
     """Quantisation-aware fine-tune of a configuration starting from a trained width-1 float model.
 
-    Transfers the float weights (`mpqjax.nn.models.transfer_variables`: narrowed layers keep their highest-L1
+    Transfers the float weights (`mpqjax.nn.models.transfer_variables`: narrowed layers keep their most important
     channels, widened ones get new channels with zero consumer weights), calibrates the activation clips, then
     trains at ``bits`` and ``widths``.
 
@@ -345,7 +341,7 @@ def finetune(key, float_model: QModel, float_variables, model: QModel, data: Dat
                  learning_rate=learning_rate, weight_decay=weight_decay, bits=bits, widths=widths)
 
 
-def train_float(key, model: QModel, data: Dataset, *, epochs: int = 20, batch_size: int = 64,
+def train_float(key, model: Model, data: Dataset, *, epochs: int = 20, batch_size: int = 64,
                 learning_rate: float = 3e-3, weight_decay: float = 1e-4):
     """Initialise and train a float model; returns ``(variables, losses)``."""
     init_key, train_key = jax.random.split(key)

@@ -64,7 +64,7 @@ def test_search_then_report_then_train_the_best_configuration(searched, tmp_path
     assert summary["bits"] == [row["bits"] for row in best["layers"]]
     assert summary["test_accuracy"] == best["test_accuracy"]
     assert summary["validation_accuracy"] == best["final_validation_accuracy"]
-    assert export.load_model(trained / "model.npz").bits.tolist() == summary["bits"]
+    assert export.load_program(trained / "model.npz").metadata["bits"] == summary["bits"]
     exported, retrained = np.load(out / "model.npz"), np.load(trained / "model.npz")
     assert sorted(retrained.files) == sorted(exported.files)
     for name in exported.files:

@@ -20,7 +20,7 @@ def test_trains_bits_and_widths_given_per_layer_or_once_and_the_float_model(tmp_
     summary = json.loads((out / "train.json").read_text())
     assert summary["bits"] == [8, 4, 8] and summary["widths"] == [1.0, 1.0, 1.0] and summary["epochs"] == 1
     assert 0 < summary["test_accuracy"] <= 1 and summary["cost"]["size_bytes"] > 0
-    assert export.load_model(out / "model.npz").bits.tolist() == [8, 4, 8]
+    assert export.load_program(out / "model.npz").metadata["bits"] == [8, 4, 8]
     assert "training mlp at bits [8, 4, 8]" in capsys.readouterr().out
 
     again = tmp_path / "again"  # the same settings train the same model

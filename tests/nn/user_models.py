@@ -1,14 +1,16 @@
 """Models written as a user writes them: plain flax.linen and flax.nnx, no mpqjax layer (tests of
-`mpqjax.nn.models.own`, `mpqjax.nn.graph` and `mpqjax.nn.intercept`).
+`mpqjax.nn.models.model`, `mpqjax.nn.graph` and `mpqjax.nn.intercept`).
 
 Every model is tiny (8x8 images, 4-16 channels). The factories at the end are what ``"user_models:make_cnn"`` names
-once this directory is on ``sys.path``.
+once this directory is on ``sys.path``; `random_variables` stands in for a trained model's variables.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -281,3 +283,26 @@ def make_width_cnn(width: float = 1.0):
 def make_narrow_at_any_width(width: float = 1.0):
     """A broken width factory: the width is ignored, so the wider module has no room for wider layers."""
     return WidthCNN(1.0)
+
+
+def random_variables(model, seed=0):
+    """Variables of the shapes ``model.init_variables`` gives, drawn on the host (compiling the model's random
+    initialisers costs seconds): He-scaled kernels, small random biases and batch statistics, clips of 4, channels
+    ranked in order."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            values = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+        elif name in ("scale", "var"):
+            values = 0.5 + rng.uniform(size=leaf.shape)
+        elif name == "act_clip":
+            values = np.full(leaf.shape, 4.0)
+        elif name == "channel_rank":
+            values = np.arange(leaf.shape[0])
+        else:
+            values = 0.1 * rng.standard_normal(leaf.shape)
+        return jnp.asarray(values, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init_variables, jax.random.key(0)))

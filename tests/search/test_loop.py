@@ -92,11 +92,11 @@ def test_the_progress_events_say_where_the_search_writes_and_number_trials_as_th
 @pytest.mark.slow
 def test_the_exported_model_reproduces_the_reported_test_accuracy(finished):
     result, out, _ = finished
-    loaded = export.load_model(out / "model.npz")
+    program = export.load_program(out / "model.npz")
     dataset = data.load("digits", seed=0)
-    accuracy = train.evaluate(loaded.model, loaded.variables, dataset.test, bits=loaded.bits)
+    accuracy = float(np.mean(program(dataset.test.x).argmax(-1) == dataset.test.y))
     assert accuracy == pytest.approx(result.best["test_accuracy"], abs=1e-9)
-    assert list(loaded.bits) == [row["bits"] for row in result.best["layers"]]
+    assert program.metadata["bits"] == [row["bits"] for row in result.best["layers"]]
 
 
 def _comparable(records):

@@ -85,8 +85,6 @@ def test_config_arrays_broadcast_scalars_and_default_to_float_at_width_one(maske
     assert bits.tolist() == [4, 4, 4] and widths.tolist() == [1, 1, 1]
     bits, widths = train.config_arrays(masked_mlp, None, [1.25, 0.75, 1.0], digits.input_shape)
     assert bits.tolist() == [quant.FLOAT_BITS] * 3 and widths.tolist() == [1.25, 0.75, 1.0]
-    materialised = models.get("mlp", hidden=(32, 16), widths=(0.75, 1.0, 1.0))  # its own widths, whatever is given
-    assert train.config_arrays(materialised, 8, 1.25, digits.input_shape)[1].tolist() == [0.75, 1.0, 1.0]
     with pytest.raises(ValueError, match="bits has 2 entries"):
         train.config_arrays(masked_mlp, [4, 4], None, digits.input_shape)
 

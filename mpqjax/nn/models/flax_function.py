@@ -15,10 +15,11 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["RNG", "FlaxFunction", "WidthFactory", "leaf_paths", "path_text"]
 
-# Where `OwnModel.apply` passes the training step's dropout key to `FlaxFunction` (next to the model's state).
+# Where `Model.apply` passes the training step's dropout key to `FlaxFunction` (next to the model's state).
 RNG = "__mpqjax_rng__"
 _TRAIN_ARGUMENTS = {"train": True, "training": True, "is_training": True, "deterministic": False,
                     "use_running_average": False}
@@ -40,7 +41,7 @@ class FlaxFunction:
     ``state`` holds the non-parameter collections (``{"batch_stats": ...}``). Compared by identity.
     """
 
-    def __init__(self, module, *, train_argument: str | None = "auto"):
+    def __init__(self, module, *, train_argument: str | None = "auto", initializer=None):
         try:
             from flax import nnx
         except ImportError:  # pragma: no cover - flax always ships nnx in the supported versions
@@ -55,19 +56,28 @@ class FlaxFunction:
         else:
             raise ValueError(f"expected a flax.linen or flax.nnx module, got {type(module).__name__}")
         self.label = type(module).__name__
+        self.initializer = initializer
         self._jaxprs: dict = {}
+        self._inits: dict = {}
 
     def initial_variables(self, key, input_shape: Sequence[int]) -> dict:
-        """The model's variables: ``module.init`` for linen, the module's current state for NNX."""
+        """The model's variables: ``module.init`` for linen (or the ``initializer`` given, a function of the key
+        and the variables' shapes), the module's current state for NNX."""
         if self.kind == "nnx":
             from flax import nnx
 
             variables = {"params": nnx.to_pure_dict(self.param_template)}
             state = nnx.to_pure_dict(self.state_template)
             return {**variables, "batch_stats": state} if state else variables
-        x = jnp.zeros((1, *input_shape), jnp.float32)
-        kwargs = {} if self.train_argument is None else {self.train_argument: not _TRAIN_ARGUMENTS[self.train_argument]}
-        return dict(jax.jit(lambda init_key: self.module.init(init_key, x, **kwargs))(key))
+        shape = tuple(int(size) for size in input_shape)
+        if self.initializer is not None:
+            return self.initializer(key, self.abstract_variables(shape))
+        if shape not in self._inits:  # one compiled initialisation per input shape
+            x = np.zeros((1, *shape), np.float32)  # a host constant: the cached program holds no tracer
+            kwargs = {} if self.train_argument is None else {
+                self.train_argument: not _TRAIN_ARGUMENTS[self.train_argument]}
+            self._inits[shape] = jax.jit(lambda init_key: self.module.init(init_key, x, **kwargs))
+        return dict(self._inits[shape](key))
 
     def __call__(self, params, state, x, train: bool):
         """Run the model; ``state[RNG]``, when present, is the training step's key for dropout."""
@@ -104,6 +114,11 @@ class FlaxFunction:
     @functools.lru_cache(maxsize=8)  # noqa: B019  (compared by identity, one entry per input shape)
     def abstract_variables(self, input_shape: tuple[int, ...]) -> dict:
         """Shapes and dtypes of the model's variables (`initial_variables` without running it)."""
+        if self.kind == "linen":
+            x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+            kwargs = {} if self.train_argument is None else {
+                self.train_argument: not _TRAIN_ARGUMENTS[self.train_argument]}
+            return dict(jax.eval_shape(lambda v: self.module.init(jax.random.key(0), v, **kwargs), x))
         return jax.eval_shape(lambda: self.initial_variables(jax.random.key(0), input_shape))
 
     def eval_jaxpr(self, input_shape: tuple[int, ...]):
@@ -142,9 +157,10 @@ class WidthFactory:
     width. Both must have the same layers, the wider one at least ``width`` times the channels of each.
     """
 
-    def __init__(self, build, *, train_argument: str | None = "auto", label: str = ""):
+    def __init__(self, build, *, train_argument: str | None = "auto", label: str = "", initializer=None):
         self.build = build
         self.train_argument = train_argument
+        self.initializer = initializer
         self.label = label or getattr(build, "__name__", type(build).__name__)
         self._functions: dict[float, FlaxFunction] = {}
 
@@ -157,5 +173,6 @@ class WidthFactory:
             except Exception as error:  # the user's factory may fail in any way
                 raise ValueError(f"the width factory {self.label!r} raised {type(error).__name__} at width "
                                  f"{width:g}: {str(error).splitlines()[0] if str(error) else ''}") from None
-            self._functions[key] = FlaxFunction(module, train_argument=self.train_argument)
+            self._functions[key] = FlaxFunction(module, train_argument=self.train_argument,
+                                                initializer=self.initializer)
         return self._functions[key]

@@ -5,57 +5,49 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mpqjax.nn.models.core import QModel, register
+from mpqjax.nn.models.blocks import conv_bn, dense_bn
+from mpqjax.nn.table import scale_channels
 
 
-@register("digits_cnn")
-class DigitsCNN(QModel):
+class DigitsCNN(nn.Module):
     """Three 3x3 convolutions with batch norm (the second and third of stride 2), global pooling, a dense head.
 
     Attributes:
-        channels: base output channels of the three convolutions.
+        width: multiplier of every convolution's channels.
+        num_classes: classifier outputs.
+        channels: the convolutions' channels at width 1.
     """
 
+    width: float = 1.0
+    num_classes: int = 10
     channels: tuple[int, ...] = (32, 64, 64)
-    default_input_shape = (8, 8, 1)
 
     @nn.compact
-    def __call__(self, x, bits=None, widths=None, *, train: bool = False):
-        build = self.builder(x, bits, widths, train)
-        source = -1
+    def __call__(self, x, train: bool = False):
         for index, features in enumerate(self.channels):
-            stride = (1, 1) if index == 0 else (2, 2)
-            x, source = build.layer(x, source, kind="conv", features=features, kernel=(3, 3), stride=stride,
-                                    name=f"conv{index + 1}", input_signed=index == 0)
+            x = conv_bn(x, scale_channels(features, self.width), stride=1 if index == 0 else 2,
+                        name=f"conv{index + 1}", train=train)
             x = nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
-        x, _ = build.layer(x, source, kind="dense", features=self.num_classes, name="head", scalable=False,
-                           batch_norm=False, use_bias=True)
-        build.finish()
-        return x
+        return nn.Dense(self.num_classes, name="head")(x)
 
 
-@register("mlp")
-class MLP(QModel):
+class MLP(nn.Module):
     """Dense layers with batch norm and ReLU on the flattened input, then a dense head.
 
     Attributes:
-        hidden: base widths of the hidden layers.
+        width: multiplier of every hidden layer's width.
+        num_classes: classifier outputs.
+        hidden: the hidden layers' widths at width 1.
     """
 
+    width: float = 1.0
+    num_classes: int = 10
     hidden: tuple[int, ...] = (256, 128)
-    default_input_shape = (64,)
 
     @nn.compact
-    def __call__(self, x, bits=None, widths=None, *, train: bool = False):
-        build = self.builder(x, bits, widths, train)
+    def __call__(self, x, train: bool = False):
         x = x.reshape(x.shape[0], -1)
-        source = -1
         for index, features in enumerate(self.hidden):
-            x, source = build.layer(x, source, kind="dense", features=features, name=f"dense{index + 1}",
-                                    input_signed=index == 0)
-            x = nn.relu(x)
-        x, _ = build.layer(x, source, kind="dense", features=self.num_classes, name="head", scalable=False,
-                           batch_norm=False, use_bias=True)
-        build.finish()
-        return x
+            x = nn.relu(dense_bn(x, scale_channels(features, self.width), name=f"dense{index + 1}", train=train))
+        return nn.Dense(self.num_classes, name="head")(x)

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 
 from mpqjax.nn.models.flax_function import WidthFactory
-from mpqjax.nn.models.own import OwnModel, wrap
+from mpqjax.nn.models.model import Model, wrap
 
 __all__ = ["as_variables", "from_factory"]
 
@@ -41,7 +41,7 @@ def _import_factory(spec: str):
 
 def from_factory(spec: str, *, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
                  quantize: bool = True, max_width: float = 1.0, widths=None, act_clipping: str = "calibrated",
-                 **rules) -> OwnModel:
+                 **rules) -> Model:
     """The model that ``"package.module:factory"`` builds, wrapped (`wrap`); the same spec gives the same model.
 
     The factory is called without arguments, or with ``num_classes=`` when it takes that argument, and returns a
@@ -80,7 +80,7 @@ def from_factory(spec: str, *, input_shape: Sequence[int] | None = None, num_cla
     return model
 
 
-def as_variables(model: OwnModel, variables) -> dict:
+def as_variables(model: Model, variables) -> dict:
     """A user's variables as mpqjax keeps them: a linen ``{"params", "batch_stats"}`` dict as it is; an
     ``nnx.State`` (``nnx.state(module)``), or a plain tree of one (as an orbax or msgpack checkpoint of it reads
     back), split into ``params`` and ``batch_stats`` plain dicts."""
@@ -100,7 +100,7 @@ def as_variables(model: OwnModel, variables) -> dict:
     return dict(variables)
 
 
-def _split_nnx_tree(model: OwnModel, tree: Mapping) -> dict:
+def _split_nnx_tree(model: Model, tree: Mapping) -> dict:
     """An NNX model's whole state as a plain tree (a checkpoint of ``nnx.state(module)``, with or without the
     ``value`` level of its variables) split into ``params`` and ``batch_stats`` by the model's own layout."""
     from flax import nnx, traverse_util

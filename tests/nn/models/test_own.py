@@ -1,4 +1,4 @@
-"""Specification of mpqjax.nn.models.own: wrapping a user's linen or NNX model, their variables, layer rules, models
+"""Specification of mpqjax.nn.models.model: wrapping a user's linen or NNX model, their variables, layer rules, models
 named by a factory, the zoo's functions and the training loop taking a wrapped model as they take a zoo model."""
 
 import importlib.util
@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from mpqjax.nn import models
-from mpqjax.nn.layers import DEFAULT_ACT_CLIP
-from mpqjax.nn.models import OwnModel, Rules, as_variables, from_factory, wrap
+from mpqjax.nn.models import Model, Rules, as_variables, from_factory, wrap
+from mpqjax.nn.quant import DEFAULT_ACT_CLIP
 from mpqjax.training import train
 
 USER_MODELS_DIR = pathlib.Path(__file__).parent.parent  # tests/nn
@@ -33,23 +33,8 @@ user_models = load_user_models()
 
 
 def host_init(model, seed=0):
-    """Variables of the shapes ``model.init_variables`` gives, drawn on the host (compiling the model's random
-    initialisers costs seconds): He-scaled kernels, small random biases and statistics, clips of 4."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            values = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        elif name in ("scale", "var"):
-            values = 0.5 + rng.uniform(size=leaf.shape)
-        elif name == "act_clip":
-            values = np.full(leaf.shape, DEFAULT_ACT_CLIP)
-        else:
-            values = 0.1 * rng.standard_normal(leaf.shape)
-        return jnp.asarray(values, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init_variables, jax.random.key(0)))
+    """`user_models.random_variables`: stands in for a trained model's variables."""
+    return user_models.random_variables(model, seed)
 
 
 def forward(model):
@@ -73,7 +58,7 @@ def factory_path(monkeypatch):
 
 def test_wrap_a_linen_model():
     model = wrap(user_models.ResidualCNN(), input_shape=(8, 8, 1), num_classes=10)
-    assert isinstance(model, OwnModel)
+    assert isinstance(model, Model)
     assert model.name == "ResidualCNN" and model.input_shape() == (8, 8, 1) and model.num_classes == 10
     assert model.max_width == 1.0 and model.quantize
     assert model.table().names == ("Conv_0", "ResidualBlock_0/Conv_0", "ResidualBlock_0/Conv_1", "Conv_1", "Dense_0")
@@ -90,7 +75,11 @@ def test_wrap_an_nnx_model_whose_variables_are_its_state():
     assert_trees_equal(variables["params"], nnx.to_pure_dict(nnx.state(module, nnx.Param)))
     assert_trees_equal(variables["batch_stats"], nnx.to_pure_dict(nnx.state(module, nnx.BatchStat)))
     assert_trees_equal({key: value for key, value in variables.items() if key != "quant"}, as_variables(model, state))
-    assert variables["quant"] == {name: {"act_clip": DEFAULT_ACT_CLIP} for name in ("stem", "conv", "head")}
+    assert {name: quant["act_clip"] for name, quant in variables["quant"].items()} == dict.fromkeys(
+        ("stem", "conv", "head"), DEFAULT_ACT_CLIP)
+    # channels in order until a transfer ranks them; the logits' layer has no ranks (its channels are fixed)
+    assert variables["quant"]["conv"][models.RANKS].tolist() == list(range(16)) and "channel_rank" not in variables[
+        "quant"]["head"]
 
 
 def test_as_variables_turns_an_nnx_state_into_params_and_batch_stats():
@@ -102,29 +91,35 @@ def test_as_variables_turns_an_nnx_state_into_params_and_batch_stats():
     assert sorted(variables["batch_stats"]) == ["conv_norm", "stem_norm"]
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
     module.eval()
-    np.testing.assert_allclose(forward(model)(model.with_clips(variables), x), module(x), atol=1e-6)
+    np.testing.assert_allclose(forward(model)(model.with_quant_variables(variables), x), module(x), atol=1e-6)
     linen_variables = {"params": {"Dense_0": {"kernel": jnp.ones((2, 2))}}}
     assert as_variables(model, linen_variables) == linen_variables
     with pytest.raises(ValueError, match="variables of model 'NnxCNN' must be a dict with 'params'"):
         as_variables(model, [1, 2])
 
 
-def test_with_clips_adds_one_clip_per_layer_where_there_is_none():
+def test_with_quant_variables_adds_one_clip_per_layer_and_ranks_per_width_group_where_there_are_none():
     model = wrap(user_models.PlainMLP(), input_shape=(64,))
     variables = host_init(model)
     float_variables = {"params": variables["params"]}
-    clipped = model.with_clips(float_variables)
-    assert clipped["quant"] == {name: {"act_clip": DEFAULT_ACT_CLIP} for name in ("Dense_0", "Dense_1", "Dense_2")}
-    learned = wrap(user_models.PlainMLP(), input_shape=(64,), act_clipping="pact").with_clips(float_variables)
-    assert "quant" not in learned and learned["params"]["Dense_2"]["act_clip"] == DEFAULT_ACT_CLIP
-    assert model.clone(quantize=False).with_clips(float_variables) == float_variables
+    clipped = model.with_quant_variables(float_variables)
+    assert {name: quant["act_clip"] for name, quant in clipped["quant"].items()} == dict.fromkeys(
+        ("Dense_0", "Dense_1", "Dense_2"), DEFAULT_ACT_CLIP)
+    assert {name: quant[models.RANKS].tolist() for name, quant in clipped["quant"].items() if models.RANKS in quant} \
+        == {"Dense_0": list(range(16)), "Dense_1": list(range(8))}  # in order; the logits' layer has none
+    ranked = model.with_quant_variables(float_variables, ranks={"Dense_1": np.array([3, 2, 1, 0, 4, 5, 6, 7])})
+    assert ranked["quant"]["Dense_1"][models.RANKS].tolist() == [3, 2, 1, 0, 4, 5, 6, 7]
+    assert model.with_quant_variables(ranked)["quant"]["Dense_1"][models.RANKS].tolist()[0] == 3  # kept
+    learned = wrap(user_models.PlainMLP(), input_shape=(64,), act_clipping="pact").with_quant_variables(float_variables)
+    assert set(learned["quant"]) == {"Dense_0", "Dense_1"} and learned["params"]["Dense_2"]["act_clip"] == 4.0
+    assert model.clone(quantize=False).with_quant_variables(float_variables) == float_variables
 
 
-def test_with_clips_keeps_calibrated_clips():
+def test_with_quant_variables_keeps_calibrated_clips():
     model = wrap(user_models.PlainMLP(), input_shape=(64,))
-    clipped = model.with_clips({"params": host_init(model)["params"]})
+    clipped = model.with_quant_variables({"params": host_init(model)["params"]})
     calibrated = {**clipped, "quant": {**clipped["quant"], "Dense_1": {"act_clip": jnp.float32(1.5)}}}
-    assert model.with_clips(calibrated)["quant"]["Dense_1"]["act_clip"] == 1.5
+    assert model.with_quant_variables(calibrated)["quant"]["Dense_1"]["act_clip"] == 1.5
 
 
 @pytest.mark.parametrize("call, message", [
@@ -275,7 +270,7 @@ def test_from_factory_errors_name_the_spec_and_the_cause(factory_path, spec, mes
 def test_the_zoos_functions_take_a_wrapped_model():
     model = wrap(user_models.PlainMLP(), input_shape=(64,))
     assert models.layer_table(model) == model.table()
-    assert models.trace(model) == (model.table(), ())
+    assert models.layer_table(model, input_shape=(64,)) == model.table()
     assert models.layer_table(model, input_shape=(4, 16)) == model.table((4, 16))
     variables = models.init_variables(jax.random.key(0), model)
     assert_trees_equal(variables, model.init_variables(jax.random.key(0)))
@@ -283,7 +278,9 @@ def test_the_zoos_functions_take_a_wrapped_model():
     float_model = model.clone(quantize=False)
     float_variables = {"params": variables["params"]}
     transferred = models.transfer_variables(jax.random.key(1), model, float_model, float_variables, input_shape=(64,))
-    assert_trees_equal(transferred, model.with_clips(float_variables))
+    ranks = models.channel_ranks(model, float_variables)
+    assert set(ranks) == {"Dense_0", "Dense_1"}  # every width group's first layer; the logits' layer is fixed
+    assert_trees_equal(transferred, model.with_quant_variables(float_variables, ranks=ranks))
     other = wrap(user_models.PlainMLP(hidden=(8, 8)), input_shape=(64,))
     with pytest.raises(ValueError, match="have different layers"):
         models.transfer_variables(jax.random.key(1), other, float_model, float_variables, input_shape=(64,))

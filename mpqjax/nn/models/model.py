@@ -1,23 +1,25 @@
-"""A user's own Flax model, unmodified, as an mpqjax model: `wrap`.
+"""A Flax model, unmodified, as an mpqjax model: `Model`, built by `wrap` (a user's module) or by
+`mpqjax.nn.models.get` (the zoo's).
 
-`wrap` takes a ``flax.linen`` module or a ``flax.nnx`` module and returns an `OwnModel`: the same interface as the
-zoo's models (``apply(variables, x, bits, widths, *, train, mutable)``, a layer table), so the cost model, the
-Hessian, the fine-tune, populations, the search and the export take it as they take a zoo model. Nothing in the
-user's code changes: the model's forward pass is traced once per input shape, its layers found in the trace
-(`mpqjax.nn.graph`), and every call runs the trace with those layers quantised (`mpqjax.nn.intercept`).
+`wrap` takes a ``flax.linen`` module, a ``flax.nnx`` module or a width factory and returns a `Model`
+(``apply(variables, x, bits, widths, *, train, mutable)``, a layer table), which the cost model, the Hessian, the
+fine-tune, populations, the search and the export take. Nothing in the model's code changes: its forward pass is
+traced once per input shape, its layers found in the trace (`mpqjax.nn.models.analysis`), and every call runs the
+trace with those layers quantised (`mpqjax.nn.intercept`).
 
-Variables are the user's own: ``{"params": ..., "batch_stats": ...}`` as linen keeps them (an NNX model's
+Variables are the model's own: ``{"params": ..., "batch_stats": ...}`` as linen keeps them (an NNX model's
 parameters and its other state as plain dicts), plus one activation clip per layer, ``act_clip``, stored under the
-layer's name (``variables["quant"][layer]["act_clip"]`` when calibrated, in ``params`` when learned).
+layer's name (``variables["quant"][layer]["act_clip"]`` when calibrated, in ``params`` when learned), and, once
+transferred from a float model, each width group's channel ranks (``variables["quant"][layer]["channel_rank"]``).
 
 Rules select layers by their names (regular expressions matched against the whole name with `re.fullmatch`):
 ``include`` keeps only matching layers, ``exclude`` leaves matching layers in float, ``bits`` pins a bit-width
 (e.g. ``{"Conv_0|Dense_.*": 8}`` keeps the first and last layer at 8 bits). A rule that matches no layer is an
 error, naming the rule and the layers there are.
 
-Widths: a width multiplier below 1 switches off a layer's last output channels (its consumers read zeros there);
-the graph decides which layers share one multiplier (`mpqjax.nn.graph`). A plain module cannot grow: its
-multipliers are at most 1 (``max_width`` is 1).
+Widths: a width multiplier below 1 switches off some of a layer's output channels (those of highest rank, else the
+last ones; its consumers read zeros there); the graph decides which layers share one multiplier (`mpqjax.nn.graph`).
+A plain module cannot grow: its multipliers are at most 1 (``max_width`` is 1).
 
 Example:
     >>> model = wrap(MyCNN(), input_shape=(8, 8, 1))
@@ -37,28 +39,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mpqjax.nn import graph, intercept, quant
-from mpqjax.nn.layers import DEFAULT_ACT_CLIP
-from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths, path_text
+from mpqjax.nn import intercept, quant
+from mpqjax.nn.config import check_config
+from mpqjax.nn.models.analysis import Analysis, analyse
+from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths
 from mpqjax.nn.models.rules import Rules
-from mpqjax.nn.table import LayerSpec, LayerTable, scale_channels
+from mpqjax.nn.table import LayerTable
 
-__all__ = ["OwnModel", "wrap"]
+__all__ = ["RANKS", "Model", "wrap"]
 
-@dataclasses.dataclass(frozen=True)
-class _Analysis:
-    """A model's layer table (at width 1) and how the interceptor runs its (possibly wider) module."""
-
-    table: LayerTable
-    plan: intercept.Plan
-    main_leaf: dict
-    pinned: dict
-    in_axes: tuple  # per layer, its weight's input-channel axes
-
+# Where a width group's channel ranks live: ``variables["quant"][<the group's first layer>][RANKS]``.
+RANKS = "channel_rank"
 
 @dataclasses.dataclass(frozen=True)
-class OwnModel:
-    """A user's Flax model with mpqjax's interface (see the module docstring); build it with `wrap`.
+class Model:
+    """A Flax model with mpqjax's interface (see the module docstring); build it with `wrap` or `get`.
 
     Attributes:
         function: the model as a pure function.
@@ -103,20 +98,20 @@ class OwnModel:
                              f"on the command line)")
         return self.example_shape
 
-    def clone(self, *, parent=None, widths=None, **changes) -> OwnModel:
+    def clone(self, *, parent=None, widths=None, **changes) -> Model:
         """A copy with some fields changed (``widths`` of all ones is accepted: the model is always masked)."""
         del parent
         if widths is not None and not np.allclose(np.asarray(widths, np.float64), 1.0):
-            raise ValueError(f"{self.name}: a user model takes widths when it is applied, not when it is built")
+            raise ValueError(f"{self.name}: a model takes widths when it is applied, not when it is built")
         if self.factory is None and "max_width" in changes and changes["max_width"] > 1.0 + 1e-9:
             changes["max_width"] = 1.0  # a plain module cannot grow; check_config refuses widths above it
         return dataclasses.replace(self, **changes)
 
     # -- structure ---------------------------------------------------------------------------------------------
-    def analysis(self, input_shape: Sequence[int] | None = None) -> _Analysis:
+    def analysis(self, input_shape: Sequence[int] | None = None) -> Analysis:
         """The layer table and the interceptor's plan at one input shape (cached)."""
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
-        return _analyse(self.function, self.model_function, self.rules, self.act_clipping, self.name,
+        return analyse(self.function, self.model_function, self.rules, self.act_clipping, self.name,
                         tuple(int(s) for s in shape), self.max_width)
 
     def table(self, input_shape: Sequence[int] | None = None) -> LayerTable:
@@ -140,47 +135,7 @@ class OwnModel:
         """Initial variables (the model's own initialisation) with default activation clips."""
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
         variables = self.model_function.initial_variables(key, shape)
-        return self.with_clips(variables, shape) if self.quantize else variables
-
-    def transfer(self, key, float_variables, input_shape: Sequence[int] | None = None) -> dict:
-        """This model's variables from the trained width-1 float model's, with default activation clips.
-
-        A model that does not grow takes the same arrays. A wider one takes the float weights in its leading
-        channels and its own initialisation in the new ones, with the weights that read new channels zeroed: the
-        function is the float model's until training moves them, and the new channels train (their consumers'
-        weights get gradients at once).
-
-        Raises:
-            ValueError: float variables that do not fit the width-1 model, or a wider model whose variables are
-                narrower than them.
-        """
-        shape = tuple(input_shape) if input_shape is not None else self.input_shape()
-        base = self.check_variables(float_variables, shape)
-        if self.model_function is self.function:
-            return self.with_clips(base, shape)
-        wide = jax.tree.map(np.array, self.model_function.initial_variables(key, shape))
-        flat_base = dict(zip(leaf_paths(base), jax.tree.leaves(base), strict=True))
-        analysis = self.analysis(shape)
-        ones = np.ones(len(analysis.table), np.float32)
-        reads = {}  # weight path -> (input-channel axes, which input channels exist at width 1)
-        for index, layer in enumerate(analysis.table):
-            mask = intercept.mask_of(analysis.plan.in_masks[index], ones, analysis.plan.base_channels)
-            if mask is not None and layer.kind != "depthwise":
-                reads[f"params/{layer.weight_path}"] = (analysis.in_axes[index], np.asarray(mask))
-
-        def paste(path, leaf):
-            name = path_text(path)
-            old = flat_base.get(name)
-            if old is None or old.ndim != leaf.ndim or any(a > b for a, b in zip(old.shape, leaf.shape, strict=True)):
-                raise ValueError(f"the width factory builds {name!r} as {leaf.shape} at width {self.max_width:g}, "
-                                 f"which does not hold its {None if old is None else old.shape} at width 1")
-            leaf[tuple(slice(0, size) for size in old.shape)] = old
-            if name in reads:
-                axes, mask = reads[name]
-                leaf *= np.asarray(intercept.along(jnp.asarray(mask), leaf.ndim, axes, leaf.shape), leaf.dtype)
-            return leaf
-
-        return self.with_clips(jax.tree_util.tree_map_with_path(paste, wide), shape)
+        return self.with_quant_variables(variables, shape) if self.quantize else variables
 
     def check_variables(self, variables, input_shape: Sequence[int] | None = None) -> dict:
         """``variables`` (their ``params`` and ``batch_stats``) as NumPy arrays, checked against the model's own.
@@ -204,27 +159,57 @@ class OwnModel:
             raise ValueError(f"variables do not fit model {self.name!r}: {extra[0]!r} is not one of its variables")
         return jax.tree.map(np.asarray, given)
 
-    def with_clips(self, variables, input_shape: Sequence[int] | None = None) -> dict:
-        """``variables`` (the float model's) with an activation clip per layer where there is none yet."""
+    def with_quant_variables(self, variables, input_shape: Sequence[int] | None = None, *, ranks=None) -> dict:
+        """``variables`` (the float model's) with the quantiser's own where they are missing: an activation clip
+        per layer, and each width group's channel ranks under ``quant/<its first layer>/channel_rank``.
+
+        Args:
+            variables: the model's variables.
+            input_shape: one example's shape.
+            ranks: ``{first layer of a group: ranks}`` to set (`mpqjax.nn.models.transfer.channel_ranks`): the
+                channels a wider module adds rank after them; a group without ranks keeps its channels in order.
+        """
         variables = {name: value for name, value in dict(variables).items() if name != "calibration"}
         if not self.quantize:
             return variables
+        shape = tuple(input_shape) if input_shape is not None else self.input_shape()
         collection = "quant" if self.act_clipping == "calibrated" else "params"
         flat = traverse_util.flatten_dict(dict(variables.get(collection, {})))
-        for name in self.table(input_shape).names:
-            flat.setdefault((name, "act_clip"), jnp.asarray(DEFAULT_ACT_CLIP, jnp.float32))
-        return {**variables, collection: traverse_util.unflatten_dict(flat)}
+        for name in self.table(shape).names:
+            flat.setdefault((name, "act_clip"), jnp.asarray(quant.DEFAULT_ACT_CLIP, jnp.float32))
+        variables = {**variables, collection: traverse_util.unflatten_dict(flat)}
+        flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
+        for name, held in self._held_channels(shape).items():
+            rank = np.asarray((ranks or {}).get(name, np.zeros(0)), np.int32)
+            if len(rank) or (name, RANKS) not in flat:
+                rank = np.concatenate([rank, np.arange(len(rank), held, dtype=np.int32)])
+                flat[(name, RANKS)] = jnp.asarray(rank)
+        return {**variables, "quant": traverse_util.unflatten_dict(flat)} if flat else variables
+
+    def _held_channels(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+        """``{first layer of each width group: the channels the running module holds for the group}``."""
+        analysis = self.analysis(input_shape)
+        table = analysis.table
+        params = self.model_function.abstract_variables(tuple(input_shape))["params"]
+        shapes = dict(zip(leaf_paths(params), (leaf.shape for leaf in jax.tree.leaves(params)), strict=True))
+        held = {}
+        for group in table.width_groups():
+            first = group[0]
+            if table[first].scalable and analysis.out_axes[first] is not None:
+                held[table[first].name] = shapes[table[first].weight_path][analysis.out_axes[first]]
+        return held
 
     def _split(self, variables, names: Sequence[str]):
-        """``(user params, user state, clips [L])`` of a variables dict."""
+        """``(user params, user state, clips [L], {layer index: channel ranks})`` of a variables dict."""
         params = traverse_util.flatten_dict(dict(variables["params"]))
         learned = {key: params.pop(key) for key in [(name, "act_clip") for name in names] if key in params}
         calibrated = traverse_util.flatten_dict(dict(variables.get("quant", {})))
-        clips = [learned.get((name, "act_clip"), calibrated.get((name, "act_clip"), DEFAULT_ACT_CLIP))
+        clips = [learned.get((name, "act_clip"), calibrated.get((name, "act_clip"), quant.DEFAULT_ACT_CLIP))
                  for name in names]
+        ranks = {index: calibrated[(name, RANKS)] for index, name in enumerate(names) if (name, RANKS) in calibrated}
         state = {key: value for key, value in variables.items() if key not in ("params", "quant", "calibration")}
         clip_array = jnp.stack([jnp.asarray(clip, jnp.float32).reshape(()) for clip in clips]) if names else None
-        return traverse_util.unflatten_dict(params), state, clip_array
+        return traverse_util.unflatten_dict(params), state, clip_array, ranks
 
     # -- running -----------------------------------------------------------------------------------------------
     def init(self, key, x, bits=None, widths=None) -> dict:
@@ -256,8 +241,11 @@ class OwnModel:
                 if values is not None and np.ndim(values) > 0 and np.shape(values)[-1] != count:
                     raise ValueError(f"{label} has {np.shape(values)[-1]} entries but model {self.name!r} has "
                                      f"{count} layers")
-            bits = jnp.broadcast_to(jnp.asarray(quant.FLOAT_BITS if bits is None else bits, jnp.float32), (count,))
-            widths = jnp.broadcast_to(jnp.asarray(1.0 if widths is None else widths, jnp.float32), (count,))
+            concrete = [values if _is_concrete(values) else None for values in (bits, widths)]
+            if any(values is not None for values in concrete):  # an eager call: checked here, naming the layer
+                check_config(self.analysis(tuple(x.shape[1:])).table, *concrete, max_width=self.max_width)
+            bits = _per_layer(quant.FLOAT_BITS if bits is None else bits, count)
+            widths = _per_layer(1.0 if widths is None else widths, count)
         else:
             bits = widths = None
         rng = (rngs or {}).get("dropout", jax.random.key(0)) if train and self.function.kind == "linen" else None
@@ -265,12 +253,24 @@ class OwnModel:
         return (out, updates) if mutable else out
 
 
+def _per_layer(values, count: int):
+    """``values`` as ``[count]`` float32, converted on the host when they are host values (no program compiled)."""
+    if not isinstance(values, jax.Array) and _is_concrete(values):
+        return np.broadcast_to(np.asarray(values, np.float32), (count,))
+    return jnp.broadcast_to(jnp.asarray(values, jnp.float32), (count,))
+
+
+def _is_concrete(values) -> bool:
+    """Not None and free of tracers (a configuration given eagerly, not traced)."""
+    return values is not None and not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values))
+
+
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("train", "mutable"))
-def _forward(model: OwnModel, variables, x, bits, widths, rng, *, train: bool, mutable: tuple):
-    """`OwnModel.apply` once its arguments are arrays (jitted: an eager call runs one program, not each op)."""
+def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, mutable: tuple):
+    """`Model.apply` once its arguments are arrays (jitted: an eager call runs one program, not each op)."""
     analysis = model.analysis(tuple(x.shape[1:]))
     names = analysis.table.names
-    params, state, clips = model._split(variables, names)
+    params, state, clips, ranks = model._split(variables, names)
     if rng is not None:
         state[RNG] = rng
     stats = {}
@@ -283,7 +283,7 @@ def _forward(model: OwnModel, variables, x, bits, widths, rng, *, train: bool, m
         outputs, stats = intercept.quantized_call(
             closed, [*flat_params, *flat_state, x], num_param_leaves=len(flat_params),
             num_state_leaves=len(flat_state), plan=analysis.plan, main_leaf=analysis.main_leaf, bits=bits,
-            widths=widths, clips=clips, calibrate="calibration" in mutable)
+            widths=widths, clips=clips, ranks=ranks, calibrate="calibration" in mutable)
         out, new_state = jax.tree.unflatten(out_tree, outputs)
     updates = {name: new_state[name] for name in mutable if name in new_state and name != RNG}
     if "calibration" in mutable:
@@ -291,96 +291,16 @@ def _forward(model: OwnModel, variables, x, bits, widths, rng, *, train: bool, m
     return out, updates
 
 
-def _discover(function: FlaxFunction, rules: Rules, name: str, input_shape: tuple[int, ...]):
-    """``(discovery, kept, weight paths)`` of one module: its layers with the rules applied."""
-    closed, paths, num_state = function.eval_jaxpr(input_shape)
-    num_params = len(paths)
-    found = graph.discover(closed, paths, num_params, num_state)
-    if not found.layers:
-        raise ValueError(f"model {name!r} has no quantisable layer (no convolution or dense contraction of its input "
-                         f"with a parameter)")
-    kept = rules.kept(found.names)
-    if not any(kept):
-        raise ValueError(f"the rules leave model {name!r} no layer to quantise")
-    if not all(kept):
-        found = graph.discover(closed, paths, num_params, num_state,
-                               fixed_layers=frozenset(i for i, keep in enumerate(kept) if not keep))
-    return found, kept, paths
-
-
-def _table(found, kept, paths, position: dict, name: str, input_shape) -> LayerTable:
-    specs = []
-    for index, layer in enumerate(found.layers):
-        if kept[index]:
-            specs.append(LayerSpec(
-                name=found.names[index], kind=layer.kind, in_channels=layer.in_channels,
-                out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride, out_hw=layer.out_hw,
-                input_layer=position.get(found.input_layer[index], -1), input_repeat=found.input_repeat[index],
-                width_group=position[found.out_classes[index]], scalable=not found.fixed[index],
-                use_bias=found.use_bias[index], batch_norm=found.batch_norm[index], groups=layer.groups,
-                weight=paths[layer.leaf]))
-    return LayerTable(layers=tuple(specs), input_shape=input_shape, model=name)
-
-
-def _check_wider(table: LayerTable, wide: LayerTable, max_width: float) -> None:
-    """A width factory's wider module must have the same layers, each with room for ``max_width``."""
-    if table.names != wide.names:
-        raise ValueError(f"the width factory builds other layers at width {max_width:g} ({', '.join(wide.names)}) "
-                         f"than at width 1 ({', '.join(table.names)})")
-    for layer, wider in zip(table, wide, strict=True):
-        if not layer.scalable and wider.out_channels != layer.out_channels:
-            raise ValueError(f"layer {layer.name!r}: its channels are fixed by the graph, but the width factory gives "
-                             f"it {wider.out_channels} at width {max_width:g} instead of {layer.out_channels}")
-        needed = scale_channels(layer.out_channels, max_width) if layer.scalable else layer.out_channels
-        if wider.out_channels < needed:
-            raise ValueError(f"layer {layer.name!r}: the width factory gives it {wider.out_channels} channels at "
-                             f"width {max_width:g}, fewer than the {needed} that width needs")
-
-
-@functools.lru_cache(maxsize=64)
-def _analyse(function: FlaxFunction, model_function: FlaxFunction, rules: Rules, act_clipping: str, name: str,
-             input_shape: tuple[int, ...], max_width: float) -> _Analysis:
-    """The table of the width-1 module; the plan of the module that runs (the same, or built at ``max_width``)."""
-    found, kept, paths = _discover(function, rules, name, input_shape)
-    position = {old: new for new, old in enumerate(i for i, keep in enumerate(kept) if keep)}
-    table = _table(found, kept, paths, position, name, input_shape)
-    if model_function is not function:
-        found, kept, paths = _discover(model_function, rules, name, input_shape)
-        _check_wider(table, _table(found, kept, paths, position, name, input_shape), max_width)
-    occurrences, layer_of_leaf = {}, {}
-    for index, layer in enumerate(found.layers):
-        occurrences[layer.leaf] = occurrences.get(layer.leaf, 0) + 1
-        if kept[index]:
-            layer_of_leaf[(layer.leaf, occurrences[layer.leaf])] = position[index]
-    in_masks = tuple(_renumber(found.in_masks[i], position) for i, keep in enumerate(kept) if keep)
-    plan = intercept.Plan(layer_of_leaf=layer_of_leaf, in_masks=in_masks,
-                          signed=tuple(not found.input_nonneg[i] for i, keep in enumerate(kept) if keep),
-                          base_channels=tuple(layer.out_channels for layer in table), act_clipping=act_clipping)
-    in_axes = tuple(layer.in_axes for layer, keep in zip(found.layers, kept, strict=True) if keep)
-    return _Analysis(table, plan, found.main_leaf, rules.pinned(table.names), in_axes)
-
-
-def _renumber(description, position: dict):
-    """A mask description with discovery's layer indices replaced by table indices."""
-    if description is None:
-        return None
-    if description[0] == "group":
-        return ("group", position[description[1]], description[2])
-    if description[0] == "ones":
-        return description
-    return (description[0], tuple(_renumber(part, position) for part in description[1]))
-
-
 def wrap(module, *, input_shape: Sequence[int] | None, name: str | None = None, include=(), exclude=(),
          bits: Mapping[str, int] | None = None, train_argument: str | None = "auto", num_classes: int | None = None,
-         act_clipping: str = "calibrated", source: str | None = None) -> OwnModel:
+         act_clipping: str = "calibrated", source: str | None = None) -> Model:
     """A linen or NNX model as an mpqjax model, its code unchanged.
 
     Args:
         module: a ``flax.linen.Module`` or a ``flax.nnx.Module`` (its current state is its initialisation), or a
-            width factory: a function ``width -> module`` building the model with every layer's channels
-            multiplied by ``width`` (the model is ``module(1.0)``); a factory's model also grows (multipliers
-            above 1, up to ``max_width``).
+            width factory: a function ``width -> module`` (or a `WidthFactory`) building the model with every
+            layer's channels multiplied by ``width`` (the model is ``module(1.0)``); a factory's model also grows
+            (multipliers above 1, up to ``max_width``).
         input_shape: one input example's shape, without the batch axis (None: given later, to each call that
             needs it, e.g. ``model.table(input_shape)``).
         name: what reports call it (default: the class name).
@@ -392,7 +312,7 @@ def wrap(module, *, input_shape: Sequence[int] | None, name: str | None = None, 
         source: how to rebuild it elsewhere, ``"package.module:factory"`` (set by `mpqjax.nn.models.get`).
 
     Returns:
-        An `OwnModel`.
+        An `Model`.
 
     Raises:
         ValueError: not a Flax module, no quantisable layer, a rule that matches no layer, a bad rule.
@@ -407,15 +327,18 @@ def wrap(module, *, input_shape: Sequence[int] | None, name: str | None = None, 
     shape = None if input_shape is None else tuple(int(size) for size in input_shape)
     if shape is not None and (not shape or any(size < 1 for size in shape)):
         raise ValueError(f"input_shape must be one example's positive sizes, got {tuple(input_shape)}")
-    if isinstance(module, OwnModel):
+    if isinstance(module, Model):
         return module
     factory = None
-    if callable(module) and not _is_module(module):
+    if isinstance(module, WidthFactory):
+        factory = module
+        function = factory.function(1.0)
+    elif callable(module) and not _is_module(module):
         factory = WidthFactory(module, train_argument=train_argument)
         function = factory.function(1.0)
     else:
         function = FlaxFunction(module, train_argument=train_argument)
-    model = OwnModel(function=function, example_shape=shape, name=name or function.label,
+    model = Model(function=function, example_shape=shape, name=name or function.label,
                      rules=Rules.of(include, exclude, bits), source=source, act_clipping=act_clipping,
                      num_classes=num_classes, factory=factory)
     if shape is not None:
