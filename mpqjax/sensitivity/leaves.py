@@ -24,17 +24,8 @@ PyTree = Any
 
 
 def _path_name(path) -> str:
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(str(key.name))
-        else:
-            parts.append(str(getattr(key, "key", key)))
-    return "/".join(parts)
+    """A key path as ``"stage1/block0/conv1/kernel"`` (the same text as `mpqjax.nn.models.path_text`)."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def leaf_paths(params: PyTree) -> list[str]:
