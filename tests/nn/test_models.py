@@ -148,6 +148,7 @@ def test_zoo_models_are_plain_flax_modules():
 def test_the_same_request_gives_the_same_model():
     assert models.get("resnet20") == models.get("resnet20")  # so they share compiled programs
     assert models.get("resnet20") != models.get("resnet20", num_classes=100)
+    assert models.get("mlp", hidden=[8, 4]) == models.get("mlp", hidden=(8, 4))  # as a JSON setting gives them
 
 
 # ------------------------------------------------------------------------------------------ applying configs

@@ -139,6 +139,7 @@ def get(name: str, *, quantize: bool = True, max_width: float = DEFAULT_MAX_WIDT
     unknown = sorted(set(options) - settable)
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {unknown}")
+    options = {option: tuple(value) if isinstance(value, list) else value for option, value in options.items()}
     model = _zoo_model(name, tuple(sorted(options.items())), act_clipping)
     shape = {} if input_shape is None else {"example_shape": tuple(int(size) for size in input_shape)}
     if widths is not None:
