@@ -82,11 +82,11 @@ def is_pass_through(bits):
 def quantize_weights(kernel, bits):
     """Symmetric per-output-channel fake-quantisation of a kernel whose last axis is the output channel.
 
-    Gradient (straight-through estimator): the scale ``max|w| / levels`` is a constant in the backward pass, and the
-    clipping and the rounding pass the gradient unchanged, so ``d q / d w`` is 1 for every weight (up to the float32
-    rounding of ``scale / scale``: 0.99999994 now and then), whatever the compiler does with the division; exactly 1
-    at bit-widths >= 16, which return ``kernel``. (A channel's largest weight sits on the clipping bound up to that
-    rounding; a clip's own derivative would give it 1, 1/2 or 0 depending on how the division compiles.)
+    The value is exactly ``code * scale`` (``code`` an integer in ``[-levels, levels]``) in every compiled program:
+    no fused multiply-add can move it, so a program exported with a symbolic batch computes what training did.
+
+    Gradient (straight-through estimator): exactly the identity, ``d q / d w = 1`` for every weight, a channel's
+    largest included, at every bit-width.
 
     Args:
         kernel: weights, any shape ``(..., out_channels)``.
@@ -105,9 +105,9 @@ def quantize_weights(kernel, bits):
     levels = signed_levels(bits)
     max_abs = jnp.max(jnp.abs(kernel), axis=reduce_axes, keepdims=True)
     scale = jax.lax.stop_gradient(jnp.maximum(max_abs, _TINY) / levels)
-    units = kernel / scale
-    units = units + jax.lax.stop_gradient(jnp.clip(units, -levels, levels) - units)
-    quantized = (round_ste(units) * scale).astype(kernel.dtype)
+    codes = jax.lax.stop_gradient(jnp.round(jnp.clip(kernel / scale, -levels, levels)))
+    # exactly codes * scale forward, exactly the identity backward (kernel - kernel is 0 in any compiled program)
+    quantized = (codes * scale + (kernel - jax.lax.stop_gradient(kernel))).astype(kernel.dtype)
     return jnp.where(is_pass_through(bits), kernel, quantized)
 
 
@@ -125,8 +125,9 @@ def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated
             plus the rounding residual ``(round(u) - u) / levels`` inside the range, LSQ's step-size gradient).
 
     Returns:
-        The quantised activations. The gradient with respect to ``x`` is 1 inside the clipping range, 0 outside
-        and 1/2 on its bounds exactly (`jax.numpy.clip` splits a tie); 1 everywhere at bit-widths >= 16.
+        The quantised activations, exactly ``code * step`` in every compiled program. The gradient with respect
+        to ``x`` is 1 inside the clipping range, 0 outside and 1/2 on its bounds exactly (`jax.numpy.clip` splits
+        a tie); 1 everywhere at bit-widths >= 16.
 
     Example:
         >>> quantize_activations(jnp.array([0.2, 0.5, 1.7]), 2, 1.5, signed=False).tolist()
@@ -143,11 +144,11 @@ def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated
     clipped = jnp.clip(x, lower, clip)
     step = clip / levels
     units = clipped / step
-    residual = jnp.round(units) - units
+    codes = jax.lax.stop_gradient(jnp.round(units))
+    # forward: exactly codes * step; backward: the clip's derivative (and LSQ's residual for the step)
+    quantized = jax.lax.stop_gradient(codes * step) + (clipped - jax.lax.stop_gradient(clipped))
     if mode == "lsq":
-        quantized = clipped + jax.lax.stop_gradient(residual) * step
-    else:
-        quantized = clipped + jax.lax.stop_gradient(residual * step)
+        quantized = quantized + jax.lax.stop_gradient(codes - units) * (step - jax.lax.stop_gradient(step))
     return jnp.where(is_pass_through(bits), x, quantized.astype(x.dtype))
 
 

@@ -93,7 +93,7 @@ def test_weight_gradient_is_the_identity_even_at_each_channels_largest_weight():
         compiled = jax.jit(jax.grad(lambda w, b: jnp.sum(quant.quantize_weights(w, b) * cotangent)))(
             kernel, np.float32(bits))
         for grad in (eager, compiled):
-            np.testing.assert_allclose(np.asarray(grad) / cotangent, 1.0, rtol=0, atol=1e-6)  # scale / scale
+            np.testing.assert_array_equal(grad, cotangent)  # exactly the identity
 
 
 def test_weight_gradient_at_an_exact_bound_is_one_and_exactly_the_identity_when_passing_through():
@@ -195,3 +195,18 @@ def test_calibration_stats_ignore_masked_channels():
     x = jnp.concatenate([jnp.full((4, 2), 0.5), jnp.full((4, 1), 7.0)], axis=-1)
     stats = quant.calibration_stats(x, 4, signed=True, channel_mask=jnp.array([True, True, False]))
     assert float(stats[0]) == pytest.approx(0.5) and float(stats[1]) == pytest.approx(0.5)
+
+
+def test_values_are_exactly_codes_times_step_in_any_compiled_program():
+    """No fused multiply-add can move a quantised activation off its grid: jitted, or exported with a symbolic batch
+    (as `mpqjax.export.export_program` does), the values equal NumPy's ``round(x / step) * step`` bit for bit (the
+    weights' quantiser is built the same way)."""
+    x = np.random.default_rng(0).uniform(-0.5, 3.0, size=(16, 256)).astype(np.float32)
+    clip = np.float32(2.5)
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 256"), jnp.float32)
+    for bits in (3, 8):
+        step = np.float32(clip / np.float32(2**bits - 1))
+        expected = (np.round(np.clip(x, 0, clip) / step) * step).astype(np.float32)
+        activations = jax.jit(lambda v, b=bits: quant.quantize_activations(v, b, clip, signed=False))
+        np.testing.assert_array_equal(activations(x), expected)
+        np.testing.assert_array_equal(jax.export.export(activations)(spec).call(x), expected)
