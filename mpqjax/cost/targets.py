@@ -219,15 +219,8 @@ def target_to_dict(target: Target) -> dict[str, Any]:
 
 
 def _read_toml(path: str) -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise ValueError(
-                f"reading {path} needs Python >= 3.11 or the 'tomli' package; use a .json target file instead"
-            ) from None
+    import tomllib
+
     with open(path, "rb") as handle:
         return tomllib.load(handle)
 

@@ -1,7 +1,6 @@
 """Specification of `mpqjax.cost.targets`: hardware targets as data, read from names, mappings and target files."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -74,15 +73,6 @@ def test_unknown_target_names_and_missing_files():
         cost_model.load_target("tpu")
     with pytest.raises(ValueError, match="target file not found"):
         cost_model.load_target("no/such/board.toml")
-
-
-def test_toml_without_tomllib_or_tomli_names_the_missing_package(tmp_path, monkeypatch):
-    path = tmp_path / "board.toml"
-    path.write_text('kind = "fpga"\n')
-    monkeypatch.setitem(sys.modules, "tomllib", None)
-    monkeypatch.setitem(sys.modules, "tomli", None)
-    with pytest.raises(ValueError, match="tomli"):
-        cost_model.load_target(path)
 
 
 def test_target_constructors_check_their_numbers():
