@@ -21,17 +21,17 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import mpqjax
 from mpqjax import data
 from mpqjax.nn import models
-from mpqjax.training import train
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from bench_quant import median_step_seconds  # noqa: E402  (the same timing as the QAT benchmark)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,21 +75,6 @@ def compiled_steps(trials: int, dataset) -> int:
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.rmtree(cache_dir, ignore_errors=True)
     return sum(1 for name in names if name == "jit(step)")
-
-
-def median_step_seconds(model, variables, x, y, bits, widths, repeats: int) -> float:
-    """Median wall time of one jitted training step, after a compiling step."""
-    step = train.train_step(model)
-    state = train.init_state(variables)
-    state, loss = step(state, x, y, bits, widths, 1e-3, 1e-4)
-    jax.block_until_ready(loss)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, loss = step(state, x, y, bits, widths, 1e-3, 1e-4)
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def step_times(dataset, repeats: int) -> dict:

@@ -2,8 +2,6 @@
 width groups follow the graph (residual adds tie, depthwise convs follow their producer, channel-mixing ops fix),
 input masks of concatenated and flattened inputs, and which layer inputs are non-negative."""
 
-import importlib.util
-import pathlib
 import sys
 
 import jax
@@ -15,18 +13,7 @@ from mpqjax import cost
 from mpqjax.nn import graph, intercept
 from mpqjax.nn.models import wrap
 
-
-def load_user_models():
-    """tests/nn/user_models.py as the module ``user_models`` (the tests run with --import-mode=importlib)."""
-    if "user_models" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("user_models", pathlib.Path(__file__).with_name("user_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["user_models"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["user_models"]
-
-
-user_models = load_user_models()
+user_models = sys.modules["user_models"]  # loaded by tests/nn/conftest.py
 
 # name, kind, in, out, kernel, stride, groups, out_hw, weights, macs -- counted by hand from user_models.py
 HAND_COUNTS = {

@@ -3,8 +3,6 @@ user's module computes; a hand-written linen twin of the zoo's digits_cnn fake-q
 layer equals the model with those channels removed; one compiled program serves every configuration; gradients,
 calibration statistics and batch statistics come back as training needs them."""
 
-import importlib.util
-import pathlib
 import sys
 
 import jax
@@ -17,18 +15,7 @@ from flax import nnx, traverse_util
 from mpqjax.nn import models, quant
 from mpqjax.nn.models import as_variables, wrap
 
-
-def load_user_models():
-    """tests/nn/user_models.py as the module ``user_models`` (the tests run with --import-mode=importlib)."""
-    if "user_models" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("user_models", pathlib.Path(__file__).with_name("user_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["user_models"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["user_models"]
-
-
-user_models = load_user_models()
+user_models = sys.modules["user_models"]  # loaded by tests/nn/conftest.py
 
 LINEN_MODELS = {
     "ResidualCNN": (8, 8, 1), "SeparableCNN": (8, 8, 3), "Mixer": (8, 4), "ConcatCNN": (8, 8, 3),

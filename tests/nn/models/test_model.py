@@ -1,7 +1,6 @@
 """Specification of mpqjax.nn.models.model: wrapping a user's linen or NNX model, their variables, layer rules, models
 named by a factory, the zoo's functions and the training loop taking a wrapped model as they take a zoo model."""
 
-import importlib.util
 import pathlib
 import sys
 
@@ -19,17 +18,7 @@ from mpqjax.training import train
 USER_MODELS_DIR = pathlib.Path(__file__).parent.parent  # tests/nn
 
 
-def load_user_models():
-    """tests/nn/user_models.py as the module ``user_models`` (the tests run with --import-mode=importlib)."""
-    if "user_models" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("user_models", USER_MODELS_DIR / "user_models.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["user_models"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["user_models"]
-
-
-user_models = load_user_models()
+user_models = sys.modules["user_models"]  # loaded by tests/nn/conftest.py
 
 
 def host_init(model, seed=0):
