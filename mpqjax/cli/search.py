@@ -16,6 +16,7 @@ from typing import Any
 from mpqjax.cli import display, options
 from mpqjax.search.config import SearchConfig
 from mpqjax.store import run_folder
+from mpqjax.store.compilation_cache import enable_default_compilation_cache
 
 __all__ = ["INTERRUPTED", "SEARCH_SETTINGS", "add_search_command", "recorded_settings", "run_search",
            "search_config"]
@@ -111,8 +112,7 @@ def run_search(args) -> int:
         from mpqjax import search
 
         out_dir = _output_folder(args, config, manual)
-        if not os.environ.get("MPQJAX_NO_COMPILATION_CACHE"):
-            search.enable_compilation_cache()
+        enable_default_compilation_cache()
         with display.ProgressBar(sys.stderr, enabled=not args.quiet) as progress:
             result = search.run(config, out_dir, resume=args.resume, progress=progress)
     except KeyboardInterrupt:

@@ -2,10 +2,10 @@
 
 Both libraries hand their sampler the whole study history on every call and expect one (or a few) new
 configurations back. `propose` rebuilds a `KMeansTPE` state from an encoded history in one batch and asks it. The
-history is padded to a fixed *capacity bucket* (a power of two), and the compiled program is cached per (space,
-bucket, static settings), so a study compiles once per bucket (``log2`` of its length at most) instead of once per
-trial, and later studies over the same space reuse it. `cached_proposers` shows what is cached and how often each
-program was traced (compiled).
+history is padded to a fixed *capacity bucket* (a power of two), and the space to its `mpqjax.optim.bucket` bucket,
+so one compiled program serves every space of a bucket and every history length of a capacity bucket: a study
+compiles at most once per capacity bucket, and a study over a new space of a known bucket compiles nothing.
+`cached_proposers` shows the optimisers in use and how often their programs were traced (compiled).
 
 Example:
     >>> space = SearchSpace([real("x", -5.0, 5.0)])
@@ -17,29 +17,30 @@ Example:
 from __future__ import annotations
 
 import collections
-import dataclasses
+import functools
 import threading
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from mpqjax.optim import bucket, program
 from mpqjax.optim.space import SearchSpace, real
 from mpqjax.optim.tpe import KMeansTPE, TPEParams
+from mpqjax.store.compilation_cache import enable_default_compilation_cache
 
 __all__ = ["CACHE_SIZE", "DEFAULT_N_INITIAL", "MIN_CAPACITY", "NUMERIC_SETTINGS", "STATIC_SETTINGS", "ProposerInfo",
            "cached_proposers", "capacity_bucket", "check_settings", "make_optimiser", "propose"]
 
 MIN_CAPACITY = 128  # smallest history bucket: studies of up to 128 trials compile once
-DEFAULT_N_INITIAL = 20  # the paper's n0
+DEFAULT_N_INITIAL = KMeansTPE.n_initial  # random trials first, as KMeansTPE
 CACHE_SIZE = 64  # proposers kept (least recently used dropped first, with their compiled programs)
 
 # k-means TPE settings a caller may pass (`KMeansTPE` arguments); the numeric ones are traced, so only
 # STATIC_SETTINGS select a compiled optimiser.
 NUMERIC_SETTINGS = ("n_initial", "k_initial", "k_interval", "bandwidth", "bandwidth_decay", "min_bandwidth",
                     "prior_weight")
-STATIC_SETTINGS = ("max_clusters", "num_candidates", "joint", "kmeans_iterations", "cluster_on")
+STATIC_SETTINGS = ("max_clusters", "num_candidates", "joint", "kmeans_iterations", "cluster_on", "bad")
 _INTEGER_SETTINGS = ("n_initial", "k_initial", "k_interval")
 
 
@@ -61,15 +62,8 @@ class ProposerInfo(NamedTuple):
     traces: int
 
 
-@dataclasses.dataclass(eq=False)
-class _Proposer:
-    optimiser: KMeansTPE
-    program: Callable | None = None
-    traces: int = 0
-
-
 _lock = threading.Lock()
-_proposers: collections.OrderedDict[tuple, _Proposer] = collections.OrderedDict()  # least recently used first
+_optimisers: collections.OrderedDict[tuple, KMeansTPE] = collections.OrderedDict()  # least recently used first
 
 
 def capacity_bucket(num_rows: int) -> int:
@@ -100,38 +94,29 @@ def make_optimiser(space: SearchSpace, capacity: int, **static_settings) -> KMea
 
 
 def cached_proposers() -> list[ProposerInfo]:
-    """The proposers `propose` has cached, least recently used first, with the times each program was traced."""
+    """The optimisers `propose` has cached, least recently used first, with the times each program was traced."""
     with _lock:
-        return [ProposerInfo(space, capacity, settings, entry.optimiser, entry.traces)
-                for (space, capacity, settings), entry in _proposers.items()]
+        return [ProposerInfo(space, capacity, settings, opt, program.traces(opt.program))
+                for (space, capacity, settings), opt in _optimisers.items()]
 
 
-def _proposer(space: SearchSpace, capacity: int, static: tuple) -> _Proposer:
-    """The cached optimiser and jitted ``(key, x, y, count, params, n) -> [n, D]`` for one space and bucket."""
+def _optimiser(space: SearchSpace, capacity: int, static: tuple) -> KMeansTPE:
+    """The cached optimiser of one space, bucket and static settings (its compiled program is shared by value)."""
     cache_key = (space, capacity, static)
     with _lock:
-        if cache_key in _proposers:
-            _proposers.move_to_end(cache_key)
-            return _proposers[cache_key]
-    entry = _Proposer(make_optimiser(space, capacity, **dict(static)))
-    opt = entry.optimiser
+        if cache_key not in _optimisers:
+            _optimisers[cache_key] = make_optimiser(space, capacity, **dict(static))
+            while len(_optimisers) > CACHE_SIZE:
+                _optimisers.popitem(last=False)
+        _optimisers.move_to_end(cache_key)
+        return _optimisers[cache_key]
 
-    def propose_padded(key, x, y, count, params, n):
-        entry.traces += 1
-        # tell the padded history in one call, then shrink the count: padded rows hold NaN, which `tell` sorts
-        # with the failed trials at the end of `order`, so the state equals one built from the real rows only
-        state = opt.tell(opt.init(params=params), x, y)
-        state = state._replace(count=count)
-        proposals, _ = opt.ask(key, state, n=n)
-        return proposals
 
-    entry.program = jax.jit(propose_padded, static_argnames=("n",))
-    with _lock:
-        entry = _proposers.setdefault(cache_key, entry)  # another thread may have built it meanwhile
-        _proposers.move_to_end(cache_key)
-        while len(_proposers) > CACHE_SIZE:
-            _proposers.popitem(last=False)
-    return entry
+@functools.cache
+def _enable_cache_once() -> None:
+    """Keep the compiled proposers across processes (`mpqjax.store.compilation_cache`): a new study or script
+    over a known bucket loads its program instead of compiling it."""
+    enable_default_compilation_cache()
 
 
 def propose(key: jax.Array, space: SearchSpace, x: np.ndarray, y: np.ndarray, *, n: int = 1, num_pending: int = 0,
@@ -157,14 +142,16 @@ def propose(key: jax.Array, space: SearchSpace, x: np.ndarray, y: np.ndarray, *,
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} values")
     static = tuple(sorted((name, settings[name]) for name in STATIC_SETTINGS if name in settings))
+    _enable_cache_once()
     capacity = capacity_bucket(x.shape[0])
-    program = _proposer(space, capacity, static).program
-    x_padded = np.zeros((capacity, len(space)), np.float32)
+    opt = _optimiser(space, capacity, static)
+    padded = bucket.pad_space(space)
+    x_padded = np.zeros((capacity, padded.bucket.num_dims), np.float32)
     y_padded = np.full((capacity,), np.nan, np.float32)
-    x_padded[: x.shape[0]], y_padded[: x.shape[0]] = x, y
+    x_padded[: x.shape[0]], y_padded[: x.shape[0]] = bucket.to_internal(padded, x), y
     numeric = {name: settings.get(name, getattr(KMeansTPE, name)) for name in NUMERIC_SETTINGS}  # class defaults
     numeric["n_initial"] = settings.get("n_initial", DEFAULT_N_INITIAL) + num_pending
     params = TPEParams(**{name: np.asarray(value, np.int32 if name in _INTEGER_SETTINGS else np.float32)
                           for name, value in numeric.items()})
-    proposals = program(key, x_padded, y_padded, np.int32(x.shape[0]), params, n=n)
-    return np.asarray(proposals)
+    proposals = opt.program.propose(key, x_padded, y_padded, np.int32(x.shape[0]), params, opt.space_data, n=n)
+    return bucket.to_public(padded, np.asarray(proposals))

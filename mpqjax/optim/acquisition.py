@@ -28,12 +28,13 @@ from mpqjax.optim import parzen
 from mpqjax.optim.cluster import NUM_STARTS, kmeans_1d
 from mpqjax.optim.space import CONTINUOUS, GRID, LOG_INT, SearchSpace, SpaceSpec, sample_uniform
 
-__all__ = ["CLUSTER_ON", "MAX_ENUMERATED", "enumerate_configurations", "fingerprint", "hash_multipliers",
+__all__ = ["BAD_SETS", "CLUSTER_ON", "MAX_ENUMERATED", "enumerate_configurations", "fingerprint", "hash_multipliers",
            "history_order", "log_ratio", "normal_kmeans_thresholds", "select", "split", "trial_outcomes",
            "uniform_pool"]
 
 MAX_ENUMERATED = 4096  # spaces with at most this many configurations are enumerated for the uniform candidates
 CLUSTER_ON = ("normal_scores", "values")  # what `split` may cluster
+BAD_SETS = ("rest", "worst")  # what `split` may fit g(x) to
 
 _HASH_SEED = 0x5EED  # seed of the fixed hash multipliers (`hash_multipliers` without a key)
 
@@ -60,9 +61,9 @@ def history_order(y, count, *, maximize: bool = False) -> jax.Array:
     return jnp.argsort(jnp.where(finite, utility, jnp.inf)).astype(jnp.int32)
 
 
-def split(y, count, k, *, order=None, maximize: bool = False, cluster_on: str = "normal_scores",
+def split(y, count, k, *, order=None, maximize: bool = False, cluster_on: str = "normal_scores", bad: str = "rest",
           max_clusters: int = 8, iterations: int = 100) -> tuple[jax.Array, jax.Array]:
-    """The trials l(x) and g(x) are fitted to: the best k-means cluster, and the worst cluster plus failed trials.
+    """The trials l(x) and g(x) are fitted to: the best k-means cluster, and the others (or the worst cluster only).
 
     Args:
         y: [capacity] objective values (NaN or infinite for failed trials).
@@ -72,12 +73,17 @@ def split(y, count, k, *, order=None, maximize: bool = False, cluster_on: str = 
         maximize: whether higher values are better.
         cluster_on: ``"normal_scores"``, k-means on the normal scores of the values' ranks (invariant to monotone
             transforms of the objective; one outlier cannot claim a cluster), or ``"values"``, on the raw values.
+        bad: what g(x) is fitted to besides the failed trials: ``"rest"``, every finite trial outside the best
+            cluster (the default), or ``"worst"``, the worst cluster only (the paper's Algorithm 1, which leaves
+            the middle clusters out).
         max_clusters: static upper bound of k.
         iterations: Lloyd iteration budget.
 
     Returns:
         ``(good, bad)``: boolean masks [capacity].
     """
+    if bad not in BAD_SETS:
+        raise ValueError(f"bad must be one of {BAD_SETS}, got {bad!r}")
     finite, failed, utility = trial_outcomes(y, count, maximize=maximize)
     order = history_order(y, count, maximize=maximize) if order is None else order
     if cluster_on == "normal_scores":
@@ -96,8 +102,8 @@ def split(y, count, k, *, order=None, maximize: bool = False, cluster_on: str = 
     clusters = kmeans_1d(utility, k, mask=finite, max_clusters=max_clusters, iterations=iterations, order=order,
                          **start)
     good = finite & (clusters.labels == clusters.num_clusters - 1)
-    bad = (finite & (clusters.labels == 0)) | failed
-    return good, bad
+    worse = ~good if bad == "rest" else clusters.labels == 0
+    return good, (finite & worse) | failed
 
 
 def log_ratio(layout: parzen.ParzenLayout, l_model: parzen.Parzen, g_model: parzen.Parzen, x, *,
@@ -121,22 +127,26 @@ def enumerate_configurations(space: SearchSpace) -> np.ndarray | None:
     return np.stack([g.ravel() for g in grids], axis=1).astype(np.float32)
 
 
-def uniform_pool(key: jax.Array, spec: SpaceSpec, n: int, enumeration: np.ndarray | None = None
-                 ) -> tuple[jax.Array, jax.Array]:
+def uniform_pool(key: jax.Array, spec: SpaceSpec, n: int, enumeration: np.ndarray | None = None,
+                 enumerated_rows=None) -> tuple[jax.Array, jax.Array]:
     """Uniform candidates and a random rank for each (one PRNG call: cheap to compile).
 
     Args:
         key: PRNG key.
         spec: the space's `SearchSpace.spec`.
         n: proposals the pool must serve.
-        enumeration: `enumerate_configurations` of the space, or None.
+        enumeration: `enumerate_configurations` of the space (or a padded one, `mpqjax.optim.bucket`), or None.
+        enumerated_rows: the real rows of a padded ``enumeration`` (the others rank below all of them).
 
     Returns:
         ``(pool, rank)``: every configuration when ``enumeration`` is given (so a batch never repeats one while
         unseen ones remain), else ``max(4 n, 32)`` random draws; ranks [P] in random order.
     """
     if enumeration is not None:
-        return enumeration, jax.random.uniform(key, (enumeration.shape[0],))
+        rank = jax.random.uniform(key, (enumeration.shape[0],))
+        if enumerated_rows is not None:
+            rank = jnp.where(jnp.arange(enumeration.shape[0]) < enumerated_rows, rank, -1.0)
+        return enumeration, rank
     size = max(4 * n, 32)
     return sample_uniform(key, spec, size), -jnp.arange(size, dtype=jnp.float32)
 

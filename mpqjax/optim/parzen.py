@@ -41,17 +41,22 @@ LOG_FLOOR = -1e4
 
 
 class ParzenLayout(NamedTuple):
-    """Static split of a space's dimensions into tabulated and numeric ones (NumPy arrays, never traced)."""
+    """A space's dimensions split into tabulated and numeric ones.
+
+    The split (which columns are which, the largest number of choices) is static NumPy data; the per-dimension
+    numbers may be traced arrays (a padded space of `mpqjax.optim.bucket`). A numeric dimension with an empty
+    range (``high <= low``: a padded one, or a constant) is left out of every density.
+    """
 
     spec: SpaceSpec
-    table_dims: np.ndarray  # indices of TABLE dimensions
-    table_choices: np.ndarray  # n per TABLE dimension
-    table_ordered: np.ndarray  # ordinal (True) or categorical (False)
-    numeric_dims: np.ndarray  # indices of GRID, LOG_INT and CONTINUOUS dimensions
-    numeric_model: np.ndarray
-    numeric_low: np.ndarray
-    numeric_high: np.ndarray
-    max_choices: int
+    table_dims: np.ndarray  # indices of TABLE dimensions (static)
+    table_choices: jax.Array  # n per TABLE dimension
+    table_ordered: jax.Array  # ordinal (True) or categorical (False)
+    numeric_dims: np.ndarray  # indices of GRID, LOG_INT and CONTINUOUS dimensions (static)
+    numeric_model: jax.Array
+    numeric_low: jax.Array
+    numeric_high: jax.Array
+    max_choices: int  # static
 
 
 class Kernels(NamedTuple):
@@ -83,22 +88,32 @@ class Parzen(NamedTuple):
     kernels: Kernels
 
 
-def make_layout(spec: SpaceSpec) -> ParzenLayout:
-    """The static layout of a space for Parzen estimators."""
-    model = np.asarray(spec.model)
-    table_dims = np.flatnonzero(model == TABLE)
-    numeric_dims = np.flatnonzero(model != TABLE)
-    table_choices = np.asarray(spec.num_choices)[table_dims]
+def make_layout(spec: SpaceSpec, *, num_table: int | None = None, max_choices: int | None = None) -> ParzenLayout:
+    """The layout of a space for Parzen estimators.
+
+    Args:
+        spec: a `SearchSpace.spec` (NumPy), or a padded spec (`mpqjax.optim.bucket`, possibly traced).
+        num_table: for a padded spec, its first ``num_table`` dimensions are the tabulated ones and the rest the
+            numeric ones; None: found from ``spec.model`` (NumPy only).
+        max_choices: for a padded spec, the padded number of choices; None: the largest of ``spec.num_choices``.
+    """
+    if num_table is None:
+        model = np.asarray(spec.model)
+        table_dims, numeric_dims = np.flatnonzero(model == TABLE), np.flatnonzero(model != TABLE)
+    else:
+        table_dims, numeric_dims = np.arange(num_table), np.arange(num_table, len(spec.model))
+    if max_choices is None:
+        max_choices = int(np.asarray(spec.num_choices)[table_dims].max()) if table_dims.size else 1
     return ParzenLayout(
         spec=spec,
         table_dims=table_dims,
-        table_choices=table_choices,
-        table_ordered=np.asarray(spec.ordered)[table_dims],
+        table_choices=spec.num_choices[table_dims],
+        table_ordered=spec.ordered[table_dims],
         numeric_dims=numeric_dims,
-        numeric_model=model[numeric_dims],
-        numeric_low=np.asarray(spec.low)[numeric_dims],
-        numeric_high=np.asarray(spec.high)[numeric_dims],
-        max_choices=int(table_choices.max()) if table_dims.size else 1,
+        numeric_model=spec.model[numeric_dims],
+        numeric_low=spec.low[numeric_dims],
+        numeric_high=spec.high[numeric_dims],
+        max_choices=max_choices,
     )
 
 
@@ -206,7 +221,8 @@ def _numeric_log_kernels(layout: ParzenLayout, kernels: Kernels, numeric_x):
     z = (x - centre) / sigma
     log_density = -0.5 * z**2 - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
     is_discrete = (model == GRID) | (model == LOG_INT)
-    return jnp.maximum(jnp.where(is_discrete, log_mass, log_density) - log_norm, LOG_FLOOR)
+    log_kernel = jnp.maximum(jnp.where(is_discrete, log_mass, log_density) - log_norm, LOG_FLOOR)
+    return jnp.where(high > low, log_kernel, 0.0)  # an empty range (padding) is left out
 
 
 def component_log_probs(layout: ParzenLayout, kernels: Kernels, x) -> jax.Array:

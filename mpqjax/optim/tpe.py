@@ -46,80 +46,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpqjax.optim import acquisition, parzen
-from mpqjax.optim.space import CONTINUOUS, SearchSpace, snap
+from mpqjax.optim import acquisition, bucket
+from mpqjax.optim.bucket import SpaceData
+from mpqjax.optim.program import Feasibility, Program, TPEParams, TPEState, device_data
+from mpqjax.optim.space import CONTINUOUS, SearchSpace
 
-__all__ = ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "KMeansTPE", "TPEParams", "TPEState", "auto_batch",
+__all__ = ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "PAPER_SETTINGS", "KMeansTPE", "TPEParams", "TPEState", "auto_batch",
            "auto_joint", "run"]
 
 AUTO_JOINT_MAX_DIMS = 20  # joint="auto": joint kernels up to this many dimensions, independent mixtures above
 BATCH_STRATEGIES = ("auto", "liar", "neutral_liar", "top_q")  # KMeansTPE(batch=...): how a batch ask proposes
-
-
-class TPEParams(NamedTuple):
-    """The traced numbers of a k-means TPE (arrays; change them without recompiling).
-
-    Attributes:
-        n_initial: random configurations before the first model-based proposal (the paper's n0).
-        k_initial: clusters at the first model-based step (k0 >= 3).
-        k_interval: model-based trials between two increments of k.
-        bandwidth: initial kernel bandwidth scale c (fraction of each dimension's encoded range).
-        bandwidth_decay: factor alpha applied to c after each model-based trial.
-        min_bandwidth: floor of c.
-        prior_weight: weight of the prior kernel in l and g, relative to one observation.
-    """
-
-    n_initial: jax.Array
-    k_initial: jax.Array
-    k_interval: jax.Array
-    bandwidth: jax.Array
-    bandwidth_decay: jax.Array
-    min_bandwidth: jax.Array
-    prior_weight: jax.Array
-
-
-class TPEState(NamedTuple):
-    """Search state: a fixed-capacity history with a fill count, and the traced parameters.
-
-    Attributes:
-        x: [capacity, D] encoded configurations told so far (rows past ``count`` are unused).
-        y: [capacity] their objective values (NaN/inf for failed trials).
-        hashes: [capacity] uint32 fingerprints of ``x`` for duplicate detection.
-        order: [capacity] trials sorted from worst to best (failed and unused slots last), kept by `tell` so that
-            `ask` never sorts.
-        count: number of trials told (may exceed capacity under jit; extra trials are dropped).
-        params: the `TPEParams`.
-        hash_multipliers: [D] odd uint32 multipliers of the fingerprints, drawn by `KMeansTPE.init` from its key
-            (fixed ones without a key).
-    """
-
-    x: jax.Array
-    y: jax.Array
-    hashes: jax.Array
-    order: jax.Array
-    count: jax.Array
-    params: TPEParams
-    hash_multipliers: jax.Array
+# the paper's Algorithm 1 (`KMeansTPE.paper`): n0 = 20, k = 4, c = 0.25 annealed by alpha = 0.98 (no floor within
+# its budgets), k-means on the raw objective values, g(x) fitted to the worst cluster only
+PAPER_SETTINGS = dict(n_initial=20, k_initial=4, bandwidth=0.25, bandwidth_decay=0.98, min_bandwidth=1e-3,
+                      cluster_on="values", bad="worst", kmeans_iterations=100)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class KMeansTPE:
     """k-means tree-structured Parzen estimator over a `SearchSpace` (see the module docstring).
 
-    Hashed by identity: it is the static argument of its jitted methods, so each optimiser compiles its own
-    programs once and reuses them for every state of its shape.
+    Its jitted ask and tell are those of its `program` (the space's bucket, the capacity and the structural
+    settings), compiled once and shared with every optimiser of an equal program, whatever its space.
 
     Args:
         space: the search space.
         capacity: history size (static): the most trials one state can hold.
         maximize: True to maximise the objective, False to minimise it.
-        n_initial: the paper's n0, random trials first (default 20).
+        n_initial: the paper's n0, random trials first (default 10; the paper's 20 in `PAPER_SETTINGS`).
         k_initial: the paper's initial k (>= 3, default 4).
         max_clusters: upper bound of k (static; default 8).
         k_interval: model-based trials between increments of k (default 25).
         bandwidth: the paper's c (default 0.25), initial kernel bandwidth scale.
-        bandwidth_decay: the paper's alpha (default 0.98), decay of c per model-based trial.
-        min_bandwidth: floor of c (default 0.08), so late proposals can still move.
+        bandwidth_decay: the paper's alpha, decay of c per model-based trial (default 0.96; the paper's 0.98).
+        min_bandwidth: floor of c (default 0.05), so late proposals can still move.
         prior_weight: prior kernel weight (default 1.0).
         num_candidates: candidates drawn from l(x) per proposal (static; default 24; a ``"top_q"`` batch ask of q
             draws ``max(num_candidates, 2 q)``).
@@ -135,6 +95,8 @@ class KMeansTPE:
             best one; normal scores keep the clusters' shape (small tail clusters, large middle ones) whatever the
             objective's scale, and are invariant to monotone transforms of it. ``bench_tpe.py --ablation``
             compares the two.
+        bad: what g(x) is fitted to besides failed trials: ``"rest"`` (default), every trial outside the best
+            cluster, or ``"worst"``, the worst cluster only, as in the paper (`mpqjax.optim.acquisition.split`).
         batch: how a batch ask (n > 1) proposes (static): ``"liar"``, one at a time inside the jitted ask, each
             after the earlier proposals joined the history as pending failed trials (in g(x): a constant liar with
             the worst value, which spreads the batch); ``"neutral_liar"``, one at a time with the pending trials in
@@ -150,19 +112,20 @@ class KMeansTPE:
     space: SearchSpace
     capacity: int = 1000
     maximize: bool = False
-    n_initial: int = 20
+    n_initial: int = 10
     k_initial: int = 4
     max_clusters: int = 8
     k_interval: int = 25
     bandwidth: float = 0.25
-    bandwidth_decay: float = 0.98
-    min_bandwidth: float = 0.08
+    bandwidth_decay: float = 0.96
+    min_bandwidth: float = 0.05
     prior_weight: float = 1.0
     num_candidates: int = 24
     joint: bool | str = "auto"
     feasible: Callable[[jax.Array], jax.Array] | None = None
     kmeans_iterations: int = 100
     cluster_on: str = "normal_scores"
+    bad: str = "rest"
     batch: str = "auto"
 
     def __post_init__(self):
@@ -190,12 +153,14 @@ class KMeansTPE:
             raise ValueError(f"joint must be True, False or 'auto', got {self.joint!r}")
         if self.cluster_on not in acquisition.CLUSTER_ON:
             raise ValueError(f"cluster_on must be 'normal_scores' or 'values', got {self.cluster_on!r}")
+        if self.bad not in acquisition.BAD_SETS:
+            raise ValueError(f"bad must be one of {acquisition.BAD_SETS}, got {self.bad!r}")
         if self.batch not in BATCH_STRATEGIES:
             raise ValueError(f"batch must be one of {BATCH_STRATEGIES}, got {self.batch!r}")
         if self.num_candidates < 1 or self.kmeans_iterations < 1:
             raise ValueError("num_candidates and kmeans_iterations must be >= 1")
 
-    # -- resolved settings and static data (computed once, on first use) ----------------------------------------
+    # -- resolved settings and the compiled structure (computed once, on first use) -----------------------------
 
     @property
     def num_dims(self) -> int:
@@ -213,18 +178,27 @@ class KMeansTPE:
         return auto_batch(self.space) if self.batch == "auto" else self.batch
 
     @functools.cached_property
-    def _layout(self) -> parzen.ParzenLayout:
-        return parzen.make_layout(self.space.spec())
+    def program(self) -> Program:
+        """The static structure the jitted ask and tell are compiled for (`mpqjax.optim.program.Program`).
+
+        Optimisers with equal programs share their compiled code: any two spaces of one `mpqjax.optim.bucket`
+        bucket, with equal capacity and structural settings and no feasibility function.
+        """
+        return Program(
+            bucket=self._padded.bucket, capacity=self.capacity, maximize=self.maximize,
+            max_clusters=self.max_clusters, num_candidates=self.num_candidates, joint=self.joint_kernels,
+            kmeans_iterations=self.kmeans_iterations, cluster_on=self.cluster_on, bad=self.bad,
+            batch=self.batch,
+            feasible=None if self.feasible is None else Feasibility(self.space, self.feasible))
 
     @functools.cached_property
-    def _enumeration(self) -> np.ndarray | None:
-        return acquisition.enumerate_configurations(self.space)
+    def _padded(self) -> bucket.PaddedSpace:
+        return bucket.pad_space(self.space)
 
     @functools.cached_property
-    def _pool_feasibility(self) -> Callable[[jax.Array], jax.Array] | None:
-        if self.feasible is None:
-            return None
-        return lambda pool: jax.vmap(self.feasible)(self.space.values(pool)).astype(bool)
+    def space_data(self) -> SpaceData:
+        """The space as its program takes it: its padded encoding's arrays (`mpqjax.optim.bucket.SpaceData`)."""
+        return device_data(self._padded.data)
 
     # -- init, schedule ------------------------------------------------------------------------------------------
 
@@ -251,25 +225,14 @@ class KMeansTPE:
         Returns:
             A `TPEState` with no trial told.
         """
-        return TPEState(
-            x=jnp.zeros((self.capacity, self.num_dims), jnp.float32),
-            y=jnp.full((self.capacity,), jnp.nan, jnp.float32),
-            hashes=jnp.zeros((self.capacity,), jnp.uint32),
-            order=jnp.arange(self.capacity, dtype=jnp.int32),
-            count=jnp.asarray(0, jnp.int32),
-            params=self.default_params() if params is None else params,
-            hash_multipliers=acquisition.hash_multipliers(key, self.num_dims),
-        )
+        params = self.default_params() if params is None else params
+        return self.program.init(params, acquisition.hash_multipliers(key, self._padded.bucket.num_dims))
 
     def schedule(self, state: TPEState) -> tuple[jax.Array, jax.Array]:
         """``(k, c)`` in force for the next proposal: clusters and bandwidth scale after the told trials."""
-        p = state.params
-        model_trials = jnp.maximum(state.count - p.n_initial, 0)
-        k = jnp.minimum(p.k_initial + model_trials // p.k_interval, self.max_clusters)
-        c = jnp.maximum(p.bandwidth * p.bandwidth_decay ** model_trials.astype(jnp.float32), p.min_bandwidth)
-        return k, c
+        return self.program.schedule(state)
 
-    # -- ask -----------------------------------------------------------------------------------------------------
+    # -- ask, tell -----------------------------------------------------------------------------------------------
 
     def ask(self, key: jax.Array, state: TPEState, n: int = 1) -> tuple[jax.Array, TPEState]:
         """Propose ``n`` distinct encoded configurations [n, D]; the state is returned unchanged.
@@ -293,81 +256,8 @@ class KMeansTPE:
             size = 0
         if size < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        return self._ask(key, state, size)
+        return _from_padded(self._padded, self.program.ask(key, state, self.space_data, size)), state
 
-    @functools.partial(jax.jit, static_argnames=("self", "n"))
-    def _ask(self, key: jax.Array, state: TPEState, n: int) -> tuple[jax.Array, TPEState]:
-        if n > 1 and self.batch_strategy in ("liar", "neutral_liar"):
-            return self._ask_with_liar(key, state, n), state
-        return self._propose(key, state, n), state
-
-    def _propose(self, key, state, n, taken=None, pending_from=None):
-        """n proposals from one candidate pool; ``taken``: optional (hashes [m], mask [m]) of configurations to
-        avoid besides the history's; ``pending_from``: optional count of real trials, the history's later trials
-        being pending ones that join neither l(x) nor g(x) (the neutral liar)."""
-        model_key, fallback_key = jax.random.split(key)
-        # uniform candidates serve both the random phase and the model's fallback
-        fallback, fallback_rank = acquisition.uniform_pool(fallback_key, self.space.spec(), n, self._enumeration)
-        use_model = (state.count >= state.params.n_initial) & (state.count >= 2)
-        return jax.lax.cond(use_model,
-                            lambda: self._model_proposals(model_key, fallback, fallback_rank, state, n, taken,
-                                                          pending_from),
-                            lambda: self._select(fallback, fallback_rank, state, n, taken))
-
-    def _ask_with_liar(self, key, state, n):
-        """n proposals made one at a time, each after the previous ones joined the history as pending trials.
-
-        A pending trial is told as failed (NaN), so it leaves the finite trials' clusters as they are. Under
-        ``"liar"`` it joins g(x), so l(x)/g(x) drops around it and the next proposal goes elsewhere (a constant liar
-        with the worst value); under ``"neutral_liar"`` it is left out of g(x) too. Either way it is never proposed
-        again, and proposal i gets the random/model switch and the schedule (k, c) of trial ``count + i``, as in a
-        sequential search. The proposals' own fingerprints are also kept aside, so the batch stays distinct when
-        the history is full and a pending trial cannot be recorded.
-        """
-        pending_from = state.count if self.batch_strategy == "neutral_liar" else None
-        spec = self.space.spec()
-
-        # a loop, not n unrolled copies: the body compiles once whatever n is
-        def propose_next(i, carry):
-            pending, proposals, proposal_hashes = carry
-            x = self._propose(jax.random.fold_in(key, i), pending, 1, (proposal_hashes, jnp.arange(n) < i),
-                              pending_from)
-            pending = self.tell(pending, x, jnp.full((1,), jnp.nan, jnp.float32))
-            x_hash = acquisition.fingerprint(spec, state.hash_multipliers, snap(spec, x))[0]
-            return pending, proposals.at[i].set(x[0]), proposal_hashes.at[i].set(x_hash)
-
-        start = (state, jnp.zeros((n, self.num_dims), jnp.float32), jnp.zeros((n,), jnp.uint32))
-        return jax.lax.fori_loop(0, n, propose_next, start)[1]
-
-    def _model_proposals(self, model_key, fallback, fallback_rank, state, n, taken=None, pending_from=None):
-        """n proposals by l(x)/g(x) among draws from l(x), the uniform ``fallback`` ranked below every draw."""
-        k, c = self.schedule(state)
-        good, bad = acquisition.split(state.y, state.count, k, order=state.order, maximize=self.maximize,
-                                      cluster_on=self.cluster_on, max_clusters=self.max_clusters,
-                                      iterations=self.kmeans_iterations)
-        if pending_from is not None:
-            # the neutral liar: pending trials (told as failed, so never in l) are taken out of g as well
-            bad = bad & (jnp.arange(self.capacity) < pending_from)
-        kernels = parzen.kernels(self._layout, state.x, c)  # l and g share kernels; only their weights differ
-        l_model = parzen.Parzen(parzen.mixture_log_weights(good, state.params.prior_weight), kernels)
-        g_model = parzen.Parzen(parzen.mixture_log_weights(bad, state.params.prior_weight), kernels)
-        from_l = parzen.sample(model_key, self._layout, l_model, max(self.num_candidates, 2 * n),
-                               joint=self.joint_kernels)
-        score = acquisition.log_ratio(self._layout, l_model, g_model, from_l, joint=self.joint_kernels)
-        # uniform fallbacks are only used when too few candidates from l(x) are usable
-        pool = jnp.concatenate([from_l, fallback])
-        rank = jnp.concatenate([score, fallback_rank - 1e6 - jnp.max(jnp.abs(fallback_rank))])
-        return self._select(pool, rank, state, n, taken)
-
-    def _select(self, pool, score, state, n, taken=None):
-        """The n best usable candidates: new to the history (and to ``taken``), distinct, feasible."""
-        avoid = [(state.hashes, jnp.arange(self.capacity) < state.count)] + ([taken] if taken is not None else [])
-        return acquisition.select(self.space.spec(), state.hash_multipliers, pool, score, n, avoid=avoid,
-                                  feasible=self._pool_feasibility)
-
-    # -- tell ----------------------------------------------------------------------------------------------------
-
-    @functools.partial(jax.jit, static_argnames=("self",))
     def tell(self, state: TPEState, x, y) -> TPEState:
         """Record evaluated configurations ``x`` [q, D] (or [D]) and their objective values ``y`` [q] (or scalar).
 
@@ -382,8 +272,7 @@ class KMeansTPE:
         Returns:
             The new state.
         """
-        x = jnp.asarray(x, jnp.float32)
-        y = jnp.asarray(y, jnp.float32)
+        x, y = ((value if isinstance(value, jax.core.Tracer) else np.asarray(value, np.float32)) for value in (x, y))
         if x.ndim == 1:
             x = x[None]
         if y.ndim == 0:
@@ -392,20 +281,9 @@ class KMeansTPE:
             raise ValueError(f"tell: x must have shape [q, {self.num_dims}], got {x.shape}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"tell: y must have shape ({x.shape[0]},) to match x, got {y.shape}")
-        spec = self.space.spec()
-        x = snap(spec, x)
-        slots = state.count + jnp.arange(x.shape[0])
-        all_y = state.y.at[slots].set(y, mode="drop")
-        count = state.count + x.shape[0]
-        return state._replace(
-            x=state.x.at[slots].set(x, mode="drop"),
-            y=all_y,
-            hashes=state.hashes.at[slots].set(acquisition.fingerprint(spec, state.hash_multipliers, x), mode="drop"),
-            order=acquisition.history_order(all_y, count, maximize=self.maximize),
-            count=count,
-        )
+        return self.program.tell(state, self.space_data, bucket.to_internal(self._padded, x), y)
 
-    # -- eager helpers -------------------------------------------------------------------------------------------
+    # -- reading a state -----------------------------------------------------------------------------------------
 
     def check_capacity(self, state: TPEState, extra: int) -> None:
         """Raise ValueError if ``extra`` more trials would not fit in the state's history (eager only)."""
@@ -413,13 +291,30 @@ class KMeansTPE:
             raise ValueError(f"capacity {self.capacity} is smaller than the requested trials "
                              f"({int(state.count)} told + {extra} more)")
 
+    def history(self, state: TPEState) -> tuple[jax.Array, jax.Array]:
+        """Every slot of the history in the space's encoding: ``(x [capacity, D], y [capacity])``.
+
+        Slots past ``state.count`` are unused (y NaN). The state itself keeps configurations in the padded
+        encoding of the space's bucket.
+        """
+        return _from_padded(self._padded, state.x), state.y
+
     def best(self, state: TPEState) -> tuple[jax.Array, jax.Array]:
         """The best finite trial so far: ``(x [D], y)`` (y is NaN before any finite trial)."""
-        told = (jnp.arange(self.capacity) < state.count) & jnp.isfinite(state.y)
-        utility = jnp.where(told, state.y if self.maximize else -state.y, -jnp.inf)
-        index = jnp.argmax(utility)
-        return state.x[index], jnp.where(jnp.any(told), state.y[index], jnp.nan)
+        x, y = self.program.best(state)
+        return _from_padded(self._padded, x), y
 
+    @classmethod
+    def paper(cls, space: SearchSpace, **settings) -> KMeansTPE:
+        """The paper's Algorithm 1 (`PAPER_SETTINGS`), with any other settings as given."""
+        return cls(space, **{**PAPER_SETTINGS, **settings})
+
+
+def _from_padded(padded: bucket.PaddedSpace, x):
+    """Padded configurations back in the space's encoding: a JAX array (a host gather outside a trace)."""
+    if isinstance(x, jax.core.Tracer):
+        return bucket.to_public(padded, x)
+    return jax.device_put(bucket.to_public(padded, np.asarray(x)))  # device_put compiles nothing
 
 def auto_batch(space: SearchSpace) -> str:
     """The batch strategy of ``KMeansTPE(batch="auto")``: ``"neutral_liar"`` when every dimension is continuous,

@@ -32,6 +32,7 @@ from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.search import inputs
 from mpqjax.search.config import SearchConfig
+from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation_cache
 from mpqjax.sensitivity import hessian
 from mpqjax.training import train
 
@@ -55,30 +56,6 @@ def search_keys(seed: int) -> SearchKeys:
     """The keys of a search of ``seed``: ``fold_in(key(seed), i)`` for i = 0 .. 4, in `SearchKeys`' order."""
     key = jax.random.key(seed)
     return SearchKeys(*(jax.random.fold_in(key, index) for index in range(len(SearchKeys._fields))))
-
-
-def default_cache_dir() -> str:
-    """Where trained float models are cached: ``$MPQJAX_CACHE_DIR``, else ``~/.cache/mpqjax``."""
-    return os.environ.get("MPQJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mpqjax")
-
-
-def enable_compilation_cache(path: str | None = None, *, min_compile_seconds: float = 0.2) -> str:
-    """Keep compiled XLA programs on disk (JAX's persistent compilation cache), so a second search of the same
-    model skips compiling its training step, Hessian probes and optimiser. The CLI turns it on.
-
-    Args:
-        path: cache folder (default ``<default_cache_dir()>/xla``).
-        min_compile_seconds: programs that compile faster than this are not stored.
-
-    Returns:
-        The cache folder.
-    """
-    path = path or os.path.join(default_cache_dir(), "xla")
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
 
 
 def load_dataset(config: SearchConfig) -> data.Dataset:

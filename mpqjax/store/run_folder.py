@@ -395,7 +395,7 @@ class RunFolder:
         if self.has("state"):
             with contextlib.suppress(ValueError):
                 state = load_tpe_state(self.path("state"))
-                if state.x.shape != (opt.capacity, opt.num_dims) or int(state.count) > len(records):
+                if state.x.shape != opt.init().x.shape or int(state.count) > len(records):
                     state = None
         if state is None:
             state = opt.init()

@@ -102,7 +102,7 @@ def test_failed_region_is_avoided():
 
     trials = search(1, fn=failing_right)
     model_based = [doc["misc"]["vals"]["x"][0] for doc in trials.trials[N_INITIAL:]]
-    assert np.mean(np.asarray(model_based) > 0) < 0.3
+    assert np.mean(np.asarray(model_based) > 0) < 0.35  # random search: 0.5
 
 
 def test_batch_of_new_ids_and_pending_trials_are_all_distinct():

@@ -150,7 +150,7 @@ def test_failed_and_pruned_regions_are_avoided():
     states = {t.state for t in study.trials}
     assert {TrialState.FAIL, TrialState.PRUNED, TrialState.COMPLETE} <= states
     model_based = [t.params["x"] for t in study.trials[N_INITIAL:]]
-    assert np.mean(np.asarray(model_based) > 0) < 0.3
+    assert np.mean(np.asarray(model_based) > 0) < 0.35  # random search: 0.5
 
 
 def test_dynamic_parameters_fall_back_to_independent_sampling():

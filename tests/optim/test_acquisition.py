@@ -48,10 +48,22 @@ def test_failed_trials_join_the_bad_cluster():
     assert not np.any(good[12:] | bad[12:])  # unused slots join neither
 
 
+def test_g_takes_every_trial_outside_the_best_cluster_or_the_worst_cluster_only():
+    y = history([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, jnp.nan], 16)
+    good, rest = (np.asarray(mask) for mask in split(y, 13, 4))
+    good_worst, worst = (np.asarray(mask) for mask in split(y, 13, 4, bad="worst"))
+    np.testing.assert_array_equal(good, good_worst)  # l(x)'s data do not depend on the choice
+    told = np.arange(16) < 13
+    np.testing.assert_array_equal(rest, told & ~good)  # "rest": everything else told, the failed trial included
+    assert worst[12] and worst[11] and not worst[6] and worst.sum() < rest.sum()  # "worst": the middle is left out
+    with pytest.raises(ValueError, match="bad must be one of"):
+        split(y, 13, 4, bad="middle")
+
+
 def test_an_outlier_does_not_claim_the_worst_cluster_with_normal_scores():
     y = jnp.concatenate([jnp.linspace(0.0, 1.0, 19), jnp.array([1000.0])])  # one diverged, heavily penalised trial
-    good_v, bad_v = split(y, 20, 4, cluster_on="values")
-    good_s, bad_s = split(y, 20, 4)
+    good_v, bad_v = split(y, 20, 4, cluster_on="values", bad="worst")
+    good_s, bad_s = split(y, 20, 4, bad="worst")
     assert int(bad_v.sum()) == 1  # the paper's raw values: g(x) is fitted to the outlier alone
     assert int(bad_s.sum()) >= 3 and int(good_s.sum()) <= int(good_v.sum())  # normal scores: balanced tails
     assert bool(good_s[0]) and bool(bad_s[19])
