@@ -5,11 +5,13 @@
 compiled once per space, power-of-two history bucket and number of new ids), proposes one distinct configuration
 per new trial id in one batch, and returns the new trial documents.
 
-Supported labels: ``hp.choice`` (an unordered choice; its options may be any constants), ``hp.randint`` (ordered
-integers), ``hp.uniform``, ``hp.quniform``, ``hp.uniformint``, ``hp.loguniform`` and ``hp.qloguniform``. Refused
-with a ValueError naming the label: unbounded distributions (``hp.normal``, ``hp.lognormal`` and their
-quantised forms), ``hp.pchoice`` (its prior weights would be ignored) and conditional spaces (a label inside an
-option of an ``hp.choice``): the sampler models a flat, fixed-length vector.
+Supported labels: ``hp.choice`` (an unordered choice; its options may be any constants, and may hold labels of
+their own: a tree-structured space, modelled as `mpqjax.optim.space.conditional` dimensions, each fitted over the
+trials where it is active), ``hp.randint`` (ordered integers), ``hp.uniform``, ``hp.quniform``, ``hp.uniformint``,
+``hp.loguniform``, ``hp.qloguniform``, and the unbounded ``hp.normal``, ``hp.lognormal`` and their ``q`` forms
+(`mpqjax.optim.space.normal`, kernels on the unbounded scale; the ``q`` forms are modelled continuous and quantised
+on output). Refused with a ValueError naming the label: ``hp.pchoice`` (its prior weights would be ignored), a label
+under two different choices, and computed arguments.
 
 Trials: ``ok`` results give their loss (minimised); failed ones, errors and non-finite losses join g(x), the "bad"
 density; trials still new or running (parallel ``Trials`` backends) are pending: they join g(x) and are never
@@ -25,21 +27,22 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 try:
-    from hyperopt import pyll
     from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW, JOB_STATE_RUNNING, STATUS_OK, miscs_update_idxs_vals
 except ImportError as error:  # pragma: no cover - exercised only without the peers extra
     raise ImportError("mpqjax.integrations.hyperopt needs hyperopt: pip install 'mpqjax[peers]'") from error
 
 from mpqjax.integrations.proposals import check_settings, propose
-from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, real
+from mpqjax.optim.space import Dimension, SearchSpace, categorical, conditional, integer, normal, real
 
-SUPPORTED = "hp.choice, hp.randint, hp.uniform, hp.quniform, hp.uniformint, hp.loguniform, hp.qloguniform"
+SUPPORTED = ("hp.choice (with labels inside its options), hp.randint, hp.uniform, hp.quniform, hp.uniformint, "
+             "hp.loguniform, hp.qloguniform, hp.normal, hp.qnormal, hp.lognormal, hp.qlognormal")
 
 
 def suggest(new_ids, domain, trials, seed, **settings) -> list[dict]:
@@ -67,53 +70,98 @@ def suggest(new_ids, domain, trials, seed, **settings) -> list[dict]:
     if not new_ids:
         return []
     labels = parse_space(domain)
-    space = SearchSpace([dimension for _, dimension, _ in labels])
+    space = SearchSpace([label.dimension for label in labels])
     x, y, num_pending = _history(trials, space, labels)
     encoded = propose(jax.random.key(int(seed) % 2**32), space, x, y, n=len(new_ids), num_pending=num_pending,
                       **settings)
     docs = []
     for new_id, row in zip(new_ids, encoded, strict=True):
-        config = space.decode(row)
-        idxs = {label: [new_id] for label, _, _ in labels}
-        vals = {label: [to_hyperopt(config[label])] for label, _, to_hyperopt in labels}
+        config = space.decode(row)  # the active labels only: the others get empty lists, as hyperopt stores them
+        idxs = {label.name: [new_id] if label.name in config else [] for label in labels}
+        vals = {label.name: [label.to_hyperopt(config[label.name])] if label.name in config else []
+                for label in labels}
         misc = dict(tid=new_id, cmd=domain.cmd, workdir=domain.workdir)
         miscs_update_idxs_vals([misc], idxs, vals)
         docs.extend(trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc]))
     return docs
 
 
-def parse_space(domain) -> list[tuple[str, Dimension, Any]]:
-    """``(label, dimension, to_hyperopt)`` per label of a hyperopt domain, sorted by label.
+class Label(NamedTuple):
+    """One label of a hyperopt space, as k-means TPE sees it.
 
-    ``to_hyperopt`` maps the dimension's decoded value to the value hyperopt stores in a trial's ``misc.vals``
-    (the option's index for ``hp.choice``, the quantised number for ``hp.qloguniform``).
+    Attributes:
+        name: the label.
+        dimension: its `mpqjax.optim.space` dimension (`conditional` when it lies inside an option of hp.choice).
+        to_hyperopt: maps the dimension's decoded value to the value hyperopt stores in a trial's ``misc.vals``
+            (the option's index for ``hp.choice``, the quantised number for the ``q`` forms).
+        from_hyperopt: maps a stored value back to the dimension's value.
+    """
+
+    name: str
+    dimension: Dimension
+    to_hyperopt: Callable[[Any], Any]
+    from_hyperopt: Callable[[Any], Any]
+
+
+def parse_space(domain) -> list[Label]:
+    """The labels of a hyperopt domain, parents before the labels inside their options (then by name).
+
+    A label inside option i of an ``hp.choice`` is `mpqjax.optim.space.conditional` on that choice taking option i
+    (or any of the options it appears in), to any depth of nesting.
 
     Raises:
-        ValueError: a conditional label or an unsupported distribution, naming the label.
+        ValueError: an unsupported distribution, a label under two different choices, or a computed argument,
+            naming the label.
     """
-    choices, conditional = {}, {}
-    for node in pyll.dfs(domain.expr):
+    contexts: dict[str, set] = {}
+    choices: dict[str, int] = {}
+    visited: set = set()
+
+    def visit(node, context):
+        if (id(node), context) in visited:
+            return
+        visited.add((id(node), context))
+        if node.name == "hyperopt_param":
+            contexts.setdefault(node.arg["label"].obj, set()).add(context)
+            return
         if node.name == "switch" and node.pos_args[0].name == "hyperopt_param":
-            choice_label = node.pos_args[0].arg["label"].obj
-            choices[choice_label] = len(node.pos_args) - 1
-            for option in node.pos_args[1:]:
-                for inner in pyll.dfs(option):
-                    if inner.name == "hyperopt_param":
-                        conditional.setdefault(inner.arg["label"].obj, choice_label)
-    labels = []
-    for label in sorted(domain.params):
-        if label in conditional:
-            raise ValueError(f"hyperopt space: label {label!r} is conditional (inside an option of hp.choice "
-                             f"{conditional[label]!r}); mpqjax.integrations.hyperopt.suggest supports flat spaces "
-                             "only: move the label out of the choice")
-        labels.append(_dimension(label, domain.params[label], choices.get(label)))
-    return labels
+            label = node.pos_args[0].arg["label"].obj
+            choices[label] = len(node.pos_args) - 1
+            visit(node.pos_args[0], context)
+            for index, option in enumerate(node.pos_args[1:]):
+                visit(option, (label, index))
+            return
+        for child in node.inputs():
+            visit(child, context)
+
+    visit(domain.expr, None)
+    labels = {}
+    for label in domain.params:
+        found = contexts.get(label, {None})
+        parents = {context[0] if context else None for context in found}
+        if len(parents) > 1:
+            raise ValueError(f"hyperopt space: label {label!r} appears under different choices "
+                             f"({sorted(map(str, parents))}); mpqjax.integrations.hyperopt.suggest needs one parent "
+                             "per label")
+        entry = _label(label, domain.params[label], choices.get(label))
+        parent = parents.pop()
+        if parent is not None:
+            when = sorted(context[1] for context in found)
+            entry = entry._replace(dimension=conditional(entry.dimension, parent, when))
+        labels[label] = entry
+    return sorted(labels.values(), key=lambda entry: (_depth(entry.name, labels), entry.name))
 
 
-_KINDS = ("randint", "uniform", "loguniform", "quniform", "qloguniform")
+def _depth(name: str, labels: dict[str, Label]) -> int:
+    parent = labels[name].dimension.parent
+    return 0 if parent is None else 1 + _depth(parent, labels)
 
 
-def _dimension(label: str, node, num_options: int | None):
+_KINDS = ("randint", "uniform", "loguniform", "quniform", "qloguniform", "normal", "lognormal", "qnormal",
+          "qlognormal")
+
+
+def _label(label: str, node, num_options: int | None) -> Label:
     kind = node.name
     if kind not in _KINDS:
         raise ValueError(f"hyperopt space: label {label!r} uses {kind!r}, which mpqjax.integrations.hyperopt.suggest "
@@ -123,36 +171,48 @@ def _dimension(label: str, node, num_options: int | None):
     except AttributeError:
         raise ValueError(f"hyperopt space: label {label!r} has a computed argument; use constant bounds") from None
     if kind == "randint" and num_options is not None:  # hp.choice: the option's index, unordered
-        return label, categorical(label, tuple(range(num_options))), int
+        return Label(label, categorical(label, tuple(range(num_options))), int, int)
     if kind == "randint":  # hp.randint(label, upper) or hp.randint(label, low, upper): integers in [low, upper)
         low, high = (0, args[0]) if len(args) == 1 else args[:2]
-        return label, integer(label, int(low), int(high) - 1), int
+        return Label(label, integer(label, int(low), int(high) - 1), int, int)
     if kind == "uniform":
-        return label, real(label, float(args[0]), float(args[1])), float
-    if kind == "loguniform":  # bounds are on the log scale
-        return label, real(label, math.exp(args[0]), math.exp(args[1]), log=True), float
+        return Label(label, real(label, float(args[0]), float(args[1])), float, float)
     if kind == "quniform":  # round(uniform(low, high) / q) * q
         low, high, q = (float(a) for a in args[:3])
-        return label, real(label, round(low / q) * q, round(high / q) * q, step=q), float
-    # qloguniform: round(exp(uniform(low, high)) / q) * q, modelled continuous and quantised on output
-    low, high, q = (float(a) for a in args[:3])
-    return label, real(label, math.exp(low), math.exp(high), log=True), functools.partial(_quantise, q=q)
+        return Label(label, real(label, round(low / q) * q, round(high / q) * q, step=q), float, float)
+    if kind in ("loguniform", "qloguniform"):  # bounds on the log scale
+        dimension = real(label, math.exp(args[0]), math.exp(args[1]), log=True)
+    else:  # normal, lognormal, qnormal, qlognormal: mu and sigma (of the log for the log-normal forms)
+        dimension = normal(label, float(args[0]), float(args[1]), log="lognormal" in kind)
+    if not kind.startswith("q"):
+        return Label(label, dimension, float, functools.partial(_inside, dimension=dimension, smallest=0.0))
+    # round(value / q) * q: modelled continuous and quantised on output; a stored 0 of a log form is read as q / 2
+    q = float(args[2])
+    return Label(label, dimension, functools.partial(_quantise, q=q),
+                 functools.partial(_inside, dimension=dimension, smallest=q / 2))
 
 
 def _quantise(value: float, q: float) -> float:
     return float(round(value / q) * q)
 
 
-def _history(trials, space: SearchSpace, labels) -> tuple[np.ndarray, np.ndarray, int]:
+def _inside(value, dimension: Dimension, smallest: float) -> float:
+    """A stored float inside the dimension (quantised values can round past a bound, log ones to 0)."""
+    value = min(max(float(value), dimension.low), dimension.high)
+    return max(value, smallest) if dimension.log else value
+
+
+def _history(trials, space: SearchSpace, labels: list[Label]) -> tuple[np.ndarray, np.ndarray, int]:
     """Encoded configurations [m, D], losses [m] (NaN: failed or pending) and the number of pending rows (last)."""
     finished, pending = [], []
     for doc in trials.trials:
         vals = doc["misc"].get("vals", {})
-        try:
-            config = {label: _from_hyperopt(dimension, vals[label][0]) for label, dimension, _ in labels}
+        try:  # a label a trial does not have (inactive in its branch) is stored as an empty list
+            config = {label.name: label.from_hyperopt(vals[label.name][0]) for label in labels
+                      if vals.get(label.name)}
             row = space.encode(config)
         except (KeyError, IndexError, ValueError, TypeError):
-            continue  # a trial from another space (or with an inactive label)
+            continue  # a trial from another space
         if doc["state"] in (JOB_STATE_NEW, JOB_STATE_RUNNING):
             pending.append(row)
             continue
@@ -166,19 +226,9 @@ def _history(trials, space: SearchSpace, labels) -> tuple[np.ndarray, np.ndarray
     return x, y, len(pending)
 
 
-def _from_hyperopt(dimension: Dimension, value) -> Any:
-    """The dimension's value of a stored hyperopt value (a choice index, an integer, a float)."""
-    if dimension.kind == "categorical" or dimension.kind == "integer":
-        return int(value)
-    value = float(value)
-    if dimension.log:  # qloguniform values can round below the range (even to 0)
-        return min(max(value, dimension.low), dimension.high)
-    return value
-
-
 @functools.lru_cache(maxsize=32)
 def _check_settings(settings: tuple) -> None:
     check_settings(dict(settings))
 
 
-__all__ = ["parse_space", "suggest"]
+__all__ = ["Label", "parse_space", "suggest"]

@@ -2,15 +2,16 @@
 
 How the sampler maps optuna's model onto `mpqjax.optim.tpe.KMeansTPE`:
 
-- Relative (joint) sampling over the intersection search space of the study's complete and pruned trials (as
-  optuna's multivariate TPE does; while none exists, of its failed trials): each call encodes the history,
-  rebuilds a k-means TPE state in one batch and asks it once (`mpqjax.integrations.proposals.propose`; compiled
-  once per space and power-of-two history bucket, shared by every sampler in the process). The first
-  ``n_initial`` finished trials are uniformly random, and never repeat a configuration already tried or pending.
-- Parameters outside that space (dynamic, conditional ones) are sampled independently: uniformly at random
-  (optuna's `RandomSampler`) until ``n_initial`` finished trials have the parameter, then by a one-dimension
-  k-means TPE over those trials (on a canonical space, so all continuous parameters share one compilation); or by
-  the ``independent_sampler`` you pass.
+- Relative (joint) sampling over every parameter the study's complete and pruned trials set (while none exists,
+  its failed trials): each call encodes the history, rebuilds a k-means TPE state in one batch and asks it once
+  (`mpqjax.integrations.proposals.propose`; compiled once per space bucket and power-of-two history bucket, shared
+  by every sampler in the process and kept on disk). A parameter only some trials set (a dynamic, conditional one)
+  is an `mpqjax.optim.space.optional` dimension, modelled over the trials that have it, as TPE models a
+  tree-structured space. The first ``n_initial`` finished trials are uniformly random, and never repeat a
+  configuration already tried or pending.
+- A parameter no finished trial has set yet, or one set with two distributions (a dynamic range), is sampled
+  independently: uniformly at random (optuna's `RandomSampler`) until ``n_initial`` finished trials have the
+  parameter, then by a one-dimension k-means TPE over those trials; or by the ``independent_sampler`` you pass.
 - Distributions: `FloatDistribution` (``log`` or ``step``), `IntDistribution` (``log`` or ``step``) and
   `CategoricalDistribution`. Anything else raises ValueError naming the parameter; nothing falls back silently.
 - Trial states: COMPLETE trials give their value (negated for a maximising study); FAIL and PRUNED trials join
@@ -42,14 +43,13 @@ import numpy as np
 try:
     from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
     from optuna.samplers import BaseSampler, RandomSampler
-    from optuna.search_space import IntersectionSearchSpace
     from optuna.study import Study, StudyDirection
     from optuna.trial import FrozenTrial, TrialState
 except ImportError as error:  # pragma: no cover - exercised only without the peers extra
     raise ImportError("mpqjax.integrations.optuna needs optuna: pip install 'mpqjax[peers]'") from error
 
 from mpqjax.integrations.proposals import DEFAULT_N_INITIAL, check_settings, propose
-from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, real
+from mpqjax.optim.space import Dimension, SearchSpace, categorical, integer, optional, real
 
 # trial system attribute holding a running trial's relative proposal (internal representation), so that other
 # workers see it as pending before the objective has called suggest_*
@@ -103,7 +103,6 @@ class KMeansTPESampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._random_sampler = RandomSampler(seed=seed)
         self._independent_sampler = independent_sampler
-        self._search_space = IntersectionSearchSpace(include_pruned=True)
         self._encodings: dict[tuple, _Encoding] = {}
         self._rows: dict[tuple, np.ndarray | None] = {}  # encoded rows of finished trials
 
@@ -115,23 +114,32 @@ class KMeansTPESampler(BaseSampler):
 
     # -- relative sampling ---------------------------------------------------------------------------------------
 
-    def _intersection(self, study: Study) -> dict[str, BaseDistribution]:
-        """Parameters every complete and pruned trial set with one distribution (optuna's intersection search
-        space); while no trial completed, those of the failed trials that set parameters, which are data too."""
-        intersection = self._search_space.calculate(study)
-        if intersection:
-            return intersection
-        failed = [t.distributions for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                  if t.distributions]
-        if not failed or study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            return {}
-        return {name: distribution for name, distribution in failed[0].items()
-                if all(other.get(name) == distribution for other in failed[1:])}
+    def _union(self, study: Study) -> tuple[dict[str, BaseDistribution], frozenset[str]]:
+        """Every parameter the finished trials set with one distribution, and those some of them lack (dynamic
+        parameters: `mpqjax.optim.space.optional` dimensions, each modelled over the trials that have it).
+
+        Complete and pruned trials count; while none exists, the failed trials that set parameters (data too).
+        A parameter set with two distributions (a dynamic range) is left to `sample_independent`.
+        """
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if not trials:
+            trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.distributions]
+        seen: dict[str, BaseDistribution] = {}
+        conflicting, counts = set(), {}
+        for trial in trials:
+            for name, distribution in trial.distributions.items():
+                counts[name] = counts.get(name, 0) + 1
+                if name not in seen:
+                    seen[name] = distribution
+                elif seen[name] != distribution:
+                    conflicting.add(name)
+        union = {name: distribution for name, distribution in seen.items() if name not in conflicting}
+        return union, frozenset(name for name in union if counts[name] < len(trials))
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         _check_single_objective(study)
         search_space = {}
-        for name, distribution in sorted(self._intersection(study).items()):
+        for name, distribution in sorted(self._union(study)[0].items()):
             if distribution.single():
                 continue  # optuna fills single-valued parameters itself
             dimension(name, distribution)  # refuse unsupported distributions here, naming the parameter
@@ -144,7 +152,8 @@ class KMeansTPESampler(BaseSampler):
             return {}
         _check_single_objective(study)
         search_space = {name: search_space[name] for name in sorted(search_space)}
-        encoding = self._encoding(search_space)
+        dynamic = self._union(study)[1] & set(search_space)
+        encoding = self._encoding(search_space, dynamic=dynamic)
         x, y, num_pending = self._history(study, trial, encoding, search_space)
         encoded = propose(self._key(), encoding.space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
         params = encoding.decode(encoded)
@@ -180,16 +189,21 @@ class KMeansTPESampler(BaseSampler):
     def _key(self) -> jax.Array:
         return jax.random.key(int(self._rng.randint(0, 2**31 - 1)))
 
-    def _encoding(self, search_space: dict[str, BaseDistribution], independent: bool = False) -> _Encoding:
-        """How a search space is encoded for k-means TPE (cached per search space)."""
-        signature = (independent,) + tuple((name, repr(distribution)) for name, distribution in search_space.items())
+    def _encoding(self, search_space: dict[str, BaseDistribution], independent: bool = False,
+                  dynamic: frozenset[str] = frozenset()) -> _Encoding:
+        """How a search space is encoded for k-means TPE (cached per search space); ``dynamic`` parameters are
+        optional dimensions (NaN in the rows of trials without them)."""
+        signature = (independent, tuple(sorted(dynamic))) + tuple(
+            (name, repr(distribution)) for name, distribution in search_space.items())
         if signature not in self._encodings:
             if independent:
                 (name, distribution), = search_space.items()
                 self._encodings[signature] = _independent_encoding(signature, name, distribution)
             else:
-                space = SearchSpace([dimension(n, d) for n, d in search_space.items()])
-                self._encodings[signature] = _Encoding(signature, space, _row_encoder(search_space), space.decode)
+                space = SearchSpace([optional(dimension(n, d)) if n in dynamic else dimension(n, d)
+                                     for n, d in search_space.items()])
+                self._encodings[signature] = _Encoding(signature, space, _row_encoder(search_space, dynamic),
+                                                       space.decode, dynamic)
         return self._encodings[signature]
 
     def _history(self, study: Study, trial: FrozenTrial, encoding: _Encoding,
@@ -204,14 +218,15 @@ class KMeansTPESampler(BaseSampler):
                 continue
             if other.state == TrialState.RUNNING:
                 row = _encode_trial(encoding.encode_row, _pending_params(other, search_space), other, search_space,
-                                    True)
+                                    encoding.dynamic, True)
                 if row is not None:
                     pending.append(row)
                 continue
             # a finished trial never changes: encode it once (the start time tells studies apart)
             cache_key = (encoding.signature, study.study_name, other.number, other.datetime_start)
             if cache_key not in self._rows:
-                self._rows[cache_key] = _encode_trial(encoding.encode_row, other.params, other, search_space, False)
+                self._rows[cache_key] = _encode_trial(encoding.encode_row, other.params, other, search_space,
+                                                      encoding.dynamic, False)
             row = self._rows[cache_key]
             if row is not None:
                 value = other.value if other.state == TrialState.COMPLETE else None
@@ -227,6 +242,7 @@ class _Encoding(NamedTuple):
     space: SearchSpace
     encode_row: Callable[[dict[str, Any]], np.ndarray]  # trial parameters -> encoded row
     decode: Callable[[np.ndarray], Any]  # encoded row -> parameters (relative) or the parameter's value
+    dynamic: frozenset = frozenset()  # parameters some trials lack (optional dimensions)
 
 
 def _independent_encoding(signature: tuple, name: str, distribution: BaseDistribution) -> _Encoding:
@@ -263,10 +279,10 @@ def _independent_encoding(signature: tuple, name: str, distribution: BaseDistrib
                      decode_unit)
 
 
-def _row_encoder(search_space: dict[str, BaseDistribution]):
+def _row_encoder(search_space: dict[str, BaseDistribution], dynamic: frozenset[str] = frozenset()):
     """``params -> encoded row`` for a search space, matching `mpqjax.optim.space` (index of a categorical choice or of
-    a grid step, log of a log-scaled value, the value otherwise); raises KeyError or ValueError for a trial that
-    does not fit."""
+    a grid step, log of a log-scaled value, the value otherwise; NaN for a missing ``dynamic`` parameter); raises
+    KeyError or ValueError for a trial that does not fit."""
     transforms = []
     for name, distribution in search_space.items():
         if isinstance(distribution, CategoricalDistribution):
@@ -280,16 +296,17 @@ def _row_encoder(search_space: dict[str, BaseDistribution]):
             transforms.append((name, float))
 
     def encode_row(params: dict[str, Any]) -> np.ndarray:
-        return np.asarray([transform(params[name]) for name, transform in transforms], np.float32)
+        return np.asarray([transform(params[name]) if name in params or name not in dynamic else np.nan
+                           for name, transform in transforms], np.float32)
 
     return encode_row
 
 
 def _encode_trial(encode_row, params: dict[str, Any], trial: FrozenTrial, search_space: dict[str, BaseDistribution],
-                  running: bool) -> np.ndarray | None:
-    """The trial's encoded row, or None when it did not set every parameter with the search space's distribution
-    (dynamic spaces; a running trial's published proposal has no recorded distribution yet)."""
-    if not _same_distributions(trial, search_space, allow_missing=running):
+                  dynamic: frozenset[str], running: bool) -> np.ndarray | None:
+    """The trial's encoded row, or None when it did not set every parameter (but the ``dynamic`` ones) with the
+    search space's distribution (a running trial's published proposal has no recorded distribution yet)."""
+    if not _same_distributions(trial, search_space, dynamic, allow_missing=running):
         return None
     try:
         return encode_row(params)
@@ -303,12 +320,13 @@ def _check_single_objective(study: Study) -> None:
                          f"(this study has {len(study.directions)} objectives)")
 
 
-def _same_distributions(trial: FrozenTrial, search_space: dict[str, BaseDistribution], allow_missing: bool) -> bool:
+def _same_distributions(trial: FrozenTrial, search_space: dict[str, BaseDistribution], dynamic: frozenset[str],
+                        allow_missing: bool) -> bool:
     recorded_distributions = trial.distributions
     for name, distribution in search_space.items():
         recorded = recorded_distributions.get(name)
         if recorded is None:
-            if not allow_missing:
+            if not allow_missing and name not in dynamic:
                 return False
         elif recorded is not distribution and recorded != distribution:
             return False

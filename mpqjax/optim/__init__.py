@@ -8,7 +8,9 @@ public name of the modules is re-exported here:
 - `mpqjax.optim.cluster`: deterministic k-means (`kmeans_1d`, `kmeans`);
 - `mpqjax.optim.parzen`: Parzen estimators over a space's encoding (`fit`, `log_prob`, `sample`, ...);
 - `mpqjax.optim.acquisition`: the pure steps of a k-means TPE proposal (`split`, `log_ratio`, `select`, ...);
-- `mpqjax.optim.tpe`: `KMeansTPE`, its state (`TPEState`, `TPEParams`) and the `run` loop.
+- `mpqjax.optim.bucket`: spaces padded to shared shapes (`pad_space`, `Bucket`), so programs serve many spaces;
+- `mpqjax.optim.program`: the compiled programs of k-means TPE (`Program`), its state (`TPEState`, `TPEParams`);
+- `mpqjax.optim.tpe`: `KMeansTPE`, the paper's preset (`PAPER_SETTINGS`) and the `run` loop.
 """
 
 from mpqjax._lazy import attach
@@ -20,11 +22,14 @@ _MODULES = {
     "cluster": ["NUM_STARTS", "KMeansResult", "kmeans", "kmeans_1d"],
     "parzen": ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "fit", "kernel_tables",
                "kernels", "log_prob", "make_layout", "mixture_log_weights", "sample", "table_marginals"],
-    "acquisition": ["CLUSTER_ON", "MAX_ENUMERATED", "enumerate_configurations", "fingerprint", "hash_multipliers",
-                    "history_order", "log_ratio", "normal_kmeans_thresholds", "select", "split", "trial_outcomes",
-                    "uniform_pool"],
-    "tpe": ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "KMeansTPE", "TPEParams", "TPEState", "auto_batch",
-            "auto_joint", "run"],
+    "acquisition": ["BAD_SETS", "CLUSTER_ON", "MAX_ENUMERATED", "enumerate_configurations", "fingerprint",
+                    "hash_multipliers", "history_order", "log_ratio", "normal_kmeans_thresholds", "select", "split",
+                    "trial_outcomes", "uniform_pool"],
+    "bucket": ["ENUMERATION_BUCKETS", "MIN_CHOICES", "Bucket", "PaddedSpace", "SpaceData", "bucket_size", "pad_space",
+               "to_internal", "to_public"],
+    "program": ["Feasibility", "Program", "TPEParams", "TPEState", "device_data", "traces"],
+    "tpe": ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "PAPER_SETTINGS", "KMeansTPE", "auto_batch", "auto_joint",
+            "run"],
 }
 
 __getattr__, __dir__, __all__ = attach(

@@ -128,7 +128,7 @@ def enumerate_configurations(space: SearchSpace) -> np.ndarray | None:
 
 
 def uniform_pool(key: jax.Array, spec: SpaceSpec, n: int, enumeration: np.ndarray | None = None,
-                 enumerated_rows=None) -> tuple[jax.Array, jax.Array]:
+                 enumerated_rows=None, *, max_depth: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Uniform candidates and a random rank for each (one PRNG call: cheap to compile).
 
     Args:
@@ -137,6 +137,7 @@ def uniform_pool(key: jax.Array, spec: SpaceSpec, n: int, enumeration: np.ndarra
         n: proposals the pool must serve.
         enumeration: `enumerate_configurations` of the space (or a padded one, `mpqjax.optim.bucket`), or None.
         enumerated_rows: the real rows of a padded ``enumeration`` (the others rank below all of them).
+        max_depth: static bound of the space's depth (`mpqjax.optim.space.active`; None: from ``spec``).
 
     Returns:
         ``(pool, rank)``: every configuration when ``enumeration`` is given (so a batch never repeats one while
@@ -148,7 +149,7 @@ def uniform_pool(key: jax.Array, spec: SpaceSpec, n: int, enumeration: np.ndarra
             rank = jnp.where(jnp.arange(enumeration.shape[0]) < enumerated_rows, rank, -1.0)
         return enumeration, rank
     size = max(4 * n, 32)
-    return sample_uniform(key, spec, size), -jnp.arange(size, dtype=jnp.float32)
+    return sample_uniform(key, spec, size, max_depth=max_depth), -jnp.arange(size, dtype=jnp.float32)
 
 
 def hash_multipliers(key: jax.Array | None, num_dims: int) -> jax.Array:
@@ -168,8 +169,11 @@ def fingerprint(spec: SpaceSpec, multipliers, x) -> jax.Array:
         x: encoded (snapped) configurations [C, D].
     """
     model = spec.model
+    missing = jnp.isnan(x)  # an inactive dimension: one code of its own, whatever the kind
+    x = jnp.where(missing, 0.0, x)
     codes = jnp.where(model == CONTINUOUS, jax.lax.bitcast_convert_type(x, jnp.uint32),
                       jnp.where(model == LOG_INT, jnp.round(jnp.exp(x)), x).astype(jnp.int32).astype(jnp.uint32))
+    codes = jnp.where(missing, jnp.uint32(0x9E3779B9), codes)
     mixed = codes * jnp.asarray(multipliers)
     mixed = mixed ^ (mixed >> 15)
     return jnp.sum(mixed * jnp.uint32(0x2C1B3C6D), axis=-1, dtype=jnp.uint32)

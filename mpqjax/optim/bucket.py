@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpqjax.optim.space import CONTINUOUS, TABLE, SearchSpace, SpaceSpec
+from mpqjax.optim.space import CONTINUOUS, TABLE, SearchSpace, SpaceSpec, deactivate
 
 __all__ = ["ENUMERATION_BUCKETS", "MIN_CHOICES", "Bucket", "PaddedSpace", "SpaceData", "bucket_size", "pad_space",
            "to_internal", "to_public"]
@@ -47,12 +47,16 @@ class Bucket(NamedTuple):
         numeric_dims: numeric dimensions, padded (0, or a power of two >= 2).
         enumerated: rows of the padded enumeration of every configuration (one of `ENUMERATION_BUCKETS`), or 0 for
             a space too large (or continuous) to enumerate.
+        conditional: whether dimensions can be inactive (`mpqjax.optim.space.conditional` or ``optional``).
+        depth: the longest chain of conditions (`SearchSpace.depth`).
     """
 
     table_dims: int
     max_choices: int
     numeric_dims: int
     enumerated: int
+    conditional: bool = False
+    depth: int = 0
 
     @property
     def num_dims(self) -> int:
@@ -118,13 +122,20 @@ def pad_space(space: SearchSpace) -> PaddedSpace:
     values = np.full((width, max(max_choices, spec.values.shape[1])), np.nan, np.float32)
     values[:num_table, 0] = 0.0
     values[positions, : spec.values.shape[1]] = spec.values
+    when = np.zeros((width, values.shape[1]), bool)
+    when[positions, : spec.when.shape[1]] = spec.when
     padded_spec = SpaceSpec(
         model=padded(spec.model, TABLE, CONTINUOUS), num_choices=padded(spec.num_choices, 1, 0),
         ordered=padded(spec.ordered, True, True), low=padded(spec.low, -0.5, 0.0), high=padded(spec.high, 0.5, 0.0),
         values=values[:, :max_choices] if table.size else values, value_low=padded(spec.value_low, 0.0, 0.0),
         value_high=padded(spec.value_high, 0.0, 0.0), step=padded(spec.step, 0.0, 0.0),
-        log=padded(spec.log, False, False))
+        log=padded(spec.log, False, False),
+        parent=padded(np.where(spec.parent >= 0, positions[np.maximum(spec.parent, 0)], -1), -1, -1),
+        when=when[:, :max_choices] if table.size else when, optional=padded(spec.optional, False, False),
+        depth=spec.depth, centre=padded(spec.centre, 0.0, 0.0), sigma=padded(spec.sigma, 0.0, 0.0))
     configurations = enumerate_configurations(space)
+    if configurations is not None and space.conditional:  # inactive dimensions NaN (repeats are skipped later)
+        configurations = np.asarray(deactivate(spec, configurations))
     if configurations is None:
         enumerated, enumeration = 0, np.zeros((0, width), np.float32)
     else:
@@ -136,11 +147,13 @@ def pad_space(space: SearchSpace) -> PaddedSpace:
     data = SpaceData(padded_spec, enumeration, np.asarray(rows, np.int32))
     for array in jax.tree.leaves(data):
         array.flags.writeable = False
-    return PaddedSpace(Bucket(num_table, max_choices, num_numeric, enumerated), data, positions)
+    bucket = Bucket(num_table, max_choices, num_numeric, enumerated, space.conditional, space.depth())
+    return PaddedSpace(bucket, data, positions)
 
 
 def to_internal(padded: PaddedSpace, x):
-    """Encoded configurations [..., D] of the space in the padded encoding [..., num_dims] (padding 0).
+    """Encoded configurations [..., D] of the space in the padded encoding [..., num_dims] (padding 0; inactive
+    dimensions stay NaN).
 
     NumPy in, NumPy out; traced or JAX arrays in, JAX arrays out.
     """

@@ -10,13 +10,19 @@ anywhere in the space. Kernels, per dimension model (see `mpqjax.optim.space`):
   with the uniform distribution; the factor 2 makes ``bandwidth = 0.25`` keep about half the mass on the centre).
 - GRID (long integer grids): the same discretised Gaussian, computed directly instead of tabulated.
 - LOG_INT: a Gaussian on log(value), integrated over [log(v - 1/2), log(v + 1/2)].
-- CONTINUOUS: a Gaussian density truncated to the range.
+- CONTINUOUS: a Gaussian density truncated to the range (not truncated for a `mpqjax.optim.space.normal` one).
 
-Numeric bandwidths are ``bandwidth * (high - low)`` on the encoded scale. The prior kernel sits at the centre of
-each range with the whole range as its standard deviation (uniform for categorical dimensions).
+Numeric bandwidths are ``bandwidth * (high - low)`` on the encoded scale (``bandwidth * UNBOUNDED_SPREAD * sigma``
+for a `normal` dimension). The prior kernel sits at the centre of each range with the whole range as its standard
+deviation (a `normal` dimension's own prior; uniform for categorical dimensions).
 
 Two modes: *joint* (each observation is one product kernel over all dimensions, so the mixture keeps the
 correlations between dimensions) and *independent* (one mixture per dimension; the density is their product).
+
+Tree-structured spaces (`mpqjax.optim.space.conditional`): an inactive dimension is NaN. In joint mode an
+observation's kernel is the prior kernel on a dimension it lacks; in independent mode each dimension's mixture is
+fitted over the observations that have it (`dimension_log_weights`); a candidate's density is over its active
+dimensions only.
 
 Everything here is jittable; what fixes shapes (the space's layout) is static NumPy data in `ParzenLayout`.
 """
@@ -30,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr, ndtr, ndtri
 
-from mpqjax.optim.space import GRID, LOG_INT, TABLE, SpaceSpec, snap
+from mpqjax.optim.space import GRID, LOG_INT, TABLE, UNBOUNDED_SPREAD, SpaceSpec, snap
 
-__all__ = ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "fit", "kernel_tables", "kernels",
-           "log_prob", "make_layout", "mixture_log_weights", "sample", "table_marginals"]
+__all__ = ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "dimension_log_weights", "fit",
+           "kernel_tables", "kernels", "log_prob", "make_layout", "mixture_log_weights", "sample", "table_marginals"]
 
 # Floor for per-kernel log-probabilities: keeps one-hot contractions free of -inf * 0 = NaN. A component that far
 # from a point contributes nothing next to the prior kernel, which is always present.
@@ -56,7 +62,10 @@ class ParzenLayout(NamedTuple):
     numeric_model: jax.Array
     numeric_low: jax.Array
     numeric_high: jax.Array
+    numeric_centre: jax.Array  # the prior kernel (`SpaceSpec.centre`, ``sigma``)
+    numeric_sigma: jax.Array
     max_choices: int  # static
+    conditional: bool = False  # static: observations and candidates may have inactive (NaN) dimensions
 
 
 class Kernels(NamedTuple):
@@ -72,6 +81,8 @@ class Kernels(NamedTuple):
         prior_table: [Dt, J] the prior kernel's log-probabilities.
         centres: [N + 1, Dn] kernel centres of the numeric dimensions (encoded scale), prior last.
         sigmas: [N + 1, Dn] kernel standard deviations of the numeric dimensions.
+        active: [N, D] which dimensions each observation has (a conditional layout), or None. On a dimension it
+            lacks, an observation's kernel is the prior kernel (its numeric centre and sigma are the prior's).
     """
 
     table_index: jax.Array
@@ -79,6 +90,7 @@ class Kernels(NamedTuple):
     prior_table: jax.Array
     centres: jax.Array
     sigmas: jax.Array
+    active: jax.Array | None = None
 
 
 class Parzen(NamedTuple):
@@ -88,7 +100,8 @@ class Parzen(NamedTuple):
     kernels: Kernels
 
 
-def make_layout(spec: SpaceSpec, *, num_table: int | None = None, max_choices: int | None = None) -> ParzenLayout:
+def make_layout(spec: SpaceSpec, *, num_table: int | None = None, max_choices: int | None = None,
+                conditional: bool | None = None) -> ParzenLayout:
     """The layout of a space for Parzen estimators.
 
     Args:
@@ -96,7 +109,10 @@ def make_layout(spec: SpaceSpec, *, num_table: int | None = None, max_choices: i
         num_table: for a padded spec, its first ``num_table`` dimensions are the tabulated ones and the rest the
             numeric ones; None: found from ``spec.model`` (NumPy only).
         max_choices: for a padded spec, the padded number of choices; None: the largest of ``spec.num_choices``.
+        conditional: whether dimensions can be inactive (NaN); None: from ``spec`` (NumPy only).
     """
+    if conditional is None:
+        conditional = bool(np.any(np.asarray(spec.parent) >= 0) or np.any(np.asarray(spec.optional)))
     if num_table is None:
         model = np.asarray(spec.model)
         table_dims, numeric_dims = np.flatnonzero(model == TABLE), np.flatnonzero(model != TABLE)
@@ -113,7 +129,10 @@ def make_layout(spec: SpaceSpec, *, num_table: int | None = None, max_choices: i
         numeric_model=spec.model[numeric_dims],
         numeric_low=spec.low[numeric_dims],
         numeric_high=spec.high[numeric_dims],
+        numeric_centre=spec.centre[numeric_dims],
+        numeric_sigma=spec.sigma[numeric_dims],
         max_choices=max_choices,
+        conditional=conditional,
     )
 
 
@@ -174,14 +193,22 @@ def kernel_tables(layout: ParzenLayout, bandwidth) -> tuple[jax.Array, jax.Array
 def kernels(layout: ParzenLayout, observations, bandwidth) -> Kernels:
     """Kernels centred on encoded observations [N, D] plus the prior kernel (see the module docstring)."""
     observations = jnp.asarray(observations, jnp.float32)
+    active = ~jnp.isnan(observations) if layout.conditional else None
+    observations = jnp.nan_to_num(observations) if layout.conditional else observations
     tables, prior = kernel_tables(layout, bandwidth)
     low, high = jnp.asarray(layout.numeric_low), jnp.asarray(layout.numeric_high)
-    centres = jnp.concatenate([observations[:, layout.numeric_dims], ((low + high) / 2)[None]], axis=0)
-    span = high - low
-    sigmas = jnp.concatenate([jnp.broadcast_to(bandwidth * span, (observations.shape[0], span.size)),
-                              span[None]], axis=0)
+    prior_centre, prior_sigma = jnp.asarray(layout.numeric_centre), jnp.asarray(layout.numeric_sigma)
+    spread = jnp.where(jnp.isinf(low) | jnp.isinf(high), UNBOUNDED_SPREAD * prior_sigma, prior_sigma)
+    numeric = observations[:, layout.numeric_dims]
+    sigma = jnp.broadcast_to(bandwidth * spread, numeric.shape)
+    if active is not None:  # a missing dimension: the prior kernel
+        numeric_active = active[:, layout.numeric_dims]
+        numeric = jnp.where(numeric_active, numeric, prior_centre)
+        sigma = jnp.where(numeric_active, sigma, prior_sigma)
+    centres = jnp.concatenate([numeric, prior_centre[None]], axis=0)
+    sigmas = jnp.concatenate([sigma, prior_sigma[None]], axis=0)
     table_index = observations[:, layout.table_dims].astype(jnp.int32)
-    return Kernels(table_index, tables, prior, centres, jnp.maximum(sigmas, 1e-6))
+    return Kernels(table_index, tables, prior, centres, jnp.maximum(sigmas, 1e-6), active)
 
 
 def mixture_log_weights(weights, prior_weight=1.0) -> jax.Array:
@@ -227,18 +254,50 @@ def _numeric_log_kernels(layout: ParzenLayout, kernels: Kernels, numeric_x):
 
 def component_log_probs(layout: ParzenLayout, kernels: Kernels, x) -> jax.Array:
     """Joint log kernel value [C, N + 1] of encoded configurations ``x`` [C, D] under every component."""
-    x = jnp.asarray(x, jnp.float32)
+    x, candidate_active = _split_active(layout, x)
     candidate_index = x[:, layout.table_dims].astype(jnp.int32)  # [C, Dt]
     dim = jnp.arange(layout.table_dims.size)
     # rows[c, d, i] = log-probability of the candidate's index on dimension d under a kernel centred at index i
     rows = jnp.swapaxes(kernels.tables, 1, 2)[dim[None, :], candidate_index]  # [C, Dt, J]
     centre_one_hot = jax.nn.one_hot(kernels.table_index, layout.max_choices, dtype=jnp.float32)  # [N, Dt, J]
-    observed = jnp.einsum("ndi,cdi->cn", centre_one_hot, rows)
-    prior = jnp.take_along_axis(kernels.prior_table[None], candidate_index[..., None], axis=-1)[..., 0].sum(-1)
-    per_component = jnp.concatenate([observed, prior[:, None]], axis=1)
+    prior_rows = jnp.take_along_axis(kernels.prior_table[None], candidate_index[..., None], axis=-1)[..., 0]
+    if candidate_active is None:
+        observed = jnp.einsum("ndi,cdi->cn", centre_one_hot, rows)
+    else:  # a dimension the candidate lacks counts for nothing; one the observation lacks, as the prior kernel
+        table_active = candidate_active[:, layout.table_dims]
+        rows, prior_rows = rows * table_active[..., None], prior_rows * table_active
+        observation_active = kernels.active[:, layout.table_dims]
+        observed = (jnp.einsum("ndi,cdi->cn", centre_one_hot * observation_active[..., None], rows)
+                    + jnp.einsum("nd,cd->cn", (~observation_active).astype(jnp.float32), prior_rows))
+    per_component = jnp.concatenate([observed, prior_rows.sum(-1)[:, None]], axis=1)
     if layout.numeric_dims.size:
-        per_component = per_component + _numeric_log_kernels(layout, kernels, x[:, layout.numeric_dims]).sum(-1)
+        per_dim = _numeric_log_kernels(layout, kernels, x[:, layout.numeric_dims])
+        if candidate_active is not None:
+            per_dim = jnp.where(candidate_active[:, None, layout.numeric_dims], per_dim, 0.0)
+        per_component = per_component + per_dim.sum(-1)
     return per_component
+
+
+def _split_active(layout: ParzenLayout, x):
+    """Configurations with NaN (inactive) entries zeroed, and which entries are active (None: a flat layout)."""
+    x = jnp.asarray(x, jnp.float32)
+    if not layout.conditional:
+        return x, None
+    return jnp.nan_to_num(x), ~jnp.isnan(x)
+
+
+def dimension_log_weights(layout: ParzenLayout, parzen: Parzen) -> jax.Array:
+    """Normalised log weights [N + 1, D] of each dimension's own mixture (independent mode).
+
+    In a flat layout every dimension has the mixture's weights; in a conditional one each dimension's mixture is
+    fitted over the observations that have it (the others' weights are 0, the rest renormalised).
+    """
+    weights = jnp.broadcast_to(parzen.log_weights[:, None], parzen.log_weights.shape + (len(layout.spec.model),))
+    if parzen.kernels.active is None:
+        return weights
+    has = jnp.concatenate([parzen.kernels.active, jnp.ones((1, weights.shape[1]), bool)], axis=0)
+    weights = jnp.where(has, weights, -jnp.inf)
+    return weights - jax.nn.logsumexp(weights, axis=0, keepdims=True)
 
 
 def log_prob(layout: ParzenLayout, parzen: Parzen, x, *, joint: bool = True) -> jax.Array:
@@ -247,29 +306,42 @@ def log_prob(layout: ParzenLayout, parzen: Parzen, x, *, joint: bool = True) -> 
     In joint mode each component is a product kernel over all dimensions; in independent mode each dimension is
     its own mixture and the density is the product of the per-dimension mixtures.
     """
-    x = jnp.asarray(x, jnp.float32)
     if joint:
         return jax.nn.logsumexp(parzen.log_weights[None] + component_log_probs(layout, parzen.kernels, x), axis=1)
+    x, candidate_active = _split_active(layout, x)
     total = jnp.zeros(x.shape[0])
+    weights = dimension_log_weights(layout, parzen)  # [M, D]
     if layout.table_dims.size:
         index = x[:, layout.table_dims].astype(jnp.int32)
-        marginal = table_marginals(parzen)  # [Dt, J]
-        total = total + jnp.take_along_axis(marginal[None], index[..., None], axis=-1)[..., 0].sum(-1)
+        marginal = table_marginals(parzen, weights[:, layout.table_dims])  # [Dt, J]
+        per_dim = jnp.take_along_axis(marginal[None], index[..., None], axis=-1)[..., 0]
+        if candidate_active is not None:
+            per_dim = jnp.where(candidate_active[:, layout.table_dims], per_dim, 0.0)
+        total = total + per_dim.sum(-1)
     if layout.numeric_dims.size:
         per_dim = _numeric_log_kernels(layout, parzen.kernels, x[:, layout.numeric_dims])  # [C, M, Dn]
-        total = total + jax.nn.logsumexp(parzen.log_weights[None, :, None] + per_dim, axis=1).sum(-1)
+        per_dim = jax.nn.logsumexp(weights[None, :, layout.numeric_dims] + per_dim, axis=1)
+        if candidate_active is not None:
+            per_dim = jnp.where(candidate_active[:, layout.numeric_dims], per_dim, 0.0)
+        total = total + per_dim.sum(-1)
     return total
 
 
-def table_marginals(parzen: Parzen) -> jax.Array:
-    """Log-probabilities [Dt, J] of each index of each TABLE dimension under the mixture."""
+def table_marginals(parzen: Parzen, log_weights=None) -> jax.Array:
+    """Log-probabilities [Dt, J] of each index of each TABLE dimension under the mixture.
+
+    ``log_weights``: optional per-dimension log weights [N + 1, Dt] (`dimension_log_weights` of the TABLE
+    dimensions); default: the mixture's weights for every dimension.
+    """
     kernels = parzen.kernels
-    weights = jnp.exp(parzen.log_weights)
     num_observations, num_dims = kernels.table_index.shape
+    if log_weights is None:
+        log_weights = jnp.broadcast_to(parzen.log_weights[:, None], (num_observations + 1, num_dims))
+    weights = jnp.exp(log_weights)
     # total weight of the kernels centred on each index: a scatter-add (far cheaper than a one-hot contraction)
     centre_weight = jnp.zeros(kernels.prior_table.shape).at[jnp.arange(num_dims)[None, :], kernels.table_index].add(
-        jnp.broadcast_to(weights[:-1, None], (num_observations, num_dims)))  # [Dt, J]
-    mass = jnp.einsum("di,dij->dj", centre_weight, jnp.exp(kernels.tables)) + weights[-1] * jnp.exp(
+        weights[:-1])  # [Dt, J]
+    mass = jnp.einsum("di,dij->dj", centre_weight, jnp.exp(kernels.tables)) + weights[-1][:, None] * jnp.exp(
         kernels.prior_table)
     return jnp.log(jnp.maximum(mass, 1e-30))
 
@@ -284,9 +356,11 @@ def _inverse_cdf(log_weights, u):
 def sample(key, layout: ParzenLayout, parzen: Parzen, n: int, *, joint: bool = True) -> jax.Array:
     """Draw ``n`` encoded configurations [n, D] from the mixture (snapped to valid values).
 
-    In joint mode one component is drawn per sample and every dimension is drawn from its kernel; in independent
-    mode each dimension draws from its own mixture. Every draw is an inverse-CDF transform of one block of uniform
-    numbers, so the whole sample costs one call of the PRNG (each PRNG call is expensive to compile on CPU).
+    In joint mode one component is drawn per sample and every dimension is drawn from its kernel (the prior kernel
+    where the observation lacks the dimension); in independent mode each dimension draws from its own mixture. Every
+    dimension gets a value: which are active is the caller's to settle (`mpqjax.optim.space.deactivate`). Every
+    draw is an inverse-CDF transform of one block of uniform numbers, so the whole sample costs one call of the PRNG
+    (each PRNG call is expensive to compile on CPU).
     """
     kernels = parzen.kernels
     num_observations = kernels.table_index.shape[0]
@@ -298,13 +372,19 @@ def sample(key, layout: ParzenLayout, parzen: Parzen, n: int, *, joint: bool = T
     if joint:
         components = _inverse_cdf(parzen.log_weights, u_component)  # [n]
         dim = jnp.arange(num_table)
-        centre_index = kernels.table_index[jnp.minimum(components, num_observations - 1)]  # [n, Dt]
-        table_logits = jnp.where((components == num_observations)[:, None, None], kernels.prior_table[None],
+        observation = jnp.minimum(components, num_observations - 1)
+        centre_index = kernels.table_index[observation]  # [n, Dt]
+        from_prior = jnp.broadcast_to((components == num_observations)[:, None], centre_index.shape)
+        if kernels.active is not None:
+            from_prior = from_prior | ~kernels.active[observation][:, layout.table_dims]
+        table_logits = jnp.where(from_prior[..., None], kernels.prior_table[None],
                                  kernels.tables[dim[None, :], centre_index])  # [n, Dt, J]
         numeric_components = jnp.broadcast_to(components[:, None], (n, num_numeric))
     else:
-        table_logits = jnp.broadcast_to(table_marginals(parzen), (n,) + kernels.prior_table.shape)
-        numeric_components = _inverse_cdf(parzen.log_weights, u_numeric_component)  # [n, Dn]
+        weights = dimension_log_weights(layout, parzen)  # [M, D]
+        table_logits = jnp.broadcast_to(table_marginals(parzen, weights[:, layout.table_dims]),
+                                        (n,) + kernels.prior_table.shape)
+        numeric_components = _inverse_cdf(weights[:, layout.numeric_dims].T, u_numeric_component)  # [n, Dn]
     if num_table:
         valid = jnp.arange(layout.max_choices) < jnp.asarray(layout.table_choices)[:, None]
         table_draw = _inverse_cdf(jnp.where(valid, table_logits, -jnp.inf), u_table)

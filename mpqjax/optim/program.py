@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from mpqjax.optim import acquisition, parzen
 from mpqjax.optim.bucket import Bucket, SpaceData, pad_space
-from mpqjax.optim.space import CONTINUOUS, SearchSpace, encoded_values, snap
+from mpqjax.optim.space import CONTINUOUS, SearchSpace, deactivate, encoded_values, snap
 
 __all__ = ["Feasibility", "Program", "TPEParams", "TPEState", "device_data", "traces"]
 
@@ -174,7 +174,8 @@ class Program:
         model_key, fallback_key = jax.random.split(key)
         # uniform candidates serve both the random phase and the model's fallback
         enumeration = (data.enumeration, data.enumerated_rows) if self.bucket.enumerated else (None, None)
-        fallback, fallback_rank = acquisition.uniform_pool(fallback_key, data.spec, n, *enumeration)
+        fallback, fallback_rank = acquisition.uniform_pool(fallback_key, data.spec, n, *enumeration,
+                                                           max_depth=self.bucket.depth)
         use_model = (state.count >= state.params.n_initial) & (state.count >= 2)
         return jax.lax.cond(use_model,
                             lambda: self._model_proposals(model_key, fallback, fallback_rank, state, data, n, taken,
@@ -218,11 +219,14 @@ class Program:
         if pending_from is not None:
             # the neutral liar: pending trials (told as failed, so never in l) are taken out of g as well
             bad = bad & (jnp.arange(self.capacity) < pending_from)
-        layout = parzen.make_layout(data.spec, num_table=self.bucket.table_dims, max_choices=self.bucket.max_choices)
+        layout = parzen.make_layout(data.spec, num_table=self.bucket.table_dims, max_choices=self.bucket.max_choices,
+                                    conditional=self.bucket.conditional)
         kernels = parzen.kernels(layout, state.x, c)  # l and g share kernels; only their weights differ
         l_model = parzen.Parzen(parzen.mixture_log_weights(good, state.params.prior_weight), kernels)
         g_model = parzen.Parzen(parzen.mixture_log_weights(bad, state.params.prior_weight), kernels)
         from_l = parzen.sample(model_key, layout, l_model, max(self.num_candidates, 2 * n), joint=self.joint)
+        if self.bucket.conditional:  # a draw's choices decide which of its conditional dimensions exist
+            from_l = deactivate(data.spec, from_l, max_depth=self.bucket.depth)
         score = acquisition.log_ratio(layout, l_model, g_model, from_l, joint=self.joint)
         # uniform fallbacks are only used when too few candidates from l(x) are usable
         pool = jnp.concatenate([from_l, fallback])
@@ -245,6 +249,8 @@ class Program:
 
     def _tell(self, state, data, x, y):
         x = snap(data.spec, jnp.asarray(x, jnp.float32))
+        if self.bucket.conditional:
+            x = deactivate(data.spec, x, max_depth=self.bucket.depth)
         slots = state.count + jnp.arange(x.shape[0])
         all_y = state.y.at[slots].set(jnp.asarray(y, jnp.float32), mode="drop")
         count = state.count + x.shape[0]

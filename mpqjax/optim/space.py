@@ -13,9 +13,17 @@ with one entry per dimension:
 | float | `real(name, low, high)` | value |
 | float, stepped | `real(name, low, high, step=s)` | grid index ``(value - low) / s`` |
 | float, log | `real(name, low, high, log=True)` | ``log(value)`` |
+| float, normal prior | `normal(name, mu, sigma)` | value (unbounded) |
+| float, log-normal prior | `normal(name, mu, sigma, log=True)` | ``log(value)`` (unbounded) |
 
 `SearchSpace.spec()` gives the static arrays the optimiser is compiled with; `SearchSpace.values(x)` maps encoded
 vectors to numeric values (bit-widths, multipliers, ...) inside jitted code, for feasibility functions.
+
+Tree-structured spaces: `conditional(dimension, parent, when)` makes a dimension exist only while its parent (an
+earlier ordinal or categorical dimension, itself active) takes one of the choices ``when`` (a model's own
+parameters under the choice of model); `optional(dimension)` makes one that a configuration may simply leave out
+(optuna's dynamic parameters). A configuration names exactly its active dimensions; an inactive dimension encodes as
+NaN.
 
 Example:
     >>> space = SearchSpace([ordinal("bits", (2, 3, 4, 6, 8)), real("lr", 1e-4, 1e-1, log=True)])
@@ -36,10 +44,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import ndtri
 
 __all__ = ["CATEGORICAL", "CONTINUOUS", "GRID", "INTEGER", "LOG_INT", "MAX_TABLE_CHOICES", "ORDINAL", "REAL", "TABLE",
-           "Dimension", "SearchSpace", "SpaceSpec", "categorical", "encoded_values", "integer", "ordinal", "real",
-           "sample_uniform", "snap"]
+           "UNBOUNDED_SPREAD", "Dimension", "SearchSpace", "SpaceSpec", "active", "categorical", "conditional",
+           "deactivate", "encoded_values", "integer", "normal", "optional", "ordinal", "real", "sample_uniform", "snap"]
 
 # Kinds of dimension, as the optimiser sees them.
 ORDINAL, CATEGORICAL, INTEGER, REAL = "ordinal", "categorical", "integer", "real"
@@ -51,6 +60,7 @@ LOG_INT = 2  # integers on a log scale: truncated Gaussian on log(value), integr
 CONTINUOUS = 3  # truncated Gaussian density
 
 MAX_TABLE_CHOICES = 64  # grids with more values than this are modelled as GRID instead of TABLE
+UNBOUNDED_SPREAD = 4.0  # kernel bandwidths of a `normal` dimension: c * UNBOUNDED_SPREAD * sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +74,16 @@ class Dimension:
     high: float = 0.0
     step: float | None = None
     log: bool = False
+    mu: float | None = None  # `normal`: the prior's mean and standard deviation on the encoded scale (unbounded)
+    sigma: float | None = None
+    parent: str | None = None  # `conditional`: active only while this dimension takes one of the choices ``when``
+    when: tuple = ()
+    optional: bool = False  # `optional`: a configuration may leave it out
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the dimension can be inactive (`conditional` or `optional`)."""
+        return self.parent is not None or self.optional
 
     @property
     def num_choices(self) -> int | None:
@@ -96,8 +116,9 @@ class Dimension:
             raise ValueError(f"dimension {self.name!r}: expected a finite number, got {value!r}")
         if self.kind == INTEGER and float(value) != int(value):
             raise ValueError(f"dimension {self.name!r}: expected an integer, got {value!r}")
-        if not self.low <= value <= self.high:
-            raise ValueError(f"dimension {self.name!r}: {value!r} is outside [{self.low}, {self.high}]")
+        if not self.low <= value <= self.high or (self.log and value <= 0):
+            raise ValueError(f"dimension {self.name!r}: {value!r} is outside [{self.low}, {self.high}]"
+                             + (" (a log-normal value must be > 0)" if self.mu is not None and self.log else ""))
         if self.step is not None:
             index = (value - self.low) / self.step
             if abs(index - round(index)) > 1e-6:
@@ -175,6 +196,43 @@ def real(name: str, low: float, high: float, *, step: float | None = None, log: 
     return Dimension(name, REAL, low=float(low), high=float(high), step=step, log=log)
 
 
+def normal(name: str, mu: float, sigma: float, *, log: bool = False) -> Dimension:
+    """Unbounded floats with a normal prior N(mu, sigma), or log-normal (``log=True``: log(value) ~ N(mu, sigma)).
+
+    hyperopt's ``hp.normal`` and ``hp.lognormal``. Random draws follow the prior; the optimiser's kernels live on the
+    unbounded (log) scale, with bandwidths scaled by ``UNBOUNDED_SPREAD * sigma``.
+    """
+    for number in (mu, sigma):
+        if not isinstance(number, numbers.Real) or isinstance(number, bool) or not math.isfinite(number):
+            raise ValueError(f"dimension {name!r}: mu and sigma must be finite numbers, got {number!r}")
+    if sigma <= 0:
+        raise ValueError(f"dimension {name!r}: sigma must be > 0, got {sigma}")
+    return Dimension(name, REAL, low=0.0 if log else -math.inf, high=math.inf, log=log, mu=float(mu),
+                     sigma=float(sigma))
+
+
+def conditional(dimension: Dimension, parent: str, when: Sequence[Any]) -> Dimension:
+    """The dimension, active only while ``parent`` (an earlier ordinal or categorical dimension of the space, itself
+    active) takes one of the choices ``when``.
+
+    Example:
+        >>> model = categorical("model", ("svm", "forest"))
+        >>> space = SearchSpace([model, conditional(real("C", 1e-3, 1e3, log=True), "model", ["svm"])])
+        >>> space.decode(space.encode({"model": "forest"}))
+        {'model': 'forest'}
+    """
+    when = tuple(when)
+    if not isinstance(parent, str) or not when:
+        raise ValueError(f"dimension {dimension.name!r}: a conditional dimension needs a parent name and at least one "
+                         "of its choices")
+    return dataclasses.replace(dimension, parent=parent, when=when, optional=False)
+
+
+def optional(dimension: Dimension) -> Dimension:
+    """The dimension, which a configuration may leave out (a parameter an objective sets only sometimes)."""
+    return dataclasses.replace(dimension, parent=None, when=(), optional=True)
+
+
 def _check_range(name: str, low: float, high: float, log: bool) -> None:
     if low > high:
         raise ValueError(f"dimension {name!r}: low {low} is above high {high}")
@@ -195,6 +253,12 @@ class SpaceSpec(NamedTuple):
         value_low, value_high: bounds on the natural scale (integer bounds of LOG_INT dimensions).
         step: grid step of GRID dimensions (0 otherwise); value = value_low + step * index.
         log: True where the encoded value is the log of the natural value.
+        parent: [D] index of a conditional dimension's parent (-1: none).
+        when: [D, max_choices] True for the parent's choices (indices) under which the dimension is active.
+        optional: [D] True for optional dimensions (active where their value is not NaN).
+        depth: [] the longest chain of conditions (0 for a flat space), as an array.
+        centre, sigma: [D] the prior kernel of numeric dimensions: the range's middle and width, or a `normal`
+            dimension's mu and sigma (its ``low`` and ``high`` are infinite).
     """
 
     model: np.ndarray
@@ -207,6 +271,12 @@ class SpaceSpec(NamedTuple):
     value_high: np.ndarray
     step: np.ndarray
     log: np.ndarray
+    parent: np.ndarray
+    when: np.ndarray
+    optional: np.ndarray
+    depth: np.ndarray
+    centre: np.ndarray
+    sigma: np.ndarray
 
 
 class SearchSpace:
@@ -232,6 +302,7 @@ class SearchSpace:
             raise ValueError(f"duplicate dimension names: {duplicates}")
         self.dimensions = dimensions
         self._index = {d.name: i for i, d in enumerate(dimensions)}
+        self._check_conditions()
         self._spec = self._build_spec()
         self._values = jax.jit(functools.partial(encoded_values, self._spec))
 
@@ -254,6 +325,44 @@ class SearchSpace:
     def __getitem__(self, name: str) -> Dimension:
         return self.dimensions[self._index[name]]
 
+    def _check_conditions(self) -> None:
+        for position, d in enumerate(self.dimensions):
+            if d.parent is None:
+                continue
+            parent = self.dimensions[self._index[d.parent]] if d.parent in self._index else None
+            if parent is None or self._index[d.parent] >= position:
+                raise ValueError(f"dimension {d.name!r}: its parent {d.parent!r} must be an earlier dimension")
+            if parent.kind not in (ORDINAL, CATEGORICAL) or parent.model != TABLE:
+                raise ValueError(f"dimension {d.name!r}: its parent {d.parent!r} must be ordinal or categorical (of "
+                                 f"at most {MAX_TABLE_CHOICES} choices)")
+            for choice in d.when:
+                parent.encode(choice)  # raises naming the parent when the choice is not one of its own
+
+    @property
+    def conditional(self) -> bool:
+        """Whether any dimension can be inactive (a tree-structured space)."""
+        return any(d.conditional for d in self.dimensions)
+
+    def depth(self) -> int:
+        """The longest chain of conditions (0 for a space without `conditional` dimensions)."""
+        depths: dict[str, int] = {}
+        for d in self.dimensions:
+            depths[d.name] = 0 if d.parent is None else depths[d.parent] + 1
+        return max(depths.values())
+
+    def active(self, config: Mapping[str, Any]) -> list[str]:
+        """Names of the dimensions active in ``config``: conditions met, optional ones present."""
+        active: set[str] = set()
+        for d in self.dimensions:
+            if d.parent is not None:
+                on = d.parent in active and d.parent in config and any(
+                    _same_choice(choice, config[d.parent]) for choice in d.when)
+            else:
+                on = not d.optional or d.name in config
+            if on:
+                active.add(d.name)
+        return [d.name for d in self.dimensions if d.name in active]
+
     def log10_size(self) -> float:
         """log10 of the number of configurations (inf when a dimension is continuous)."""
         sizes = [d.num_choices for d in self.dimensions]
@@ -266,23 +375,33 @@ class SearchSpace:
         unknown = sorted(set(config) - set(self._index))
         if unknown:
             raise ValueError(f"unknown dimension names: {unknown}")
-        missing = [n for n in self.names if n not in config]
+        for dimension in self.dimensions:  # parents first: a bad parent value is named before its children
+            if dimension.name in config:
+                dimension.encode(config[dimension.name])
+        active = self.active(config)
+        missing = [n for n in active if n not in config]
         if missing:
             raise ValueError(f"configuration is missing dimensions: {missing}")
-        for dimension in self.dimensions:
-            dimension.encode(config[dimension.name])
+        inactive = [n for n in config if n not in active]
+        if inactive:
+            raise ValueError(f"configuration sets inactive dimensions (their condition is not met): {inactive}")
 
     def encode(self, config: Mapping[str, Any]) -> np.ndarray:
-        """Encoded float32 vector of a configuration (validated)."""
+        """Encoded float32 vector of a configuration (validated; inactive dimensions are NaN)."""
         self.validate(config)
-        return np.asarray([d.encode(config[d.name]) for d in self.dimensions], dtype=np.float32)
+        return np.asarray([d.encode(config[d.name]) if d.name in config else np.nan for d in self.dimensions],
+                          dtype=np.float32)
 
     def decode(self, encoded) -> dict[str, Any]:
-        """Configuration (name -> Python value) of one encoded vector."""
+        """Configuration (name -> Python value) of one encoded vector; inactive (and NaN) dimensions are left out."""
         encoded = np.asarray(encoded, dtype=np.float64)
         if encoded.shape != (len(self),):
             raise ValueError(f"expected an encoded vector of shape ({len(self)},), got {encoded.shape}")
-        return {d.name: d.decode(v) for d, v in zip(self.dimensions, encoded, strict=True)}
+        config = {d.name: d.decode(v) for d, v in zip(self.dimensions, encoded, strict=True) if not np.isnan(v)}
+        if not self.conditional:
+            return config
+        active = set(self.active(config))
+        return {name: value for name, value in config.items() if name in active}
 
     def decode_batch(self, encoded) -> list[dict[str, Any]]:
         """Configurations of a batch of encoded vectors, shape [n, len(space)]."""
@@ -298,7 +417,8 @@ class SearchSpace:
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` uniformly random encoded configurations, shape [n, len(space)] (jittable, ``n`` static).
 
-        Log-scaled dimensions are uniform on the log scale; index dimensions uniform over their indices.
+        Log-scaled dimensions are uniform on the log scale; index dimensions uniform over their indices; inactive
+        conditional dimensions are NaN.
         """
         return sample_uniform(key, self._spec, n)
 
@@ -313,6 +433,11 @@ class SearchSpace:
     def _build_spec(self) -> SpaceSpec:
         dims = self.dimensions
         max_values = max([d.num_choices for d in dims if d.model == TABLE] + [1])
+        parent = np.asarray([-1 if d.parent is None else self._index[d.parent] for d in dims], np.int32)
+        when = np.zeros((len(dims), max_values), bool)
+        for i, d in enumerate(dims):
+            for choice in d.when:
+                when[i, int(self.dimensions[parent[i]].encode(choice))] = True
         values = np.full((len(dims), max_values), np.nan, dtype=np.float32)
         low, high = np.zeros(len(dims)), np.zeros(len(dims))
         for i, d in enumerate(dims):
@@ -320,6 +445,8 @@ class SearchSpace:
                 low[i], high[i] = -0.5, d.num_choices - 0.5
             elif d.model == LOG_INT:
                 low[i], high[i] = math.log(d.low - 0.5) if d.low > 0.5 else math.log(0.5), math.log(d.high + 0.5)
+            elif d.mu is not None:
+                low[i], high[i] = -math.inf, math.inf
             else:
                 low[i], high[i] = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
             if d.model == TABLE:
@@ -340,6 +467,14 @@ class SearchSpace:
             value_high=np.asarray([d.high for d in dims], dtype=np.float32),
             step=np.asarray([d.step if d.model == GRID else 0.0 for d in dims], dtype=np.float32),
             log=np.asarray([d.log and d.model in (LOG_INT, CONTINUOUS) for d in dims]),
+            parent=parent,
+            when=when,
+            optional=np.asarray([d.optional for d in dims]),
+            depth=np.asarray(self.depth(), np.int32),
+            centre=np.asarray([d.mu if d.mu is not None else (lo + hi) / 2 for d, lo, hi in zip(dims, low, high, strict=True)],
+                              np.float32),
+            sigma=np.asarray([d.sigma if d.sigma is not None else hi - lo for d, lo, hi in zip(dims, low, high, strict=True)],
+                             np.float32),
         )
 
 
@@ -351,10 +486,46 @@ def snap(spec: SpaceSpec, encoded: jax.Array) -> jax.Array:
     return jnp.where(spec.model <= GRID, index, jnp.where(spec.model == LOG_INT, log_int, clipped))
 
 
-def sample_uniform(key: jax.Array, spec: SpaceSpec, n: int) -> jax.Array:
-    """``n`` uniformly random encoded vectors of a space described by ``spec`` (snapped to valid values)."""
-    u = jax.random.uniform(key, (n, len(spec.model)))
-    return snap(spec, spec.low + u * (spec.high - spec.low))
+def sample_uniform(key: jax.Array, spec: SpaceSpec, n: int, *, max_depth: int | None = None) -> jax.Array:
+    """``n`` uniformly random encoded vectors of a space described by ``spec`` (snapped to valid values; inactive
+    conditional dimensions NaN; ``max_depth``: see `deactivate`)."""
+    u = jax.random.uniform(key, (n, len(spec.model)), minval=1e-7, maxval=1 - 1e-7)
+    unbounded = jnp.isinf(spec.low) | jnp.isinf(spec.high)  # a `normal` dimension: drawn from its prior
+    drawn = jnp.where(unbounded, spec.centre + spec.sigma * ndtri(u),
+                      jnp.where(unbounded, 0.0, spec.low) + u * jnp.where(unbounded, 0.0, spec.high - spec.low))
+    return deactivate(spec, snap(spec, drawn), max_depth=max_depth)
+
+
+def active(spec: SpaceSpec, encoded: jax.Array, *, max_depth: int | None = None) -> jax.Array:
+    """Which dimensions of encoded vectors [..., D] are active: [..., D] bool (jittable).
+
+    A conditional dimension is active while its parent is active and takes one of its choices ``when``; any other
+    dimension while its value is not NaN.
+
+    Args:
+        spec: the space's `SearchSpace.spec`.
+        encoded: encoded vectors.
+        max_depth: a static bound on the space's depth (`SearchSpace.depth`), as many passes as conditions chain;
+            None: ``spec.depth`` (which must then be concrete).
+    """
+    present = ~jnp.isnan(encoded)
+    passes = int(spec.depth) if max_depth is None else max_depth
+    if passes == 0:
+        return present
+    parent = jnp.maximum(jnp.asarray(spec.parent), 0)
+    parent_index = jnp.clip(jnp.nan_to_num(encoded[..., parent]), 0, spec.when.shape[1] - 1).astype(jnp.int32)
+    allowed = jnp.take_along_axis(jnp.broadcast_to(jnp.asarray(spec.when), encoded.shape + spec.when.shape[1:]),
+                                  parent_index[..., None], axis=-1)[..., 0]
+    is_child = jnp.asarray(spec.parent) >= 0
+    result = jnp.where(is_child, True, present)
+    for _ in range(passes):  # each pass settles one more level of the tree
+        result = jnp.where(is_child, result[..., parent] & allowed, present)
+    return result
+
+
+def deactivate(spec: SpaceSpec, encoded: jax.Array, *, max_depth: int | None = None) -> jax.Array:
+    """Encoded vectors with their inactive conditional dimensions set to NaN (see `active`)."""
+    return jnp.where(active(spec, encoded, max_depth=max_depth), encoded, jnp.nan)
 
 
 def encoded_values(spec: SpaceSpec, encoded: jax.Array) -> jax.Array:

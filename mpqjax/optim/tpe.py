@@ -40,7 +40,6 @@ import dataclasses
 import functools
 import operator
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +50,8 @@ from mpqjax.optim.bucket import SpaceData
 from mpqjax.optim.program import Feasibility, Program, TPEParams, TPEState, device_data
 from mpqjax.optim.space import CONTINUOUS, SearchSpace
 
-__all__ = ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "PAPER_SETTINGS", "KMeansTPE", "TPEParams", "TPEState", "auto_batch",
-           "auto_joint", "run"]
+__all__ = ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "PAPER_SETTINGS", "KMeansTPE", "TPEParams", "TPEState",
+           "auto_batch", "auto_joint", "run"]
 
 AUTO_JOINT_MAX_DIMS = 20  # joint="auto": joint kernels up to this many dimensions, independent mixtures above
 BATCH_STRATEGIES = ("auto", "liar", "neutral_liar", "top_q")  # KMeansTPE(batch=...): how a batch ask proposes

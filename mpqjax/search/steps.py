@@ -32,8 +32,8 @@ from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.search import inputs
 from mpqjax.search.config import SearchConfig
-from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation_cache
 from mpqjax.sensitivity import hessian
+from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation_cache
 from mpqjax.training import train
 
 __all__ = ["FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",

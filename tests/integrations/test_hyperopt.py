@@ -1,8 +1,8 @@
 """Specification of `mpqjax.integrations.hyperopt`: k-means TPE as a hyperopt ``algo`` for ``fmin``.
 
 The checks hyperopt's own algorithms face (reproducible with ``rstate``, values inside their distributions, no crash
-on short or failed histories, batches of new ids), real optimisation, pending trials, and clear refusals of the
-spaces a flat k-means TPE cannot model.
+on short or failed histories, batches of new ids), real optimisation, pending trials, tree-structured spaces,
+unbounded labels, and clear refusals of what it cannot model.
 """
 
 import functools
@@ -121,17 +121,79 @@ def test_batch_of_new_ids_and_pending_trials_are_all_distinct():
     assert [doc["tid"] for doc in batch] == [3, 4, 5]
 
 
-def test_conditional_space_is_refused_naming_the_label():
-    nested = {"model": hp.choice("model", [{"kind": "svm", "c": hp.loguniform("c", -3, 3)}, {"kind": "tree"}])}
-    with pytest.raises(ValueError, match="label 'c' is conditional.*'model'"):
-        fmin(lambda params: 0.0, nested, algo=ALGO, max_evals=2, trials=Trials(), show_progressbar=False)
+NESTED = {"model": hp.choice("model", [
+    {"kind": "svm", "c": hp.loguniform("c", -3, 3)},
+    {"kind": "tree", "depth": hp.quniform("depth", 1, 10, 1),
+     "split": hp.choice("split", [{"rule": "gini"}, {"rule": "entropy", "leaf": hp.uniform("leaf", 0, 1)}])},
+    {"kind": "knn"}]), "shared": hp.normal("shared", 0.0, 1.0)}
 
 
-@pytest.mark.parametrize("make", [lambda: hp.normal("weird", 0, 1), lambda: hp.lognormal("weird", 0, 1),
-                                  lambda: hp.pchoice("weird", [(0.2, "a"), (0.8, "b")])])
-def test_unsupported_distributions_are_refused_naming_the_label(make):
+def nested_loss(params):
+    """0 for the tree of depth 7 with the entropy rule, leaf 0.2, shared 1.5; the other branches >= 1."""
+    model, loss = params["model"], (params["shared"] - 1.5) ** 2
+    if model["kind"] == "svm":
+        return loss + 1.0 + 0.1 * (math.log(model["c"]) - 1) ** 2
+    if model["kind"] == "knn":
+        return loss + 1.5
+    split = model["split"]
+    return loss + ((model["depth"] - 7) / 9) ** 2 + (0.4 if split["rule"] == "gini" else (split["leaf"] - 0.2) ** 2)
+
+
+def test_labels_inside_choices_are_conditional_parents_first():
+    labels = parse_space(Domain(lambda params: 0.0, NESTED))
+    assert [label.name for label in labels] == ["model", "shared", "c", "depth", "split", "leaf"]
+    conditions = {label.name: (label.dimension.parent, label.dimension.when) for label in labels}
+    assert conditions["c"] == ("model", (0,)) and conditions["depth"] == ("model", (1,))
+    assert conditions["leaf"] == ("split", (1,)) and conditions["split"] == ("model", (1,))
+    assert conditions["model"] == (None, ()) and conditions["shared"] == (None, ())
+
+
+def test_a_tree_structured_space_stores_only_the_active_labels_and_beats_random_search():
+    best = {}
+    for name, algo in (("kmeans", suggest), ("random", rand.suggest)):  # k-means TPE with its defaults
+        runs = []
+        for seed in SEEDS:
+            trials = Trials()
+            fmin(nested_loss, NESTED, algo=algo, max_evals=EVALS, trials=trials, rstate=np.random.default_rng(seed),
+                 show_progressbar=False)
+            runs.append(min(trials.losses()))
+            if name == "kmeans":
+                for doc in trials.trials:
+                    vals = doc["misc"]["vals"]
+                    active = {label for label, value in vals.items() if value}
+                    expected = {"model", "shared"} | {0: {"c"}, 1: {"depth", "split"}, 2: set()}[vals["model"][0]]
+                    if vals["model"][0] == 1:
+                        expected |= {"leaf"} if vals["split"][0] == 1 else set()
+                    assert active == expected
+        best[name] = float(np.median(runs))
+    assert best["kmeans"] <= 0.5 * best["random"], best
+
+
+def unbounded_loss(params):
+    return (params["a"] - 2.5) ** 2 + math.log(params["b"] / 8) ** 2 + abs(params["c"] - 6) + abs(params["d"] - 3)
+
+
+def test_unbounded_labels_are_searched_on_their_own_scale():
+    space = {"a": hp.normal("a", 0, 1), "b": hp.lognormal("b", 0, 1), "c": hp.qnormal("c", 0, 5, 2),
+             "d": hp.qlognormal("d", 0, 1, 1)}
+    trials = Trials()
+    fmin(unbounded_loss, space, algo=ALGO, max_evals=EVALS, trials=trials, rstate=np.random.default_rng(0),
+         show_progressbar=False)
+    values = trials.vals
+    assert all(c % 2 == 0 for c in values["c"]) and all(d % 1 == 0 and d >= 0 for d in values["d"])
+    random = Trials()
+    fmin(unbounded_loss, space, algo=rand.suggest, max_evals=EVALS, trials=random, rstate=np.random.default_rng(0),
+         show_progressbar=False)
+    assert min(trials.losses()) <= 0.5 * min(random.losses())  # a = 2.5 lies 2.5 prior sigmas out, b = 8 about 2
+
+
+def test_unsupported_labels_are_refused_naming_the_label():
     with pytest.raises(ValueError, match="label 'weird' uses"):
-        parse_space(Domain(lambda params: 0.0, {"weird": make()}))
+        parse_space(Domain(lambda params: 0.0, {"weird": hp.pchoice("weird", [(0.2, "a"), (0.8, "b")])}))
+    shared = hp.uniform("shared", 0, 1)
+    twice = {"a": hp.choice("a", [shared, 0]), "b": hp.choice("b", [shared, 1])}
+    with pytest.raises(ValueError, match="label 'shared' appears under different choices"):
+        parse_space(Domain(lambda params: 0.0, twice))
 
 
 def test_bad_settings_are_refused():

@@ -153,7 +153,7 @@ def test_failed_and_pruned_regions_are_avoided():
     assert np.mean(np.asarray(model_based) > 0) < 0.35  # random search: 0.5
 
 
-def test_dynamic_parameters_fall_back_to_independent_sampling():
+def test_dynamic_parameters_are_optional_dimensions_of_the_joint_model():
     def conditional(trial):
         params = suggest_all(trial)
         if params["x"] > 0:  # most model-based trials (the optimum is at x = 2)
@@ -161,15 +161,15 @@ def test_dynamic_parameters_fall_back_to_independent_sampling():
         return regret(params)
 
     study = optuna.create_study(sampler=KMeansTPESampler(seed=0, n_initial=4))
-    study.enqueue_trial({"x": -1.0})  # so "slope" never joins the intersection space (no 7-dimension compile)
+    study.enqueue_trial({"x": -1.0})  # so "slope" is dynamic: some trials lack it
     study.optimize(conditional, n_trials=24)
     with_slope = [t for t in study.trials if "slope" in t.params]
-    assert len(with_slope) >= 5  # enough for the one-dimension k-means TPE to take over from random sampling
+    assert len(with_slope) >= 5
     assert all(0.0 <= t.params["slope"] <= 1.0 for t in with_slope)
     assert all(("slope" in t.params) == (t.params["x"] > 0) for t in study.trials)
-    # the one-dimension k-means TPE ran, on the canonical [0, 1] space shared by every continuous parameter
-    unit = [p for p in integrations.cached_proposers() if p.space.names == ("value",)]
-    assert unit and unit[0].traces == 1
+    # once a finished trial has it, "slope" joins the relative space as an optional dimension of the joint model
+    joint = [p for p in integrations.cached_proposers() if "slope" in p.space.names and len(p.space) > 1]
+    assert joint and joint[0].space["slope"].optional and not joint[0].space["x"].optional
 
 
 def test_running_trials_are_not_proposed_again(tmp_path):

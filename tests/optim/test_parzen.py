@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from mpqjax.optim import parzen
-from mpqjax.optim.space import SearchSpace, categorical, integer, ordinal, real
+from mpqjax.optim.space import SearchSpace, categorical, conditional, integer, optional, ordinal, real
 
 BANDWIDTH = 0.2
 PRIOR_WEIGHT = 1.0
@@ -158,3 +158,54 @@ def test_kernel_tables_stay_finite_when_dimensions_have_different_choice_counts(
     space = SearchSpace([ordinal("bits", (6, 8)), ordinal("w", (0.75, 0.875, 1, 1.125, 1.25)), integer("n", 1, 30)])
     tables = parzen.kernel_tables(parzen.make_layout(space.spec()), bandwidth)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tables))
+
+
+# -- tree-structured spaces ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tree_space(space):
+    """`space` with dropout and lr existing only under two of the activations, and trees optional."""
+    dims = list(space.dimensions)
+    dims[3] = optional(dims[3])
+    dims[4] = conditional(dims[4], "act", ["relu", "gelu"])
+    dims[5] = conditional(dims[5], "act", ["gelu"])
+    return SearchSpace(dims)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_conditional_densities_use_each_dimension_where_it_is_active(space, tree_space, joint):
+    # joint: an observation lacking a dimension counts with the prior kernel there; independent: each dimension's
+    # mixture is fitted over the observations that have it; a candidate's missing dimensions count for nothing
+    observations = np.array(tree_space.sample(jax.random.key(3), 8))
+    observations[1, 3] = observations[6, 3] = np.nan  # two trials without the optional "trees"
+    candidates = np.asarray(tree_space.sample(jax.random.key(4), 9))
+    weights = np.array([1.0, 1, 0, 1, 1, 0, 1, 1])
+    model = parzen.fit(parzen.make_layout(tree_space.spec()), observations, weights, BANDWIDTH, PRIOR_WEIGHT)
+    kernels = _reference_kernels(space, np.nan_to_num(observations), np.nan_to_num(candidates))  # [C, N + 1, D]
+    has = np.append(~np.isnan(observations), np.ones((1, len(space)), bool), axis=0)  # [N + 1, D]
+    kernels = np.where(has[None], kernels, kernels[:, -1:, :])  # the prior kernel where an observation lacks one
+    kernels = np.where(np.isnan(candidates)[:, None, :], 1.0, kernels)
+    mixture = np.append(weights, PRIOR_WEIGHT)
+    if joint:
+        expected = np.log((kernels.prod(-1) * mixture / mixture.sum()).sum(-1))
+    else:
+        per_dimension = mixture[:, None] * has
+        per_dimension = per_dimension / per_dimension.sum(0)
+        expected = np.log((kernels * per_dimension[None]).sum(1)).sum(-1)
+    actual = parzen.log_prob(parzen.make_layout(tree_space.spec()), model, candidates, joint=joint)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_flat_space_is_unchanged_by_the_conditional_path(space, fitted):
+    model, candidates, reference, mixture = fitted
+    layout = parzen.make_layout(space.spec(), conditional=True)  # the conditional code on data without NaN
+    observations_model = parzen.Parzen(model.log_weights, parzen.kernels(layout, _observations(space), BANDWIDTH))
+    for joint in (True, False):
+        np.testing.assert_allclose(
+            np.asarray(parzen.log_prob(layout, observations_model, candidates, joint=joint)),
+            np.asarray(parzen.log_prob(parzen.make_layout(space.spec()), model, candidates, joint=joint)),
+            rtol=1e-5, atol=1e-5)
+
+
+def _observations(space):
+    return np.asarray(space.sample(jax.random.key(0), 6))  # the `fitted` fixture's observations

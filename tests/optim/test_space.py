@@ -6,7 +6,20 @@ import jax
 import numpy as np
 import pytest
 
-from mpqjax.optim.space import CONTINUOUS, GRID, LOG_INT, TABLE, SearchSpace, categorical, integer, ordinal, real
+from mpqjax.optim.space import (
+    CONTINUOUS,
+    GRID,
+    LOG_INT,
+    TABLE,
+    SearchSpace,
+    active,
+    categorical,
+    conditional,
+    integer,
+    optional,
+    ordinal,
+    real,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +133,67 @@ def test_missing_dimension_is_named(mixed_space):
     del config["lr"]
     with pytest.raises(ValueError, match="missing dimensions: \\['lr'\\]"):
         mixed_space.encode(config)
+
+
+# -- tree-structured spaces ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tree_space():
+    """A choice of model, each with its own parameters (one nested a level deeper), a shared one, an optional one."""
+    return SearchSpace([
+        categorical("model", ("svm", "forest", "knn")),
+        conditional(real("C", 1e-3, 1e3, log=True), "model", ["svm"]),
+        conditional(integer("depth", 1, 20), "model", ["forest"]),
+        conditional(categorical("criterion", ("gini", "entropy")), "model", ["forest"]),
+        conditional(real("leaf", 0.0, 0.5), "criterion", ["entropy"]),
+        real("shared", 0.0, 1.0),
+        optional(integer("seed", 0, 9)),
+    ])
+
+
+def test_a_configuration_names_exactly_its_active_dimensions(tree_space):
+    assert tree_space.conditional and tree_space.depth() == 2
+    config = {"model": "forest", "depth": 7, "criterion": "entropy", "leaf": 0.125, "shared": 0.5}  # exact in f32
+    assert tree_space.active(config) == ["model", "depth", "criterion", "leaf", "shared"]
+    x = tree_space.encode(config)
+    assert np.isnan(x[[1, 6]]).all() and not np.isnan(x[[0, 2, 3, 4, 5]]).any()
+    assert tree_space.decode(x) == config
+    with_seed = {"model": "knn", "shared": 0.25, "seed": 3}
+    assert tree_space.decode(tree_space.encode(with_seed)) == with_seed
+    assert tree_space.active({"model": "forest", "criterion": "gini"})[:3] == ["model", "depth", "criterion"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"C": 1.0}, "sets inactive dimensions .*\\['C'\\]"),
+    ({"leaf": None}, "missing dimensions: \\['leaf'\\]"),
+    ({"criterion": "gini", "leaf": 0.2}, "sets inactive dimensions .*\\['leaf'\\]"),
+    ({"model": "tree"}, "'model': 'tree' is not among the choices"),
+])
+def test_conditions_are_validated_with_clear_errors(tree_space, change, message):
+    config = {"model": "forest", "depth": 7, "criterion": "entropy", "leaf": 0.1, "shared": 0.5, **change}
+    config = {name: value for name, value in config.items() if value is not None}
+    with pytest.raises(ValueError, match=message):
+        tree_space.validate(config)
+
+
+def test_random_samples_of_a_tree_are_valid_and_cover_every_branch(tree_space):
+    samples = tree_space.decode_batch(tree_space.sample(jax.random.key(0), 200))
+    for config in samples:
+        tree_space.validate(config)
+    assert {config["model"] for config in samples} == {"svm", "forest", "knn"}
+    assert any("leaf" in config for config in samples) and all("seed" in config for config in samples)
+    encoded = np.asarray(tree_space.sample(jax.random.key(0), 200))
+    np.testing.assert_array_equal(np.asarray(active(tree_space.spec(), encoded)), ~np.isnan(encoded))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: SearchSpace([conditional(real("x", 0, 1), "model", ["a"])]), "parent 'model' must be an earlier"),
+    (lambda: SearchSpace([real("y", 0, 1), conditional(real("x", 0, 1), "y", [0.5])]),
+     "parent 'y' must be ordinal or categorical"),
+    (lambda: SearchSpace([categorical("m", "ab"), conditional(real("x", 0, 1), "m", ["c"])]),
+     "'m': 'c' is not among the choices"),
+    (lambda: conditional(real("x", 0, 1), "m", []), "at least one of its choices"),
+])
+def test_bad_conditions_raise_clear_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

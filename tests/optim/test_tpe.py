@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpqjax.optim.acquisition import history_order
-from mpqjax.optim.space import SearchSpace, categorical, ordinal, real
+from mpqjax.optim.space import SearchSpace, categorical, conditional, ordinal, real
 from mpqjax.optim.tpe import AUTO_JOINT_MAX_DIMS, KMeansTPE, auto_batch, auto_joint, run
 
 BITS = (2, 3, 4, 6, 8)
@@ -243,6 +243,52 @@ def test_beats_random_search_of_the_same_budget(opt, space, batch_size):
         state = run(opt, jax.random.key(seed), lambda x: jnp.sum((x - target) ** 2, -1), 60, batch_size=batch_size)
         tpe_best.append(float(opt.best(state)[1]))
         random_best.append(float(jnp.min(jnp.sum((space.sample(jax.random.key(100 + seed), 60) - target) ** 2, -1))))
+    assert np.median(tpe_best) <= 0.5 * np.median(random_best), (tpe_best, random_best)
+
+
+# -- tree-structured spaces ----------------------------------------------------------------------------------------
+
+TREE = SearchSpace([categorical("model", ("linear", "forest", "knn")),
+                    conditional(real("alpha", -3.0, 3.0), "model", ["linear"]),
+                    conditional(ordinal("depth", tuple(range(1, 11))), "model", ["forest"]),
+                    conditional(categorical("split", ("gini", "entropy")), "model", ["forest"]),
+                    conditional(real("leaf", 0.0, 1.0), "split", ["entropy"]),
+                    real("shared", 0.0, 1.0)])
+
+
+def tree_loss(config):
+    """Best (0) in the forest branch at depth 8, entropy, leaf 0.2, shared 0.7; the other branches >= 0.3."""
+    loss = (config["shared"] - 0.7) ** 2
+    if config["model"] == "linear":
+        return loss + 0.3 + 0.1 * (config["alpha"] - 1.0) ** 2
+    if config["model"] == "knn":
+        return loss + 0.6
+    loss += ((config["depth"] - 8) / 9) ** 2
+    return loss + (0.4 if config["split"] == "gini" else 2 * (config["leaf"] - 0.2) ** 2)
+
+
+def tree_objective(x):
+    return np.asarray([tree_loss(TREE.decode(row)) for row in np.asarray(x)], np.float32)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_proposals_in_a_tree_structured_space_are_valid_configurations(batch_size):
+    opt = KMeansTPE(TREE, capacity=64, n_initial=6)
+    state = run(opt, jax.random.key(0), tree_objective, 24, batch_size=batch_size)
+    x, y = opt.history(state)
+    for row, value in zip(np.asarray(x[:24]), np.asarray(y[:24]), strict=True):
+        config = TREE.decode(row)
+        TREE.validate(config)
+        assert np.array_equal(np.isnan(row), [name not in config for name in TREE.names])  # inactive: NaN
+        assert value == pytest.approx(tree_loss(config))
+
+
+def test_beats_random_search_in_a_tree_structured_space():
+    opt = KMeansTPE(TREE, capacity=64)
+    tpe_best, random_best = [], []
+    for seed in range(5):
+        tpe_best.append(float(opt.best(run(opt, jax.random.key(seed), tree_objective, 50))[1]))
+        random_best.append(float(tree_objective(TREE.sample(jax.random.key(100 + seed), 50)).min()))
     assert np.median(tpe_best) <= 0.5 * np.median(random_best), (tpe_best, random_best)
 
 
