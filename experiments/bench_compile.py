@@ -123,7 +123,8 @@ def _optuna_ask_ms(space, history, values) -> float:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = {d.name: IntDistribution(0, len(d.choices) - 1) for d in space.dimensions}
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    study.add_trials([optuna.trial.create_trial(params={d.name: int(v) for d, v in zip(space.dimensions, row, strict=True)},
+    names = [d.name for d in space.dimensions]
+    study.add_trials([optuna.trial.create_trial(params={name: int(v) for name, v in zip(names, row, strict=True)},
                                                 distributions=distributions, value=float(value))
                       for row, value in zip(history, values, strict=True)])
     times = []

@@ -471,10 +471,10 @@ class SearchSpace:
             when=when,
             optional=np.asarray([d.optional for d in dims]),
             depth=np.asarray(self.depth(), np.int32),
-            centre=np.asarray([d.mu if d.mu is not None else (lo + hi) / 2 for d, lo, hi in zip(dims, low, high, strict=True)],
-                              np.float32),
-            sigma=np.asarray([d.sigma if d.sigma is not None else hi - lo for d, lo, hi in zip(dims, low, high, strict=True)],
-                             np.float32),
+            centre=np.asarray([d.mu if d.mu is not None else (lo + hi) / 2
+                               for d, lo, hi in zip(dims, low, high, strict=True)], np.float32),
+            sigma=np.asarray([d.sigma if d.sigma is not None else hi - lo
+                              for d, lo, hi in zip(dims, low, high, strict=True)], np.float32),
         )
 
 
