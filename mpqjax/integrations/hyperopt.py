@@ -10,8 +10,8 @@ their own: a tree-structured space, modelled as `mpqjax.optim.space.conditional`
 trials where it is active), ``hp.randint`` (ordered integers), ``hp.uniform``, ``hp.quniform``, ``hp.uniformint``,
 ``hp.loguniform``, ``hp.qloguniform``, and the unbounded ``hp.normal``, ``hp.lognormal`` and their ``q`` forms
 (`mpqjax.optim.space.normal`, kernels on the unbounded scale; the ``q`` forms are modelled continuous and quantised
-on output). Refused with a ValueError naming the label: ``hp.pchoice`` (its prior weights would be ignored), a label
-under two different choices, and computed arguments.
+on output), and ``hp.pchoice`` (its probabilities are the choice's prior: random draws and the prior kernel follow
+them). Refused with a ValueError naming the label: a label under two different choices, and computed arguments.
 
 Trials: ``ok`` results give their loss (minimised); failed ones, errors and non-finite losses join g(x), the "bad"
 density; trials still new or running (parallel ``Trials`` backends) are pending: they join g(x) and are never
@@ -41,8 +41,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the pe
 from mpqjax.integrations.proposals import check_settings, propose
 from mpqjax.optim.space import Dimension, SearchSpace, categorical, conditional, integer, normal, real
 
-SUPPORTED = ("hp.choice (with labels inside its options), hp.randint, hp.uniform, hp.quniform, hp.uniformint, "
-             "hp.loguniform, hp.qloguniform, hp.normal, hp.qnormal, hp.lognormal, hp.qlognormal")
+SUPPORTED = ("hp.choice and hp.pchoice (with labels inside their options), hp.randint, hp.uniform, hp.quniform, "
+             "hp.uniformint, hp.loguniform, hp.qloguniform, hp.normal, hp.qnormal, hp.lognormal, hp.qlognormal")
 
 
 def suggest(new_ids, domain, trials, seed, **settings) -> list[dict]:
@@ -157,8 +157,8 @@ def _depth(name: str, labels: dict[str, Label]) -> int:
     return 0 if parent is None else 1 + _depth(parent, labels)
 
 
-_KINDS = ("randint", "uniform", "loguniform", "quniform", "qloguniform", "normal", "lognormal", "qnormal",
-          "qlognormal")
+_KINDS = ("randint", "categorical", "uniform", "loguniform", "quniform", "qloguniform", "normal", "lognormal",
+          "qnormal", "qlognormal")
 
 
 def _label(label: str, node, num_options: int | None) -> Label:
@@ -167,9 +167,14 @@ def _label(label: str, node, num_options: int | None) -> Label:
         raise ValueError(f"hyperopt space: label {label!r} uses {kind!r}, which mpqjax.integrations.hyperopt.suggest "
                          f"does not support (supported: {SUPPORTED})")
     try:
-        args = [arg.obj for arg in node.pos_args] + [arg.obj for _, arg in node.named_args]
+        if kind == "categorical":  # hp.pchoice: the options' probabilities
+            args = [[arg.obj for arg in node.pos_args[0].pos_args]]
+        else:
+            args = [arg.obj for arg in node.pos_args] + [arg.obj for _, arg in node.named_args]
     except AttributeError:
         raise ValueError(f"hyperopt space: label {label!r} has a computed argument; use constant bounds") from None
+    if kind == "categorical":  # the option's index, unordered, with the prior weights of hp.pchoice
+        return Label(label, categorical(label, tuple(range(len(args[0]))), weights=args[0]), int, int)
     if kind == "randint" and num_options is not None:  # hp.choice: the option's index, unordered
         return Label(label, categorical(label, tuple(range(num_options))), int, int)
     if kind == "randint":  # hp.randint(label, upper) or hp.randint(label, low, upper): integers in [low, upper)

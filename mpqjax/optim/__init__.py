@@ -4,7 +4,8 @@ Pure JAX: no Flax, no files. `KMeansTPE` has the shape of optax and evosax (``st
 ``x, state = opt.ask(key, state, n)``, ``state = opt.tell(state, x, y)``), jitted with the optimiser static. Every
 public name of the modules is re-exported here:
 
-- `mpqjax.optim.space`: `SearchSpace` and its dimensions (`ordinal`, `categorical`, `integer`, `real`);
+- `mpqjax.optim.space`: `SearchSpace` and its dimensions (`ordinal`, `categorical`, `integer`, `real`, `normal`),
+  tree-structured with `conditional` and `optional`;
 - `mpqjax.optim.cluster`: deterministic k-means (`kmeans_1d`, `kmeans`);
 - `mpqjax.optim.parzen`: Parzen estimators over a space's encoding (`fit`, `log_prob`, `sample`, ...);
 - `mpqjax.optim.acquisition`: the pure steps of a k-means TPE proposal (`split`, `log_ratio`, `select`, ...);
@@ -17,11 +18,13 @@ from mpqjax._lazy import attach
 
 _MODULES = {
     "space": ["CATEGORICAL", "CONTINUOUS", "GRID", "INTEGER", "LOG_INT", "MAX_TABLE_CHOICES", "ORDINAL", "REAL",
-              "TABLE", "Dimension", "SearchSpace", "SpaceSpec", "categorical", "encoded_values", "integer", "ordinal",
-              "real", "sample_uniform", "snap"],
+              "TABLE", "UNBOUNDED_SPREAD", "Dimension", "SearchSpace", "SpaceSpec", "active", "categorical",
+              "conditional", "deactivate", "encoded_values", "integer", "normal", "optional", "ordinal", "real",
+              "sample_uniform", "snap"],
     "cluster": ["NUM_STARTS", "KMeansResult", "kmeans", "kmeans_1d"],
-    "parzen": ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "fit", "kernel_tables",
-               "kernels", "log_prob", "make_layout", "mixture_log_weights", "sample", "table_marginals"],
+    "parzen": ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "dimension_log_weights", "fit",
+               "kernel_tables", "kernels", "log_prob", "make_layout", "mixture_log_weights", "sample",
+               "table_marginals"],
     "acquisition": ["BAD_SETS", "CLUSTER_ON", "MAX_ENUMERATED", "enumerate_configurations", "fingerprint",
                     "hash_multipliers", "history_order", "log_ratio", "normal_kmeans_thresholds", "select", "split",
                     "trial_outcomes", "uniform_pool"],

@@ -124,6 +124,8 @@ def pad_space(space: SearchSpace) -> PaddedSpace:
     values[positions, : spec.values.shape[1]] = spec.values
     when = np.zeros((width, values.shape[1]), bool)
     when[positions, : spec.when.shape[1]] = spec.when
+    prior = np.zeros((width, values.shape[1]), np.float32)
+    prior[positions, : spec.prior.shape[1]] = spec.prior
     padded_spec = SpaceSpec(
         model=padded(spec.model, TABLE, CONTINUOUS), num_choices=padded(spec.num_choices, 1, 0),
         ordered=padded(spec.ordered, True, True), low=padded(spec.low, -0.5, 0.0), high=padded(spec.high, 0.5, 0.0),
@@ -132,7 +134,8 @@ def pad_space(space: SearchSpace) -> PaddedSpace:
         log=padded(spec.log, False, False),
         parent=padded(np.where(spec.parent >= 0, positions[np.maximum(spec.parent, 0)], -1), -1, -1),
         when=when[:, :max_choices] if table.size else when, optional=padded(spec.optional, False, False),
-        depth=spec.depth, centre=padded(spec.centre, 0.0, 0.0), sigma=padded(spec.sigma, 0.0, 0.0))
+        depth=spec.depth, centre=padded(spec.centre, 0.0, 0.0), sigma=padded(spec.sigma, 0.0, 0.0),
+        prior=prior[:, :max_choices] if table.size else prior)
     configurations = enumerate_configurations(space)
     if configurations is not None and space.conditional:  # inactive dimensions NaN (repeats are skipped later)
         configurations = np.asarray(deactivate(spec, configurations))

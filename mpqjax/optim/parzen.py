@@ -6,8 +6,9 @@ anywhere in the space. Kernels, per dimension model (see `mpqjax.optim.space`):
 - TABLE, ordered (ordinal choices, short integer grids): a Gaussian on the index scale with standard deviation
   ``bandwidth * n`` (n choices), integrated over each index's bin [j - 1/2, j + 1/2] and renormalised over the n
   indices (a truncated, discretised Gaussian). Precomputed as an n x n table of log-probabilities.
-- TABLE, categorical: ``(1 - s) * [j == centre] + s / n`` with ``s = min(1, 2 * bandwidth)`` (a point mass mixed
-  with the uniform distribution; the factor 2 makes ``bandwidth = 0.25`` keep about half the mass on the centre).
+- TABLE, categorical: ``(1 - s) * [j == centre] + s * p_j`` with ``s = min(1, 2 * bandwidth)`` (a point mass mixed
+  with the prior p, uniform unless the dimension has ``weights``; the factor 2 makes ``bandwidth = 0.25`` keep about
+  half the mass on the centre).
 - GRID (long integer grids): the same discretised Gaussian, computed directly instead of tabulated.
 - LOG_INT: a Gaussian on log(value), integrated over [log(v - 1/2), log(v + 1/2)].
 - CONTINUOUS: a Gaussian density truncated to the range (not truncated for a `mpqjax.optim.space.normal` one).
@@ -58,6 +59,7 @@ class ParzenLayout(NamedTuple):
     table_dims: np.ndarray  # indices of TABLE dimensions (static)
     table_choices: jax.Array  # n per TABLE dimension
     table_ordered: jax.Array  # ordinal (True) or categorical (False)
+    table_prior: jax.Array  # [Dt, J] prior probabilities of categorical choices (`SpaceSpec.prior`)
     numeric_dims: np.ndarray  # indices of GRID, LOG_INT and CONTINUOUS dimensions (static)
     numeric_model: jax.Array
     numeric_low: jax.Array
@@ -125,6 +127,7 @@ def make_layout(spec: SpaceSpec, *, num_table: int | None = None, max_choices: i
         table_dims=table_dims,
         table_choices=spec.num_choices[table_dims],
         table_ordered=spec.ordered[table_dims],
+        table_prior=spec.prior[table_dims][:, :max_choices] if table_dims.size else spec.prior[table_dims],
         numeric_dims=numeric_dims,
         numeric_model=spec.model[numeric_dims],
         numeric_low=spec.low[numeric_dims],
@@ -180,12 +183,14 @@ def kernel_tables(layout: ParzenLayout, bandwidth) -> tuple[jax.Array, jax.Array
 
     ordered = discretised_gaussian(centre, bandwidth * n)
     smoothing = jnp.minimum(1.0, 2.0 * bandwidth)
-    categorical = jnp.log(jnp.where(centre == target, 1.0 - smoothing, 0.0) + smoothing / n)
+    choice_prior = jnp.asarray(layout.table_prior)[:, None, :]  # [Dt, 1, J]: categorical priors
+    categorical = jnp.log(jnp.maximum(jnp.where(centre == target, 1.0 - smoothing, 0.0) + smoothing * choice_prior,
+                                      1e-30))
     is_ordered = jnp.asarray(layout.table_ordered)[:, None, None]
     tables = jnp.where(in_range & (centre < n), jnp.where(is_ordered, ordered, categorical), LOG_FLOOR)
 
     prior_ordered = discretised_gaussian((n - 1) / 2, n)[:, 0, :]
-    prior_uniform = jnp.broadcast_to(-jnp.log(n[:, 0, :]), prior_ordered.shape)
+    prior_uniform = jnp.log(jnp.maximum(choice_prior[:, 0, :], 1e-30))
     prior = jnp.where(in_range[:, 0, :], jnp.where(is_ordered[:, 0, :], prior_ordered, prior_uniform), LOG_FLOOR)
     return jnp.maximum(tables, LOG_FLOOR), jnp.maximum(prior, LOG_FLOOR)
 

@@ -74,6 +74,7 @@ class Dimension:
     high: float = 0.0
     step: float | None = None
     log: bool = False
+    weights: tuple | None = None  # `categorical(..., weights=)`: prior probabilities of the choices
     mu: float | None = None  # `normal`: the prior's mean and standard deviation on the encoded scale (unbounded)
     sigma: float | None = None
     parent: str | None = None  # `conditional`: active only while this dimension takes one of the choices ``when``
@@ -162,14 +163,24 @@ def ordinal(name: str, choices: Sequence[float]) -> Dimension:
     return Dimension(name, ORDINAL, choices=tuple(sorted(choices)))
 
 
-def categorical(name: str, choices: Sequence[Any]) -> Dimension:
-    """An unordered set of choices (strings, numbers, None, booleans: anything hashable)."""
+def categorical(name: str, choices: Sequence[Any], *, weights: Sequence[float] | None = None) -> Dimension:
+    """An unordered set of choices (strings, numbers, None, booleans: anything hashable).
+
+    ``weights``: prior probabilities of the choices (hyperopt's ``hp.pchoice``; normalised): random draws follow
+    them, and the optimiser's prior kernel is this distribution instead of the uniform one.
+    """
     choices = tuple(choices)
     if not choices:
         raise ValueError(f"dimension {name!r}: a categorical dimension needs at least one choice")
     if len({(type(c), c) for c in choices}) != len(choices):
         raise ValueError(f"dimension {name!r}: choices must be distinct, got {list(choices)}")
-    return Dimension(name, CATEGORICAL, choices=choices)
+    if weights is not None:
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != len(choices) or not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights):
+            raise ValueError(f"dimension {name!r}: weights must be {len(choices)} non-negative numbers, not all 0, "
+                             f"got {list(weights)}")
+        weights = tuple(w / sum(weights) for w in weights)
+    return Dimension(name, CATEGORICAL, choices=choices, weights=weights)
 
 
 def integer(name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Dimension:
@@ -259,6 +270,8 @@ class SpaceSpec(NamedTuple):
         depth: [] the longest chain of conditions (0 for a flat space), as an array.
         centre, sigma: [D] the prior kernel of numeric dimensions: the range's middle and width, or a `normal`
             dimension's mu and sigma (its ``low`` and ``high`` are infinite).
+        prior: [D, max_choices] prior probabilities of the choices of categorical dimensions (uniform unless given
+            ``weights``; 0 elsewhere).
     """
 
     model: np.ndarray
@@ -277,6 +290,7 @@ class SpaceSpec(NamedTuple):
     depth: np.ndarray
     centre: np.ndarray
     sigma: np.ndarray
+    prior: np.ndarray
 
 
 class SearchSpace:
@@ -434,6 +448,10 @@ class SearchSpace:
         dims = self.dimensions
         max_values = max([d.num_choices for d in dims if d.model == TABLE] + [1])
         parent = np.asarray([-1 if d.parent is None else self._index[d.parent] for d in dims], np.int32)
+        prior = np.zeros((len(dims), max_values), np.float32)
+        for i, d in enumerate(dims):
+            if d.kind == CATEGORICAL:
+                prior[i, : len(d.choices)] = d.weights or np.full(len(d.choices), 1.0 / len(d.choices))
         when = np.zeros((len(dims), max_values), bool)
         for i, d in enumerate(dims):
             for choice in d.when:
@@ -475,6 +493,7 @@ class SearchSpace:
                                for d, lo, hi in zip(dims, low, high, strict=True)], np.float32),
             sigma=np.asarray([d.sigma if d.sigma is not None else hi - lo
                               for d, lo, hi in zip(dims, low, high, strict=True)], np.float32),
+            prior=prior,
         )
 
 
@@ -493,6 +512,9 @@ def sample_uniform(key: jax.Array, spec: SpaceSpec, n: int, *, max_depth: int | 
     unbounded = jnp.isinf(spec.low) | jnp.isinf(spec.high)  # a `normal` dimension: drawn from its prior
     drawn = jnp.where(unbounded, spec.centre + spec.sigma * ndtri(u),
                       jnp.where(unbounded, 0.0, spec.low) + u * jnp.where(unbounded, 0.0, spec.high - spec.low))
+    # categorical choices follow their prior (uniform unless weighted): the inverse of its cumulative sum
+    weighted = jnp.sum(jnp.cumsum(jnp.asarray(spec.prior), axis=-1) < u[..., None], axis=-1).astype(jnp.float32)
+    drawn = jnp.where(jnp.asarray(spec.ordered), drawn, weighted)
     return deactivate(spec, snap(spec, drawn), max_depth=max_depth)
 
 

@@ -187,9 +187,14 @@ def test_unbounded_labels_are_searched_on_their_own_scale():
     assert min(trials.losses()) <= 0.5 * min(random.losses())  # a = 2.5 lies 2.5 prior sigmas out, b = 8 about 2
 
 
+def test_pchoice_probabilities_are_the_prior_of_the_choice():
+    (label,) = parse_space(Domain(lambda params: 0.0, {"k": hp.pchoice("k", [(0.1, "a"), (0.9, "b")])}))
+    assert label.dimension.weights == pytest.approx((0.1, 0.9))
+
+
 def test_unsupported_labels_are_refused_naming_the_label():
-    with pytest.raises(ValueError, match="label 'weird' uses"):
-        parse_space(Domain(lambda params: 0.0, {"weird": hp.pchoice("weird", [(0.2, "a"), (0.8, "b")])}))
+    with pytest.raises(ValueError, match="label 'weird' has a computed argument"):
+        parse_space(Domain(lambda params: 0.0, {"weird": hp.uniform("weird", 0, hp.uniform("top", 1, 2))}))
     shared = hp.uniform("shared", 0, 1)
     twice = {"a": hp.choice("a", [shared, 0]), "b": hp.choice("b", [shared, 1])}
     with pytest.raises(ValueError, match="label 'shared' appears under different choices"):

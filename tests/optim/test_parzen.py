@@ -209,3 +209,9 @@ def test_a_flat_space_is_unchanged_by_the_conditional_path(space, fitted):
 
 def _observations(space):
     return np.asarray(space.sample(jax.random.key(0), 6))  # the `fitted` fixture's observations
+
+
+def test_the_prior_kernel_of_a_weighted_categorical_is_its_weights():
+    space = SearchSpace([categorical("k", ("a", "b", "c"), weights=(0.2, 0.5, 0.3))])
+    _, prior = parzen.kernel_tables(parzen.make_layout(space.spec()), BANDWIDTH)
+    np.testing.assert_allclose(np.exp(np.asarray(prior[0, :3])), [0.2, 0.5, 0.3], rtol=1e-5)

@@ -197,3 +197,12 @@ def test_random_samples_of_a_tree_are_valid_and_cover_every_branch(tree_space):
 def test_bad_conditions_raise_clear_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_weighted_categorical_choices_are_drawn_by_their_weights():
+    space = SearchSpace([categorical("k", ("a", "b", "c"), weights=(1, 8, 1)), ordinal("bits", (2, 4))])
+    assert space["k"].weights == pytest.approx((0.1, 0.8, 0.1))
+    drawn = np.asarray(space.sample(jax.random.key(0), 4000))[:, 0]
+    np.testing.assert_allclose(np.bincount(drawn.astype(int), minlength=3) / 4000, [0.1, 0.8, 0.1], atol=0.02)
+    with pytest.raises(ValueError, match="weights must be 3 non-negative numbers"):
+        categorical("k", "abc", weights=(1, -1, 1))
