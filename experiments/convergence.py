@@ -8,6 +8,9 @@ Optimisers, each on the same seeds and the same search space:
   c = 0.25, alpha = 0.98, k-means on the raw values, g(x) fitted to the worst cluster);
 - on request (``--optimisers``): ``kmeans_tpe_joint``, ``kmeans_tpe_independent``, the defaults with
   ``joint=True`` (one product kernel per observation) or ``joint=False`` (an independent mixture per dimension);
+  and an ablation of the defaults, each with one setting back at the paper's: ``kmeans_tpe_bad_worst`` (g(x) from
+  the worst cluster), ``kmeans_tpe_n0_20`` (20 random trials), ``kmeans_tpe_alpha_098`` (alpha = 0.98, no
+  bandwidth floor), ``kmeans_tpe_cluster_values`` (k-means on the raw values);
 - ``optuna_tpe``: optuna's ``TPESampler`` with its defaults (multivariate, 10 startup trials in optuna 5);
 - ``hyperopt_tpe``: hyperopt's ``tpe.suggest`` with its defaults (20 startup trials);
 - ``random``: optuna's ``RandomSampler``.
@@ -85,7 +88,12 @@ from mpqjax.optim.space import CATEGORICAL, INTEGER, ORDINAL, REAL, SearchSpace,
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OPTIMISERS = ("kmeans_tpe", "kmeans_tpe_paper", "optuna_tpe", "hyperopt_tpe", "random")
-EXTRA_OPTIMISERS = ("kmeans_tpe_joint", "kmeans_tpe_independent")  # on request (--optimisers)
+# on request (--optimisers): the kernel modes, and the defaults with one setting back at the paper's (an ablation)
+EXTRA_OPTIMISERS = ("kmeans_tpe_joint", "kmeans_tpe_independent", "kmeans_tpe_bad_worst", "kmeans_tpe_n0_20",
+                    "kmeans_tpe_alpha_098", "kmeans_tpe_cluster_values")
+ABLATIONS = {"kmeans_tpe_bad_worst": {"bad": "worst"}, "kmeans_tpe_n0_20": {"n_initial": 20},
+             "kmeans_tpe_alpha_098": {"bandwidth_decay": 0.98, "min_bandwidth": 0.001},
+             "kmeans_tpe_cluster_values": {"cluster_on": "values"}}
 OURS = ("kmeans_tpe", "kmeans_tpe_paper") + EXTRA_OPTIMISERS
 
 
@@ -405,7 +413,7 @@ def run_one(name: str, task_: Task, trials: int, seed: int) -> tuple[np.ndarray,
         from mpqjax.optim.tpe import PAPER_SETTINGS
 
         settings = {"kmeans_tpe": {}, "kmeans_tpe_paper": PAPER_SETTINGS, "kmeans_tpe_joint": {"joint": True},
-                    "kmeans_tpe_independent": {"joint": False}}[name]
+                    "kmeans_tpe_independent": {"joint": False}, **ABLATIONS}[name]
         return run_optuna(KMeansTPESampler(seed=seed, **settings), task_, trials)
     if name == "optuna_tpe":
         return run_optuna(optuna.samplers.TPESampler(seed=seed), task_, trials)
@@ -504,7 +512,8 @@ def plot(results: dict, curves: dict, path: str) -> None:
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     colours = {"kmeans_tpe": "C3", "kmeans_tpe_paper": "C1", "kmeans_tpe_joint": "C4", "kmeans_tpe_independent": "C5",
-               "optuna_tpe": "C0", "hyperopt_tpe": "C2", "random": "C7"}
+               "optuna_tpe": "C0", "hyperopt_tpe": "C2", "random": "C7", "kmeans_tpe_bad_worst": "C6",
+               "kmeans_tpe_n0_20": "C8", "kmeans_tpe_alpha_098": "C9", "kmeans_tpe_cluster_values": "k"}
     for axis, task_name in zip(axes.ravel(), names, strict=False):
         optimum = results["tasks"][task_name]["optimum"]
         for name, best in curves[task_name].items():

@@ -4,8 +4,9 @@ Pure JAX: no Flax, no files. `KMeansTPE` has the shape of optax and evosax (``st
 ``x, state = opt.ask(key, state, n)``, ``state = opt.tell(state, x, y)``), jitted with the optimiser static. Every
 public name of the modules is re-exported here:
 
-- `mpqjax.optim.space`: `SearchSpace` and its dimensions (`ordinal`, `categorical`, `integer`, `real`, `normal`),
-  tree-structured with `conditional` and `optional`;
+- `mpqjax.optim.dimensions`: the dimensions (`ordinal`, `categorical`, `integer`, `real`, `normal`), made
+  conditional with `conditional` and `optional`;
+- `mpqjax.optim.space`: `SearchSpace`, its encoding (`SpaceSpec`) and which dimensions are active;
 - `mpqjax.optim.cluster`: deterministic k-means (`kmeans_1d`, `kmeans`);
 - `mpqjax.optim.parzen`: Parzen estimators over a space's encoding (`fit`, `log_prob`, `sample`, ...);
 - `mpqjax.optim.acquisition`: the pure steps of a k-means TPE proposal (`split`, `log_ratio`, `select`, ...);
@@ -17,10 +18,10 @@ public name of the modules is re-exported here:
 from mpqjax._lazy import attach
 
 _MODULES = {
-    "space": ["CATEGORICAL", "CONTINUOUS", "GRID", "INTEGER", "LOG_INT", "MAX_TABLE_CHOICES", "ORDINAL", "REAL",
-              "TABLE", "UNBOUNDED_SPREAD", "Dimension", "SearchSpace", "SpaceSpec", "active", "categorical",
-              "conditional", "deactivate", "encoded_values", "integer", "normal", "optional", "ordinal", "real",
-              "sample_uniform", "snap"],
+    "dimensions": ["CATEGORICAL", "CONTINUOUS", "GRID", "INTEGER", "LOG_INT", "MAX_TABLE_CHOICES", "ORDINAL", "REAL",
+                   "TABLE", "UNBOUNDED_SPREAD", "Dimension", "categorical", "conditional", "integer", "normal",
+                   "optional", "ordinal", "real", "same_choice"],
+    "space": ["SearchSpace", "SpaceSpec", "active", "deactivate", "encoded_values", "sample_uniform", "snap"],
     "cluster": ["NUM_STARTS", "KMeansResult", "kmeans", "kmeans_1d"],
     "parzen": ["LOG_FLOOR", "Kernels", "Parzen", "ParzenLayout", "component_log_probs", "dimension_log_weights", "fit",
                "kernel_tables", "kernels", "log_prob", "make_layout", "mixture_log_weights", "sample",
