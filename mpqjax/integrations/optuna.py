@@ -77,14 +77,16 @@ class KMeansTPESampler(BaseSampler):
     Args:
         seed: seed of the sampler's random numbers (None: nondeterministic).
         n_initial: finished trials sampled at random before the model is used (the paper's n0, like
-            `TPESampler`'s ``n_startup_trials``; default 20).
+            `TPESampler`'s ``n_startup_trials``; default 10).
         constant_liar: treat RUNNING trials as pending (in g(x), never proposed again; default True).
         independent_sampler: sampler for parameters outside the relative search space (default: random until
             ``n_initial`` finished trials have the parameter, then a one-dimension k-means TPE).
         **settings: other `KMeansTPE` settings: ``k_initial``, ``max_clusters``, ``k_interval``, ``bandwidth``,
             ``bandwidth_decay``, ``min_bandwidth``, ``prior_weight``, ``num_candidates``, ``joint``,
-            ``kmeans_iterations``, ``cluster_on``; defaults as `KMeansTPE`'s (``joint="auto"``: joint kernels
-            over a relative search space of up to 20 parameters, independent ones above, `mpqjax.optim.tpe.auto_joint`).
+            ``kmeans_iterations``, ``cluster_on``, ``bad``; defaults as `KMeansTPE`'s (``joint="auto"``: joint
+            kernels over a relative search space of up to 20 parameters, independent ones above,
+            `mpqjax.optim.tpe.auto_joint`); ``KMeansTPESampler(**mpqjax.optim.PAPER_SETTINGS)`` is the paper's
+            algorithm.
 
     Raises:
         ValueError: an unknown or invalid setting.

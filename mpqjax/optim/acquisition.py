@@ -1,10 +1,11 @@
 """The pure steps of one k-means TPE proposal: split the history, score candidates, pick new distinct ones.
 
-`mpqjax.optim.tpe.KMeansTPE` composes them: `split` divides the told trials into l(x)'s data (the best k-means
-cluster) and g(x)'s (the worst cluster plus failed trials); `log_ratio` scores candidates by log l(x) - log g(x);
-`uniform_pool` draws the random candidates of the random start and of the model's fallback; `select` keeps the
-best-scoring candidates that are new, distinct and feasible; `fingerprint` is the duplicate detection `select`
-uses. Every function is jittable: static settings are Python values or NumPy arrays, everything else is traced.
+`mpqjax.optim.tpe.KMeansTPE` composes them (through `mpqjax.optim.program`): `split` divides the told trials into
+l(x)'s data (the best k-means cluster) and g(x)'s (the other trials, or the worst cluster only, plus failed
+trials); `log_ratio` scores candidates by log l(x) - log g(x); `uniform_pool` draws the random candidates of the
+random start and of the model's fallback; `select` keeps the best-scoring candidates that are new, distinct and
+feasible; `fingerprint` is the duplicate detection `select` uses. Every function is jittable: static settings are
+Python values or NumPy arrays, everything else is traced.
 
 Example:
     >>> y = jnp.array([3.0, 1.0, 2.0, jnp.nan, 5.0, 0.5, 4.0, 2.5])

@@ -4,8 +4,8 @@ Section III.B and Algorithm 1 of Azizi et al. Each model-based step:
 
 1. cluster the observed objective values with 1-D k-means into k clusters (`mpqjax.optim.cluster.kmeans_1d`),
    sorted by centroid;
-2. fit l(x) to the configurations of the best cluster and g(x) to those of the worst cluster (the middle clusters
-   are left out; failed trials, NaN or infinite, always join g);
+2. fit l(x) to the configurations of the best cluster and g(x) to every other trial (the paper fits g(x) to the
+   worst cluster only: ``bad="worst"``; failed trials, NaN or infinite, always join g);
 3. draw candidates from l and propose the one maximising l(x) / g(x). A batch of q is q such proposals in turn,
    each made once the previous ones joined the history as pending trials (a constant liar; see ``batch``).
 
@@ -15,15 +15,20 @@ trials are uniformly random. Two schedules anneal the search:
 - k grows by one every ``k_interval`` model-based trials, from ``k_initial`` up to ``max_clusters``: the best and
   worst clusters get tighter, narrowing "desirable" to the very best configurations (the paper's annealing);
 - c, the kernel bandwidth scale (`mpqjax.optim.parzen`), starts at ``bandwidth`` (the paper's c = 0.25) and is
-  multiplied by ``bandwidth_decay`` (the paper's alpha = 0.98) after every model-based trial, down to
+  multiplied by ``bandwidth_decay`` (0.96; the paper's alpha = 0.98) after every model-based trial, down to
   ``min_bandwidth``: wide kernels explore early, narrow ones refine late. ``experiments/bench_tpe.py --ablation``
   compares this choice of c's role with a fixed bandwidth (docs/results.md, Ablation).
 
 The API has the shape of optax and evosax: ``state = opt.init(key)``, ``x, state = opt.ask(key, state, n)``,
-``state = opt.tell(state, x, y)``, pure functions over an explicit state, jitted with the optimiser static. The
-static settings (space, capacity, candidate count, k's upper bound, joint or independent kernels, feasibility
-function) live in the object; every number that only changes values lives in the state (`TPEParams`), so it can
-change, or be vmapped over, without recompiling.
+``state = opt.tell(state, x, y)``, pure functions over an explicit state. The static settings (space, capacity,
+candidate count, k's upper bound, joint or independent kernels, feasibility function) live in the object; every
+number that only changes values lives in the state (`TPEParams`), so it can change, or be vmapped over, without
+recompiling. What is compiled is the object's `KMeansTPE.program` (`mpqjax.optim.program`): the space's bucket and
+the static settings, not the space itself, so optimisers over different spaces of one bucket share their programs.
+
+The defaults depart from the paper's Algorithm 1 where `experiments/convergence.py` measured a gain (docs/results.md,
+Convergence): g(x) from every trial outside the best cluster, 10 random trials, alpha = 0.96 with a floor of 0.05,
+k-means on normal scores; `PAPER_SETTINGS` (`KMeansTPE.paper`) is the algorithm as the paper states it.
 
 Example:
     >>> space = SearchSpace([ordinal("bits", (2, 3, 4, 6, 8)), real("lr", 1e-4, 1e-1, log=True)])
