@@ -20,6 +20,17 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drop every compiled program after each test module: each XLA:CPU executable keeps memory maps, and a whole
+    session's programs reach the kernel's limit (vm.max_map_count, 65530), where the next compile crashes. A program
+    needed again is loaded from the session's persistent cache."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The digits dataset (`mpqjax.data.load_digits_splits(0)`): train, validation and test splits."""
