@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpqjax.optim.acquisition import enumerate_configurations
 from mpqjax.optim.space import CONTINUOUS, TABLE, SearchSpace, SpaceSpec, deactivate
 
 __all__ = ["ENUMERATION_BUCKETS", "MIN_CHOICES", "Bucket", "PaddedSpace", "SpaceData", "bucket_size", "pad_space",
@@ -101,8 +102,6 @@ def bucket_size(n: int, minimum: int) -> int:
 @functools.lru_cache(maxsize=256)
 def pad_space(space: SearchSpace) -> PaddedSpace:
     """The padded encoding of a space (cached per space: read-only arrays)."""
-    from mpqjax.optim.acquisition import enumerate_configurations
-
     spec = space.spec()
     model = np.asarray(spec.model)
     table, numeric = np.flatnonzero(model == TABLE), np.flatnonzero(model != TABLE)
