@@ -132,3 +132,19 @@ def compilations():
             jax.monitoring.unregister_event_duration_listener(listener)
 
     return compiled_programs
+
+
+# -- a trained model's folder (tests/export, tests/cli) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_digits_folder(tmp_path_factory):
+    """``mpqjax train``'s folder of ``digits_cnn`` at bits 6, 4, 2, 3 and widths 0.875, 0.75, 0.875, 1 (one epoch
+    of float and one of quantised training): a finished model to export."""
+    from mpqjax import cli
+
+    out = tmp_path_factory.mktemp("trained") / "digits"
+    code = cli.main(["train", "--model", "digits_cnn", "--bits", "6,4,2,3", "--widths", "0.875,0.75,0.875,1",
+                     "--float-epochs", "1", "--batch-size", "128", "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    return out

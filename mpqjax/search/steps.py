@@ -327,4 +327,5 @@ def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant
         metadata={"model": config.model, "dataset": config.dataset, "num_classes": dataset.num_classes,
                   "layers": list(table.names), "bits": [int(b) for b in np.asarray(bits)],
                   "widths": [float(w) for w in np.asarray(widths)], "test_accuracy": trained.test_accuracy,
-                  "validation_accuracy": trained.validation_accuracy})
+                  "validation_accuracy": trained.validation_accuracy, "seed": config.seed,
+                  "data_dir": config.data_dir, "max_width": quant_model.max_width})

@@ -55,6 +55,10 @@ FILES = {
     "report": "report.md",
     # written by ``mpqjax train`` (a trained configuration's folder)
     "train": "train.json",
+    # written by ``mpqjax export`` (from ``model``)
+    "integer": "model_int.npz",
+    "onnx": "model_int.onnx",
+    "qwix": "qwix_rules.py",
     # held while a search runs (mpqjax.store.lock), removed at its end
     "lock": LOCK_FILE,
 }
