@@ -2,8 +2,8 @@
 
 Modules: `command` (the parser, `main`, exit codes), `options` (options generated from `mpqjax.search.SearchConfig`'s
 metadata, unit parsing), `display` (progress bar, summary, tables) and one module per command (`cost`, `hessian`,
-`search`, `train`, `report`). The console script is ``mpqjax = "mpqjax.cli:main"``; ``python -m mpqjax.cli`` runs
-the same.
+`search`, `train`, `report`, `export`). The console script is ``mpqjax = "mpqjax.cli:main"``; ``python -m mpqjax.cli``
+runs the same.
 
 Example:
     >>> from mpqjax import cli
@@ -15,7 +15,7 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["command", "cost", "display", "hessian", "options", "report", "search", "train"],
+    submodules=["command", "cost", "display", "export", "hessian", "options", "report", "search", "train"],
     names={
         "COMMANDS": "command", "build_parser": "command", "main": "command",
         **{name: "options" for name in (
@@ -31,5 +31,6 @@ __getattr__, __dir__, __all__ = attach(
             "search_config")},
         "TRAIN_SETTINGS": "train", "add_train_command": "train", "run_train": "train",
         "add_report_command": "report", "run_report": "report",
+        "FORMATS": "export", "add_export_command": "export", "run_export": "export",
     },
 )

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from mpqjax.cli.cost import add_cost_command
+from mpqjax.cli.export import add_export_command
 from mpqjax.cli.hessian import add_hessian_command
 from mpqjax.cli.report import add_report_command
 from mpqjax.cli.search import add_search_command
@@ -19,7 +20,8 @@ from mpqjax.cli.train import add_train_command
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = (add_cost_command, add_hessian_command, add_search_command, add_train_command, add_report_command)
+COMMANDS = (add_cost_command, add_hessian_command, add_search_command, add_train_command, add_report_command,
+            add_export_command)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mpqjax`` argument parser with every command."""
     parser = _Parser(prog="mpqjax", description="Hardware-aware mixed-precision quantisation and width search for "
-                     "Flax models: search, train, cost, hessian, report.")
+                     "Flax models: search, train, cost, hessian, report, export.")
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
     for add in COMMANDS:
         add(subparsers)

@@ -7,6 +7,7 @@ The CLI tests put this folder on ``sys.path`` (or run the command from it); ever
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 from flax import nnx
 
 
@@ -79,3 +80,17 @@ def make_number():
 def make_no_layer():
     """A module without any quantisable layer."""
     return NoLayer()
+
+
+class TanhCNN(nn.Module):
+    """A convolution followed by tanh: trains and searches, but has no integer form."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = jax.numpy.tanh(nn.Conv(8, (3, 3), name="features")(x))
+        return nn.Dense(10, name="head")(x.mean(axis=(1, 2)))
+
+
+def make_tanh_cnn():
+    """The tanh CNN (``own_models_factory:make_tanh_cnn``)."""
+    return TanhCNN()
