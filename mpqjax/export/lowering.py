@@ -313,6 +313,12 @@ class IntegerProgram:
 
     def __call__(self, x) -> np.ndarray:
         """The float32 logits of a batch, computed in integers with the lowered codes."""
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"input has example shape {x.shape[1:]}, expected {self.input_shape}")
+        if self.input_dtype == np.uint8 and (x.dtype.kind not in "ui" or x.min(initial=0) < 0
+                                              or x.max(initial=0) > 255):
+            raise ValueError(f"this program takes raw 8-bit pixels (integers 0..255), got {x.dtype} values")
         with jax.enable_x64(True):
             logits = self._jitted(tuple(jnp.asarray(layer.codes) for layer in self.layers),
                                    jnp.asarray(x, self.input_dtype))

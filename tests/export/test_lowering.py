@@ -150,6 +150,10 @@ def test_raw_pixels_are_normalised_in_integers_as_the_float_inputs_were(digits_c
     normalised = (pixels.astype(np.float32) - mean) / std
     from_floats = lower(model, variables, bits, widths, input_bound=float(np.abs(normalised).max()))
     np.testing.assert_allclose(from_pixels(pixels), from_floats(normalised), atol=1e-4)
+    with pytest.raises(ValueError, match="raw 8-bit pixels"):
+        from_pixels(normalised)
+    with pytest.raises(ValueError, match=r"example shape \(8, 8\), expected \(8, 8, 1\)"):
+        from_floats(normalised[..., 0])
 
 
 # -- what cannot be expressed --------------------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Benchmark of integer-only inference on this CPU: prints one JSON object.
+
+For digits_cnn (8x8x1, batch 256) and ResNet-20 (32x32x3, batch 64), each at a mixed configuration (bits drawn from
+{2, 3, 4, 6, 8}, widths 0.75 where a layer scales), the median time of one batch for:
+
+- ``float``: the float model (jitted ``model.apply`` without a configuration);
+- ``fake_quantised``: the fake-quantised model a search trains (jitted ``model.apply`` at the configuration);
+- ``integer``: the integer program (`mpqjax.export.lower`: int8 codes, int32 accumulation, int64 requantisation);
+- ``integer_file``: the same loaded from its file (`write_integer_model`, `load_program`), bit-packed weights
+  unpacked on every call;
+- ``onnxruntime``: the integer program as ONNX (`mpqjax.export.to_onnx`) run by onnxruntime on the CPU.
+
+Throughputs are examples per second; ``*_over_float`` divides a throughput by the float model's. Agreement is the
+share of examples where the integer program's class equals the fake-quantised model's. Weights are random and the
+activation clips calibrated on the batch: throughput does not depend on training.
+
+Usage: python experiments/bench_integer.py [--quick] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from mpqjax import export
+from mpqjax.nn import models
+
+
+def calibrated(model, variables, x, bits, widths):
+    """The variables with each layer's clip at its input's largest magnitude on ``x``."""
+    _, updates = model.apply(variables, x, bits, widths, mutable=["calibration"])
+    flat = traverse_util.flatten_dict(dict(variables["quant"]))
+    for name, stats in updates["calibration"].items():
+        flat[(name, "act_clip")] = np.asarray(stats["input_stats"][0][0])
+    return {**variables, "quant": traverse_util.unflatten_dict(flat)}
+
+
+def median_seconds(run, x, repeats: int) -> float:
+    """Median wall time of ``run(x)`` after one warm-up call (which compiles)."""
+    np.asarray(run(x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.asarray(run(x))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure(name: str, shape: tuple, batch: int, repeats: int) -> dict:
+    model = models.get(name, num_classes=10).clone(example_shape=shape)
+    table = model.table(shape)
+    bits = np.random.default_rng(0).choice([2, 3, 4, 6, 8], len(table)).tolist()
+    widths = [0.75 if layer.scalable else 1.0 for layer in table]
+    x = np.random.default_rng(1).normal(size=(batch, *shape)).astype(np.float32)
+    variables = calibrated(model, model.init_variables(jax.random.key(0), shape), x, bits, widths)
+    float_variables = {key: value for key, value in variables.items() if key != "quant"}
+    program = export.lower(model, variables, bits, widths, input_bound=float(np.abs(x).max()))
+    runs = {
+        "float": jax.jit(lambda v: model.apply(float_variables, v)),
+        "fake_quantised": jax.jit(lambda v: model.apply(variables, v, bits, widths)),
+        "integer": program,
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model_int.npz")
+        described = export.write_integer_model(path, program)
+        runs["integer_file"] = export.load_program(path)
+        onnx_path = os.path.join(folder, "model.onnx")
+        export.write_onnx(onnx_path, lambda *a: program.run(list(a[:-1]), a[-1]), [layer.codes for layer in
+                                                                                   program.layers], shape)
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        runs["onnxruntime"] = lambda v: session.run(None, {session.get_inputs()[0].name: v})[0]
+        seconds = {label: median_seconds(run, x, repeats) for label, run in runs.items()}
+        file_bytes = os.path.getsize(path)
+    throughput = {label: batch / value for label, value in seconds.items()}
+    fake = np.asarray(runs["fake_quantised"](x))
+    return {
+        "model": name, "input_shape": list(shape), "batch": batch, "bits": bits, "widths": widths,
+        "median_seconds_per_batch": seconds, "examples_per_second": throughput,
+        **{f"{label}_over_float": throughput[label] / throughput["float"] for label in throughput if label != "float"},
+        "agreement_with_fake_quantised": float(np.mean(program(x).argmax(-1) == fake.argmax(-1))),
+        "weight_payload_bytes": described["payload_bytes"], "file_bytes": file_bytes,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits_cnn only, 5 repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 20)
+    cases = [("digits_cnn", (8, 8, 1), 256)] + ([] if args.quick else [("resnet20", (32, 32, 3), 64)])
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "jax": jax.__version__,
+              "repeats": repeats, "models": [measure(name, shape, batch, repeats) for name, shape, batch in cases]}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
