@@ -83,6 +83,10 @@ OTHERS = [
     (["report", "NEW"], "is not a folder"),
     (["report", "RUN", "extra"], "unrecognized arguments: extra"),
     (["report"], "the following arguments are required: out_dir"),
+    (["export", "NEW"], "does not exist"),
+    (["export", "RUN", "--format", "tflite"], "invalid choice: 'tflite'"),
+    (["export", "RUN", "--out", "NEW/model_int.npz"], "does not exist"),
+    (["export"], "the following arguments are required: run_dir"),
 ]
 CASES = ([(["search", *argv, "--out", "NEW"], message) for argv, message in SEARCH]
          + [(["search", *argv, "--out", "RUN"], message) for argv, message in RESUME] + OTHERS)
@@ -131,7 +135,7 @@ def _assert_refused(code, err, message, before, run_dir, tmp_path):
 
 def test_there_are_forty_bad_invocations_or_more_across_every_command():
     assert len(CASES) >= 40
-    assert {argv[0] for argv, _ in CASES} == {"search", "train", "hessian", "cost", "report"}
+    assert {argv[0] for argv, _ in CASES} == {"search", "train", "hessian", "cost", "report", "export"}
 
 
 @pytest.mark.slow  # the run folder it names is a real (tiny) search

@@ -38,7 +38,7 @@ def test_every_option_of_every_command_has_a_help_text():
 
     parser = cli.build_parser()
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    assert set(commands.choices) == {"cost", "hessian", "search", "train", "report"}
+    assert set(commands.choices) == {"cost", "hessian", "search", "train", "report", "export"}
     for name, command in commands.choices.items():
         for action in command._actions:
             assert action.help and action.help.strip(), f"mpqjax {name} {action.option_strings or action.dest}"

@@ -2,7 +2,6 @@
 checked against the fake-quantised model; bad input exits 2 in one line and writes nothing."""
 
 import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,10 +9,21 @@ import pytest
 from mpqjax import cli, export
 
 
-def test_writes_the_integer_file_and_reports_its_payload_and_agreement(trained_digits_folder, tmp_path, capsys):
-    out = tmp_path / "digits_int.npz"
-    assert cli.main(["export", str(trained_digits_folder), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def integer_file(trained_digits_folder, tmp_path_factory):
+    """``mpqjax export``'s integer file of the trained folder, and what the command printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("export") / "digits_int.npz"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["export", str(trained_digits_folder), "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_writes_the_integer_file_and_reports_its_payload_and_agreement(integer_file):
+    out, printed = integer_file
     described = export.load_program(out).metadata["integer"]
     payload = described["payload_bytes"]
     assert f"weights {payload} B packed (bitstream); the cost model's weight size is {payload} B" in printed
@@ -32,12 +42,11 @@ def test_the_default_file_is_in_the_folder_and_the_dsp_layout_is_an_option(train
     os.remove(path)
 
 
-def test_onnx_runs_in_onnxruntime_with_the_same_predictions(trained_digits_folder, tmp_path, capsys):
+def test_onnx_runs_in_onnxruntime_with_the_same_predictions(trained_digits_folder, integer_file, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert cli.main(["export", str(trained_digits_folder), "--format", "onnx", "--out", str(out)]) == 0
     assert "agree with the fake-quantised model's on 100.00% of 360 test examples" in capsys.readouterr().out
-    integer_out = tmp_path / "model_int.npz"
-    assert cli.main(["export", str(trained_digits_folder), "--out", str(integer_out)]) == 0
+    integer_out, _ = integer_file
     pixels = np.random.default_rng(0).integers(0, 17, size=(7, 8, 8, 1)).astype(np.uint8)
     np.testing.assert_array_equal(export.run_onnx(str(out), pixels), export.load_program(integer_out)(pixels))
 
@@ -70,26 +79,3 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained_digits_folde
     assert message.format(**names) in error and len(error.strip().splitlines()) == 1
     assert sorted(os.listdir(trained_digits_folder)) == before and os.listdir(tmp_path / "empty") == []
 
-
-@pytest.mark.slow
-def test_a_users_model_exports_and_one_without_integer_form_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MPQJAX_NO_COMPILATION_CACHE", "1")
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "search"))
-    small = ["--float-epochs", "1", "--batch-size", "64", "--epochs", "1"]
-    residual = tmp_path / "residual"
-    assert cli.main(["train", "--model", "own_models_factory:make_cnn", "--bits", "8,4,3,6,8", *small,
-                     "--out", str(residual)]) == 0
-    assert cli.main(["export", str(residual)]) == 0
-    printed = capsys.readouterr().out
-    agreement = float(printed.split("fake-quantised model's on ")[1].split("%")[0])
-    assert agreement >= 99.9 and (residual / "model_int.npz").exists()
-
-    tanh = tmp_path / "tanh"
-    assert cli.main(["train", "--model", "own_models_factory:make_tanh_cnn", "--bits", "8,8", *small,
-                     "--out", str(tanh)]) == 0
-    capsys.readouterr()
-    assert cli.main(["export", str(tanh)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error == ("mpqjax export: error: operation 'tanh' after layer 'features' cannot run in the integer "
-                     "program")
-    assert not (tanh / "model_int.npz").exists()
