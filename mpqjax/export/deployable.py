@@ -140,6 +140,12 @@ def run_model(out_dir: str | os.PathLike, *, model=None, dataset=None) -> RunMod
         raise ValueError(f"{path!r} lacks {', '.join(missing)} in its metadata: not a search's model")
     settings = {**_settings(out_dir), **{key: metadata[key] for key in ("seed", "data_dir", "max_width")
                                          if key in metadata}}
+    for what, name, given in (("model", metadata["model"], model), ("dataset", metadata["dataset"], dataset)):
+        if str(name).startswith("python:") and given is None:
+            raise ValueError(f"the {what} {name!r} was given to the search as a Python object: export from Python, "
+                             f"mpqjax.export.integer_program_of_run({out_dir!r}, {what}=...)")
+    if model is not None:  # a module as the search was given it: wrapped as the search wrapped it
+        model = models.wrap(model, input_shape=fake.input_shape)
     max_width = settings.get("max_width") or max(models.DEFAULT_MAX_WIDTH, *settings.get("widths", ()),
                                                  *metadata["widths"])
     with inputs.given(model=model, dataset=dataset):

@@ -119,13 +119,26 @@ def test_bad_input_writes_nothing(lowered, tmp_path):
         export.integer_program_of_run(tmp_path)
 
 
-def test_a_folder_whose_model_does_not_fit_its_variables_is_refused(trained_digits_folder, tmp_path):
-    with np.load(trained_digits_folder / "model.npz", allow_pickle=False) as archive:
+def with_model_named(folder, model_name, out):
+    """A copy of ``folder``'s model.npz in ``out`` whose metadata names another model."""
+    with np.load(folder / "model.npz", allow_pickle=False) as archive:
         entries = {name: archive[name] for name in archive.files}
     config = json.loads(str(entries["__config__"]))
-    config["metadata"]["model"] = "mlp"  # another architecture than the one whose variables are stored
+    config["metadata"]["model"] = model_name
     entries["__config__"] = np.asarray(json.dumps(config))
-    with open(tmp_path / "model.npz", "wb") as handle:
+    with open(out / "model.npz", "wb") as handle:
         np.savez(handle, **entries)
+    return out
+
+
+def test_a_folder_whose_model_does_not_fit_its_variables_is_refused(trained_digits_folder, tmp_path):
+    folder = with_model_named(trained_digits_folder, "mlp", tmp_path)  # not the architecture of the variables
     with pytest.raises(ValueError, match="the stored variables do not fit model 'mlp'"):
-        export.run_model(tmp_path)
+        export.run_model(folder)
+
+
+def test_a_model_given_to_the_search_as_an_object_must_be_given_again(trained_digits_folder, tmp_path):
+    folder = with_model_named(trained_digits_folder, "python:MyCNN", tmp_path)
+    with pytest.raises(ValueError, match=r"the model 'python:MyCNN' was given to the search as a Python object: "
+                                         r"export from Python, mpqjax.export.integer_program_of_run\("):
+        export.run_model(folder)

@@ -116,6 +116,17 @@ def test_a_linen_model_search_writes_a_complete_folder_named_by_its_layers(own_r
     assert 0.3 < meta["float"]["test_accuracy"] <= 1 and 0.3 < best["test_accuracy"] <= 1  # it learned
 
 
+@pytest.mark.slow
+def test_the_searched_model_given_again_lowers_to_integers_that_agree(own_run, digits):
+    _, out, _ = own_run
+    with pytest.raises(ValueError, match="export from Python"):
+        mpqjax.export.integer_program_of_run(out)
+    program, run = mpqjax.export.integer_program_of_run(out, model=CNN(), dataset=digits)
+    assert program.input_dtype == np.float32  # arrays given by the user: no pixel statistics
+    reference = run.fake_quantised.predict(digits.test.x)
+    assert np.mean(program(digits.test.x).argmax(-1) == reference.argmax(-1)) >= 0.999
+
+
 PROGRAM_ACCURACY = """
 import json, sys
 import numpy as np
