@@ -16,7 +16,7 @@ Example:
     >>> program, run = integer_program_of_run("runs/digits")
     >>> described = write_integer_model("runs/digits/model_int.npz", program, metadata=run.metadata)
     >>> described["payload_bytes"], described["layers"][0]["bits"]
-    (4376, 6)
+    (10140, 6)
 """
 
 from __future__ import annotations
