@@ -123,7 +123,8 @@ def agreement(name: str, configurations: int) -> list[dict]:
                                     batch_size=256, num_batches=1)
         fake = np.asarray(model.apply(variables, dataset.test.x, bits, widths))
         pixels = np.clip(np.round(dataset.test.x * dataset.std + dataset.mean), 0, 255).astype(np.uint8)
-        program = export.lower(model, variables, bits, widths, normalisation=(dataset.mean, dataset.std))
+        program = export.lower(model, variables, bits, widths, normalisation=(dataset.mean, dataset.std),
+                               input_shape=dataset.input_shape)
         logits = program(pixels)
         rows.append({"model": name, "bits": bits, "widths": widths,
                      "agreement": float(np.mean(logits.argmax(-1) == fake.argmax(-1))),
