@@ -107,6 +107,7 @@ class KMeansTPESampler(BaseSampler):
         self._independent_sampler = independent_sampler
         self._encodings: dict[tuple, _Encoding] = {}
         self._rows: dict[tuple, np.ndarray | None] = {}  # encoded rows of finished trials
+        self._dynamic: dict[tuple, frozenset[str]] = {}  # per (study, trial) being asked: its dynamic parameters
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -141,7 +142,9 @@ class KMeansTPESampler(BaseSampler):
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         _check_single_objective(study)
         search_space = {}
-        for name, distribution in sorted(self._union(study)[0].items()):
+        union, dynamic = self._union(study)
+        self._dynamic[(study.study_name, trial.number)] = dynamic  # read once by this trial's sample_relative
+        for name, distribution in sorted(union.items()):
             if distribution.single():
                 continue  # optuna fills single-valued parameters itself
             dimension(name, distribution)  # refuse unsupported distributions here, naming the parameter
@@ -150,11 +153,12 @@ class KMeansTPESampler(BaseSampler):
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        dynamic = self._dynamic.pop((study.study_name, trial.number), None)
         if not search_space:
             return {}
         _check_single_objective(study)
         search_space = {name: search_space[name] for name in sorted(search_space)}
-        dynamic = self._union(study)[1] & set(search_space)
+        dynamic = (self._union(study)[1] if dynamic is None else dynamic) & set(search_space)
         encoding = self._encoding(search_space, dynamic=dynamic)
         x, y, num_pending = self._history(study, trial, encoding, search_space)
         encoded = propose(self._key(), encoding.space, x, y, n=1, num_pending=num_pending, **self._settings)[0]
