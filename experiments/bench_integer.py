@@ -34,19 +34,10 @@ import time
 
 import jax
 import numpy as np
-from flax import traverse_util
 
 from mpqjax import export
 from mpqjax.nn import models
-
-
-def calibrated(model, variables, x, bits, widths):
-    """The variables with each layer's clip at its input's largest magnitude on ``x``."""
-    _, updates = model.apply(variables, x, bits, widths, mutable=["calibration"])
-    flat = traverse_util.flatten_dict(dict(variables["quant"]))
-    for name, stats in updates["calibration"].items():
-        flat[(name, "act_clip")] = np.asarray(stats["input_stats"][0][0])
-    return {**variables, "quant": traverse_util.unflatten_dict(flat)}
+from mpqjax.training import train
 
 
 def median_seconds(run, x, repeats: int) -> float:
@@ -66,7 +57,8 @@ def measure(name: str, shape: tuple, batch: int, repeats: int) -> dict:
     bits = np.random.default_rng(0).choice([2, 3, 4, 6, 8], len(table)).tolist()
     widths = [0.75 if layer.scalable else 1.0 for layer in table]
     x = np.random.default_rng(1).normal(size=(batch, *shape)).astype(np.float32)
-    variables = calibrated(model, model.init_variables(jax.random.key(0), shape), x, bits, widths)
+    variables = train.calibrate(model, model.init_variables(jax.random.key(0), shape), x, bits=bits, widths=widths,
+                                method="max", batch_size=len(x), num_batches=1)
     float_variables = {key: value for key, value in variables.items() if key != "quant"}
     program = export.lower(model, variables, bits, widths, input_bound=float(np.abs(x).max()))
     runs = {
@@ -101,7 +93,6 @@ def measure(name: str, shape: tuple, batch: int, repeats: int) -> dict:
 def agreement(name: str, configurations: int) -> list[dict]:
     """Integer against fake-quantised predictions of a zoo model trained on digits, at mixed configurations."""
     from mpqjax import data, search
-    from mpqjax.training import train
 
     dataset = data.load("digits", seed=0)
     key = jax.random.key(0)

@@ -6,21 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx, traverse_util
+from flax import nnx
 
 from mpqjax.export import lower
 from mpqjax.export.lowering import LoweringError
 from mpqjax.nn import models
 from mpqjax.nn.table import scale_channels
+from mpqjax.training.train import calibrate
 
 
-def calibrated(model, variables, x, bits, widths):
-    """``variables`` with each layer's clip at its input's largest magnitude on ``x`` (as a calibration sets it)."""
-    _, updates = model.apply(variables, x, bits, widths, mutable=["calibration"])
-    flat = traverse_util.flatten_dict(dict(variables["quant"]))
-    for name, stats in updates["calibration"].items():
-        flat[(name, "act_clip")] = np.asarray(stats["input_stats"][0][0])
-    return {**variables, "quant": traverse_util.unflatten_dict(flat)}
+def calibrated_clips(model, variables, x, bits, widths):
+    """``variables`` with each layer's clip at its input's largest magnitude on ``x`` (a calibration's "max")."""
+    return calibrate(model, variables, x, bits=bits, widths=widths, method="max", batch_size=len(x), num_batches=1)
 
 
 def inputs(shape, count=96, seed=0):
@@ -44,7 +41,7 @@ def digits_cnn():
     model = models.get("digits_cnn", num_classes=10, max_width=1.25)
     x = inputs((8, 8, 1))
     bits, widths = [6, 4, 2, 3], [0.875, 0.75, 1.25, 1.0]
-    variables = calibrated(model, model.init_variables(jax.random.key(0), (8, 8, 1)), x, bits, widths)
+    variables = calibrated_clips(model, model.init_variables(jax.random.key(0), (8, 8, 1)), x, bits, widths)
     return model, variables, x, bits, widths
 
 
@@ -80,7 +77,7 @@ def test_a_residual_network_with_padded_shortcuts_agrees():
     widths = [0.75 if layer.scalable else 1.0 for layer in table]
     x = inputs(shape, count=48)
     model = model.clone(example_shape=shape)
-    variables = calibrated(model, model.init_variables(jax.random.key(0), shape), x, bits, widths)
+    variables = calibrated_clips(model, model.init_variables(jax.random.key(0), shape), x, bits, widths)
     assert_agrees(model, variables, x, bits, widths, logit_tolerance=0.5)
 
 
@@ -129,7 +126,7 @@ def test_a_linen_model_with_branches_pooling_and_leaky_relu_agrees():
     table = model.table()
     bits, widths = [8, 4, 3, 6, 5, 8][: len(table)], [1.0] * len(table)
     x = inputs(shape, count=256)
-    assert_agrees(model, calibrated(model, variables, x, bits, widths), x, bits, widths, logit_tolerance=0.5)
+    assert_agrees(model, calibrated_clips(model, variables, x, bits, widths), x, bits, widths, logit_tolerance=0.5)
 
 
 def test_an_nnx_model_agrees():
@@ -137,7 +134,7 @@ def test_an_nnx_model_agrees():
     model = models.wrap(UserNNX(nnx.Rngs(0)), input_shape=shape)
     variables = randomised(model.init_variables(jax.random.key(0), shape))
     x = inputs(shape)
-    assert_agrees(model, calibrated(model, variables, x, [4, 8], [1.0, 1.0]), x, [4, 8], [1.0, 1.0],
+    assert_agrees(model, calibrated_clips(model, variables, x, [4, 8], [1.0, 1.0]), x, [4, 8], [1.0, 1.0],
                   logit_tolerance=1e-3)
 
 

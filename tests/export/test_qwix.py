@@ -43,7 +43,8 @@ def digits():
 # -- what Qwix recorded ---------------------------------------------------------------------------------------------
 
 def _is_recorded(leaf) -> bool:
-    return type(leaf).__name__ == "WithAux"  # qwix._src.providers.ptq.WithAux: a leaf Qwix quantised or calibrated
+    # Qwix's PTQ wraps each leaf it quantised or calibrated in its WithAux type, which qwix does not export
+    return type(leaf).__name__ == "WithAux"
 
 
 def _records(params) -> dict:
