@@ -27,7 +27,7 @@ from mpqjax.nn.quant import CALIBRATION_METHODS
 from mpqjax.search import inputs, objective
 from mpqjax.training.population import STRATEGIES
 
-__all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
+__all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
 
 MAX_SEED = 2**32 - 1  # the data split's NumPy/scikit-learn generators take seeds below 2**32
 DEFAULT_SIZE_REDUCTION = 6.0  # the paper's ResNet-20 reached 6.1x against FiP16 at no accuracy loss
@@ -68,6 +68,25 @@ _CALIBRATION = _rule(f"one of {', '.join(CALIBRATION_METHODS)}", lambda v: v in 
 _POPULATION = _rule("a positive integer or 'auto'", lambda v: v == "auto" or _is_positive_int(v))
 _SEED = _rule("an integer in [0, 2**32 - 1]", _is_seed)
 _STRATEGY = _rule(f"auto or one of {', '.join(STRATEGIES)}", lambda v: v in ("auto", *STRATEGIES))
+
+
+def _known_method(name: str, value: Any) -> None:
+    from mpqjax.search.methods import METHODS  # the methods import the problem, which imports this module
+
+    if value not in METHODS:
+        raise ValueError(f"{name} must be one of {', '.join(METHODS)}, got {value!r}")
+
+
+def _method(config: SearchConfig):
+    from mpqjax.search.methods import METHODS
+
+    return METHODS[config.method]
+
+
+def _runs_hessian(config: SearchConfig) -> bool:
+    """Whether a search computes Hessian traces: a method that reads them, or an iterative one that prunes."""
+    method = _method(config)
+    return method.uses_hessian or (method.iterative and config.prune)
 
 
 def _known_model(name: str, value: Any) -> None:
@@ -157,6 +176,8 @@ class SearchConfig:
                                  "model masks them, they are never proposed)", _LIMITS)
     penalty: float = _setting(objective.DEFAULT_MULTIPLIER, "Lagrangian multiplier per relative violation of a "
                               "limit (objective = accuracy - penalty * violation)", _LIMITS, _POSITIVE)
+    method: str = _setting("kmeans_tpe", "search method: kmeans_tpe (the paper's), random, uniform, hawq_ilp, "
+                           "rd_layers (mpqjax.search.methods)", _SEARCH, _known_method)
     trials: int = _setting(60, "configurations to evaluate (the paper's n)", _SEARCH, _POSITIVE_INT)
     n_initial: int = _setting(20, "random configurations first (the paper's n0); when not set, at most trials (a "
                               "shorter search is then all random); set above trials, refused", _SEARCH,
@@ -244,8 +265,23 @@ class SearchConfig:
         if self.population != "auto" and self.population > self.trials:
             raise ValueError(f"{name('population')} {self.population} exceeds {name('trials')}={self.trials}: "
                              "every population is evaluated whole")
+        self._check_method(name, is_set)
         if given is not None:
             self._refuse_unused(set(given), name)
+
+    def _check_method(self, name: Callable[[str], str], is_set: Callable[[str], bool]) -> None:
+        """Refuse what the method cannot honour: widths other than 1 for a method that chooses bit-widths only,
+        two limits for a method that allocates under one."""
+        method = _method(self)
+        if not method.searches_widths and is_set("widths") and tuple(self.widths) != (1.0,):
+            raise ValueError(f"{name('method')} {self.method} chooses bit-widths only (every width is 1): "
+                             f"{name('widths')} cannot apply; leave it out")
+        if self.method == "rd_layers":
+            limits = [limit for limit, settings in LIMIT_SETTINGS.items()
+                      if any(getattr(self, setting) is not None for setting in settings)]
+            if len(limits) > 1:
+                raise ValueError(f"{name('method')} rd_layers allocates under one limit, got {' and '.join(limits)}; "
+                                 f"give one, or use hawq_ilp")
 
     def _differs_from_default(self, setting: str) -> bool:
         return getattr(self, setting) != _DEFAULTS[setting]
@@ -267,6 +303,11 @@ class SearchConfig:
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(SearchConfig)}
 
+LIMIT_SETTINGS = {"the size limit": ("max_size_bytes", "min_size_reduction"),
+                  "the latency limit": ("max_latency_seconds", "min_speedup"),
+                  "the energy limit": ("max_energy_joules",), "the throughput limit": ("min_throughput",)}
+"""The settings that give each limit."""
+
 TWO_WAYS = (("max_size_bytes", "min_size_reduction", "the size limit"),
             ("max_latency_seconds", "min_speedup", "the latency limit"))
 """Pairs of settings that give one limit two ways, refused together: ``(setting, setting, the limit)``."""
@@ -276,8 +317,13 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] 
      "read from a folder"),
     (("float_epochs", "float_learning_rate"), lambda config: config.float_checkpoint is not None,
      "with {float_checkpoint}: the float model is read from it, not trained"),
+    (("trials", "n_initial", "population", "strategy", "prune", "bit_sets", "log_scale"),
+     lambda config: not _method(config).iterative, "with a one-shot {method} (uniform, hawq_ilp, rd_layers): it "
+     "fine-tunes the configurations it computes, from every bit-width of {bits}"),
+    (("n_initial",), lambda config: config.method == "random", "with {method} random: every trial is random"),
     (("bit_sets", "log_scale", "hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
-     lambda config: not config.prune, "with {prune}: there is no Hessian and no pruning"),
+     lambda config: not _runs_hessian(config), "with {prune}, or a method without it: there is no Hessian and no "
+     "pruning"),
     (("baseline_bits",), lambda config: not config.baseline, "without {baseline}"),
     (("strategy",), lambda config: config.population == 1 and config.strategy not in ("auto", "sequential"),
      "with a population of 1: one configuration at a time trains sequentially; give {population} N or auto"),

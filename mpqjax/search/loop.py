@@ -33,7 +33,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import inputs, objective, steps, trials
+from mpqjax.search import inputs, methods, objective, steps, trials
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config_limits, full_space
 from mpqjax.search.trials import choose_population
@@ -99,7 +99,9 @@ def _start_event(config: SearchConfig, folder: run_folder.RunFolder, previous: d
                  float_net: steps.FloatModel | None) -> dict:
     """The first event once the folder is locked: where the search writes, or where a resumed one goes on from."""
     if previous is None:
-        message = f"search of {config.trials} trials, output folder {folder.out_dir}"
+        what = f"{config.trials} trials" if methods.METHODS[config.method].iterative else "its configurations"
+        named = "" if config.method == methods.DEFAULT_METHOD else f"{config.method} "
+        message = f"{named}search of {what}, output folder {folder.out_dir}"
     else:
         logged = len(folder.trials())
         where = f"after trial {logged - 1}" if logged else "before its first trial"
@@ -157,6 +159,8 @@ def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resum
     loaded = steps.load_dataset(config) if model is not None and dataset is None else None
     config, model = inputs.prepare_config(config, model=model, dataset=dataset,
                                           input_shape=None if loaded is None else loaded.input_shape)
+    if not methods.METHODS[config.method].searches_widths:  # validated: the user gave no other widths
+        config = dataclasses.replace(config, widths=(1.0,))
     with inputs.given(model=model, variables=variables, dataset=dataset):
         return _run(config, out_dir, resume=resume, progress=progress, cache_dir=cache_dir, loaded=loaded)
 
@@ -200,17 +204,45 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
     """The phases that write the folder: float model, space, trials, final training, baseline; returns
     ``best_config.json``."""
     float_net = _float_phase(config, folder, setup.dataset, float_net, clock, notify, cache_dir)
-    layer_space = _space_phase(config, folder, setup, float_net, clock, notify, recorded)
+    layer_space, summary = _space_phase(config, folder, setup, float_net, clock, notify, recorded)
     quant_model = steps.quantized_model(config, setup.dataset.num_classes)
     problem = Problem(config, setup.dataset, setup.table, setup.target, setup.limits, float_net.model,
                       float_net.variables, quant_model, layer_space)
-    records = trials.run_trials(problem, folder, clock, notify)
+    if methods.METHODS[config.method].iterative:
+        records = trials.run_trials(problem, folder, clock, notify)
+    else:
+        _phase(notify, "method", f"{config.method}: {methods.METHODS[config.method].summary}")
+        with clock("method"):
+            proposals = _proposals(problem, summary)
+        folder.update(method={"name": config.method, "proposals": len(proposals)})
+        records = trials.run_proposals(problem, folder, proposals, clock, notify)
+    folder.update(search_cost=_search_cost(config, clock, records))
     best_config = _final_phase(problem, folder, float_net, records, clock, notify)
     if config.baseline:
         _phase(notify, "baseline", "training the uniform-precision baseline")
         with clock("baseline"):
             _uniform_baseline(problem, folder.baseline_log())
     return best_config
+
+
+def _proposals(problem: Problem, summary: dict | None) -> list[methods.Proposal]:
+    """A one-shot method's configurations (``summary``: the Hessian analysis, for the methods that read it)."""
+    traces = None
+    if summary is not None:
+        by_name = {row["name"]: row["trace_per_weight"] for row in summary["layers"]}
+        traces = [by_name[name] for name in problem.table.names]
+    return methods.propose(problem.config.method, problem, steps.search_keys(problem.config.seed).trial,
+                           traces_per_weight=traces)
+
+
+def _search_cost(config: SearchConfig, clock: _Clock, records: list[dict]) -> dict:
+    """What the method spent to choose its configuration: seconds (Hessian, the method's own analysis, the
+    trials' fine-tunes and the optimiser) and fine-tunes, on this backend."""
+    spent = clock.to_dict()
+    phases = ("hessian", "method", "evaluations", "optimiser")
+    return {"method": config.method, "seconds": sum(spent[phase] for phase in phases),
+            **{f"{phase}_seconds": spent[phase] for phase in phases}, "finetunes": len(records),
+            "backend": jax.default_backend()}
 
 
 # -- before anything is written --------------------------------------------------------------------------------
@@ -233,9 +265,11 @@ def _prepare(config: SearchConfig, loaded: data.Dataset | None = None) -> _Setup
     target = cost_model.load_target(config.target)
     limits = config_limits(config, table, target)
     space = full_space(config, table)  # config_limits already refused limits no configuration of it can meet
-    if space.space.log10_size() < math.log10(config.trials):
+    if methods.METHODS[config.method].iterative and space.space.log10_size() < math.log10(config.trials):
         raise ValueError(f"the space has only {round(10 ** space.space.log10_size())} configurations, fewer "
                          f"than trials={config.trials}")
+    if config.method == "uniform":  # before any training: a uniform bit-width must meet the limits
+        methods.uniform_proposals(config, table, target, limits, space)
     return _Setup(dataset, table, target, limits, space)
 
 
@@ -260,7 +294,7 @@ def _recorded_space(config: SearchConfig, setup: _Setup, out_dir: str) -> tuple[
     """``(pruned space, summary)`` that a resumed search recorded in ``hessian.json``, checked against the limits;
     None when there is none to read (not pruned, or killed before the Hessian)."""
     path = run_folder.file_path(out_dir, "hessian")
-    if not config.prune or not os.path.isfile(path):
+    if not _runs_hessian(config) or not os.path.isfile(path):
         return None
     summary = store.read_json(path)
     try:
@@ -270,8 +304,19 @@ def _recorded_space(config: SearchConfig, setup: _Setup, out_dir: str) -> tuple[
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path!r} is not the sensitivity analysis of this search ({type(error).__name__}: "
                          f"{error}); remove it to compute it again") from None
-    check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")
+    if _prunes(config):
+        check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")
     return layer_space, summary
+
+
+def _prunes(config: SearchConfig) -> bool:
+    """Whether the Hessian prunes the space: an iterative method with ``prune``."""
+    return methods.METHODS[config.method].iterative and config.prune
+
+
+def _runs_hessian(config: SearchConfig) -> bool:
+    """Whether the search computes Hessian traces: to prune, or for a method that reads them."""
+    return _prunes(config) or methods.METHODS[config.method].uses_hessian
 
 
 def _versions() -> dict[str, str]:
@@ -333,13 +378,14 @@ def _float_phase(config: SearchConfig, folder: run_folder.RunFolder, dataset: da
 
 def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, float_net: steps.FloatModel,
                  clock: _Clock, notify: Progress, recorded: tuple[sensitivity.LayerSpace, dict] | None
-                 ) -> sensitivity.LayerSpace:
-    """The search space: pruned by Hessian sensitivity (recorded in ``hessian.json``; a resumed search passes the
-    ``recorded`` one, `_recorded_space`), or full."""
-    if not config.prune:
+                 ) -> tuple[sensitivity.LayerSpace, dict | None]:
+    """The search space and the Hessian analysis (``hessian.json``; None when the search has none): the space
+    pruned by Hessian sensitivity for an iterative method with ``prune`` (a resumed search passes the ``recorded``
+    one, `_recorded_space`), else the full space."""
+    if not _runs_hessian(config):
         size = setup.full_space.space.log10_size()
         folder.update(space=_space_fields(setup.full_space, False, size, size))
-        return setup.full_space
+        return setup.full_space, None
     if recorded is not None:
         layer_space, summary = recorded
     else:
@@ -347,11 +393,16 @@ def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Set
         with clock("hessian"):
             pruned, summary = steps.sensitivity_of(config, float_net, setup.dataset)
         layer_space = pruned.layer_space
-        check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")  # before writing
+        if _prunes(config):
+            check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")  # before writing
         with clock("io"):
             folder.write_hessian(summary)
+    if not _prunes(config):
+        size = setup.full_space.space.log10_size()
+        folder.update(space=_space_fields(setup.full_space, False, size, size))
+        return setup.full_space, summary
     folder.update(space=_space_fields(layer_space, True, summary["log10_size_before"], summary["log10_size_after"]))
-    return layer_space
+    return layer_space, summary
 
 
 def _space_fields(layer_space: sensitivity.LayerSpace, pruned: bool, size_before: float, size_after: float) -> dict:
@@ -384,6 +435,7 @@ def _final_phase(problem: Problem, folder: run_folder.RunFolder, float_net: step
         "export": FILES["model"],
         "selection": {**selection, "explanation": store.selection.explain_choice(
             records, resolution=selection["resolution"])},
+        "search_cost": folder.meta.get("search_cost"),
     }
     with clock("io"):
         steps.export_trained(folder.path("model"), config, problem.dataset, problem.quant_model, trained, bits,

@@ -30,7 +30,7 @@ from mpqjax.search.problem import Problem
 from mpqjax.store import run_folder
 from mpqjax.training import devices, population, strategy
 
-__all__ = ["Clock", "choose_population", "run_trials"]
+__all__ = ["Clock", "choose_population", "run_proposals", "run_trials"]
 
 Progress = Callable[[dict], None]
 
@@ -85,8 +85,10 @@ def run_trials(problem: Problem, folder: run_folder.RunFolder, clock: Clock, not
         Every trial record, the logged ones first.
     """
     config = problem.config
-    opt = tpe.KMeansTPE(problem.layer_space.space, maximize=True, n_initial=min(config.n_initial, config.trials),
-                        capacity=config.trials, feasible=None if config.soft_limits else problem.feasible_fn())
+    # random search: the same optimiser, every trial one of its initial random draws
+    n_initial = config.trials if config.method == "random" else min(config.n_initial, config.trials)
+    opt = tpe.KMeansTPE(problem.layer_space.space, maximize=True, n_initial=n_initial, capacity=config.trials,
+                        feasible=None if config.soft_limits else problem.feasible_fn())
     records = folder.trials()
     if "population" in folder.meta:  # a resumed search keeps its measured choice
         choice = folder.meta["population"]
@@ -106,9 +108,46 @@ def run_trials(problem: Problem, folder: run_folder.RunFolder, clock: Clock, not
     with clock("io"):
         folder.save(timings=clock.to_dict())
     if len(records) < config.trials:
+        how = "all random" if opt.n_initial == config.trials else f"the first {opt.n_initial} random, then k-means TPE"
         notify({"event": "phase", "phase": "trials", "message": f"trials {len(records)} to {config.trials - 1} "
-                f"(numbered from 0; the first {opt.n_initial} random, then k-means TPE)"})
+                f"(numbered from 0; {how})"})
     _ask_evaluate_tell(problem, folder, opt, state, records, choice, clock, notify)
+    return records
+
+
+def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: list, clock: Clock,
+                  notify: Progress) -> list[dict]:
+    """Fine-tune a one-shot method's configurations in turn (the trials), logging each; a resumed search skips the
+    logged ones (the proposals are computed again, deterministically).
+
+    Args:
+        problem: the search's problem.
+        folder: the run's folder.
+        proposals: the method's configurations (`mpqjax.search.methods.Proposal`).
+        clock: the run's phase timer.
+        notify: the progress callback.
+
+    Returns:
+        Every trial record, the logged ones first.
+    """
+    records, keys = folder.trials(), steps.search_keys(problem.config.seed)
+    if len(records) < len(proposals):
+        notify({"event": "phase", "phase": "trials", "message": f"fine-tuning the {len(proposals)} configuration"
+                f"{'s' if len(proposals) > 1 else ''} of {problem.config.method}"})
+    time_left = _TimeLeft()
+    for index in range(len(records), len(proposals)):
+        started, proposal = time.perf_counter(), proposals[index]
+        with clock("evaluations"):
+            fields = problem.evaluate(jax.random.fold_in(keys.trial, index), proposal.bits, proposal.widths)
+        record = {"trial": index, "phase": problem.config.method,
+                  "config": problem.layer_space.to_config(proposal.bits, proposal.widths), **fields}
+        with clock("io"):
+            folder.append_trials([record], None, timings=clock.to_dict())
+        records.append(store.to_json_value(record))
+        time_left.seconds.append(time.perf_counter() - started)
+        notify({"event": "trial", "trial": index, "done": index + 1, "trials": len(proposals), "record": record,
+                "best": run_folder.best_trial(records, resolution=1 / len(problem.dataset.validation)),
+                "elapsed": clock.to_dict()["total"], "eta": time_left.estimate(len(proposals) - index - 1)})
     return records
 
 

@@ -65,7 +65,7 @@ FILES = {
 # Settings that may change when a search is resumed: everything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trials", "baseline")
 # The phases of a search's time split, in pipeline order.
-PHASES = ("float_model", "hessian", "evaluations", "optimiser", "io", "final_training", "baseline")
+PHASES = ("float_model", "hessian", "method", "evaluations", "optimiser", "io", "final_training", "baseline")
 
 
 def file_path(out_dir: str | os.PathLike, name: str) -> str:
@@ -369,14 +369,16 @@ class RunFolder:
         return self._log.records()
 
     def append_trials(self, records: Sequence[Mapping[str, Any]], state, **fields: Any) -> None:
-        """Log a population's records in one write, then checkpoint the optimiser ``state``, then save
-        ``search.json`` with ``fields``: in this order, the checkpoint never runs ahead of the log."""
+        """Log a population's records in one write, then checkpoint the optimiser ``state`` (None: a one-shot
+        method has none), then save ``search.json`` with ``fields``: in this order, the checkpoint never runs ahead
+        of the log."""
         from mpqjax.store.tpe_state import save_tpe_state  # JAX, only for a search: reading a folder needs none
 
         if self._log is None:
             self._log = TrialLog(self.path("trials"))
         self._log.extend(records)
-        save_tpe_state(self.path("state"), state)
+        if state is not None:
+            save_tpe_state(self.path("state"), state)
         self.save(**fields)
 
     def restore_state(self, opt, records: Sequence[Mapping[str, Any]], space, population_size: int = 1):

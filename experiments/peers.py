@@ -1,0 +1,104 @@
+"""The search methods in one harness: k-means TPE against its peers at the same size limits, on the same model.
+
+Every method runs `mpqjax.search.run` with the same settings (model, data, seed, target, fine-tune, final training)
+except ``method``: the float model (trained once, then cached), the layer table, the splits, the cost model and the
+limits are the same for all. Per size limit (a reduction against FiP16) and method it records the test accuracy
+after the final training, the size, the FPGA latency, the validation accuracy of the chosen trial and the search
+cost (seconds of Hessian, the method's own analysis, fine-tunes and optimiser; the number of fine-tunes), with the
+float model and uniform precision (the ``uniform`` method) as references.
+
+Prints one JSON object, writes it to ``experiments/results/peers_<model>.json`` and plots test accuracy against size
+(``peers_<model>.png``).
+
+Usage:
+    python experiments/peers.py                       # digits_cnn on digits, 6x and 8x, every method
+    python experiments/peers.py --quick               # 6 trials, 1-epoch fine-tunes: checks the script
+    python experiments/peers.py --methods hawq_ilp,rd_layers --reductions 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+
+from mpqjax import search
+from mpqjax.search.methods import METHODS
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def run_method(base: search.SearchConfig, method: str, reduction: float, root: str) -> dict:
+    """One search: ``base`` with ``method`` and the size limit ``FiP16 / reduction``; its result's figures."""
+    config = dataclasses.replace(base, method=method, min_size_reduction=reduction)
+    if not METHODS[method].searches_widths:
+        config = dataclasses.replace(config, widths=(1.0,))
+    out_dir = os.path.join(root, f"{method}-{reduction:g}")
+    start = time.perf_counter()
+    result = search.run(config, out_dir)
+    best = result.best
+    return {
+        "method": method, "min_size_reduction": reduction, "test_accuracy": best["test_accuracy"],
+        "validation_accuracy": best["validation_accuracy"], "size_bytes": best["size_bytes"],
+        "size_reduction_vs_fip16": best["size_reduction_vs_fip16"], "latency_seconds": best["latency_seconds"],
+        "speedup_vs_fip16": best["speedup_vs_fip16"], "bits": [row["bits"] for row in best["layers"]],
+        "widths": [row["width"] for row in best["layers"]], "search_cost": best["search_cost"],
+        "float_test_accuracy": best["float_test_accuracy"], "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Test accuracy against size, one marker per method, one panel per limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reductions = sorted({row["min_size_reduction"] for row in rows})
+    figure, axes = plt.subplots(1, len(reductions), figsize=(5 * len(reductions), 4), squeeze=False)
+    for axis, reduction in zip(axes[0], reductions, strict=True):
+        for row in (r for r in rows if r["min_size_reduction"] == reduction):
+            axis.scatter(row["size_bytes"] / 1e3, row["test_accuracy"], label=row["method"], s=40)
+        axis.axhline(rows[0]["float_test_accuracy"], color="grey", linestyle="--", label="float")
+        axis.set(title=f"{title}: size limit FiP16 / {reduction:g}", xlabel="size (kB)", ylabel="test accuracy")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="digits_cnn")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--reductions", default="6,8", help="size limits as reductions against FiP16")
+    parser.add_argument("--trials", type=int, default=30, help="trials of the iterative methods")
+    parser.add_argument("--final-epochs", type=int, default=30)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    base = search.SearchConfig(model=args.model, dataset=args.dataset, trials=args.trials,
+                               n_initial=min(10, args.trials), final_epochs=args.final_epochs)
+    if args.quick:
+        base = dataclasses.replace(base, trials=6, n_initial=3, finetune_epochs=1, final_epochs=2, float_epochs=3,
+                                   hessian_max_probes=16)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for reduction in (float(value) for value in args.reductions.split(",")):
+            for method in args.methods.split(","):
+                rows.append(run_method(base, method, reduction, root))
+                print(json.dumps(rows[-1]), flush=True)
+    name = f"peers_{args.model}{'_quick' if args.quick else ''}"
+    out = args.out or os.path.join(RESULTS, f"{name}.json")
+    summary = {"model": args.model, "dataset": args.dataset, "settings": dataclasses.asdict(base), "rows": rows}
+    with open(out, "w") as file:
+        json.dump(summary, file, indent=1)
+    plot(rows, out.removesuffix(".json") + ".png", args.model)
+    print(json.dumps({"written": out}))
+
+
+if __name__ == "__main__":
+    main()

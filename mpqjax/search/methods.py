@@ -1,0 +1,256 @@
+"""The search methods of the harness: k-means TPE and its peers, each choosing configurations of the same problem.
+
+Every method receives the same float model, layer table, dataset splits, cost model and limits (a `Problem`), and
+its configurations go through the same fine-tune (the trial), the same choice of the best, final training, report
+and export. Two kinds:
+
+- *iterative* methods ask an optimiser for configurations and tell it the results, trial after trial:
+  ``kmeans_tpe`` (the paper's k-means TPE, the default) and ``random`` (uniform draws from the same space);
+- *one-shot* methods compute their configurations once from the float model, then fine-tune each (their trials):
+  ``uniform`` (every layer at one bit-width: each bit-width of ``bits`` that meets the limits, at width 1),
+  ``hawq_ilp`` (HAWQ-V3: per-layer sensitivity ``Omega(b) = trace(H) / n * ||Q_b(W) - W||^2`` from the Hessian
+  traces, minimised under every limit by an exact integer linear programme) and ``rd_layers`` (rate-distortion
+  allocation, per layer: the distortion of the network's output when one layer alone is quantised, assumed
+  additive; a Lagrange multiplier found by bisection trades it against the limited resource).
+
+The one-shot peers choose bit-widths only: their widths are 1. HAWQ's sensitivity is the loss change of a weight
+perturbation of the trained model; a narrower layer is not a perturbation of its weights, so widths get no
+Omega term, and the rate-distortion curves have no width axis either.
+
+Example:
+    >>> METHODS["hawq_ilp"].iterative, METHODS["hawq_ilp"].uses_hessian
+    (False, True)
+    >>> proposals = propose("hawq_ilp", problem, key, traces_per_weight=traces)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpqjax import cost as cost_model
+from mpqjax.nn import models, quant
+from mpqjax.optim import allocation
+from mpqjax.search import objective
+from mpqjax.search.problem import Problem
+from mpqjax.sensitivity.leaves import leaf_paths
+from mpqjax.training import train
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs", "layer_distortions",
+           "layer_sensitivities", "propose", "resource_tables", "uniform_proposals"]
+
+DEFAULT_METHOD = "kmeans_tpe"
+# Examples of the training split whose outputs measure a layer's distortion (rate-distortion methods).
+CALIBRATION_EXAMPLES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A search method of the harness.
+
+    Attributes:
+        name: its ``--method`` spelling.
+        summary: one line of what it does.
+        iterative: it asks an optimiser trial after trial (``trials`` configurations); else it proposes its
+            configurations once and fine-tunes each.
+        searches_widths: it chooses width multipliers (else every width is 1).
+        uses_hessian: it reads the Hessian traces (else the Hessian runs only to prune an iterative method's space).
+    """
+
+    name: str
+    summary: str
+    iterative: bool
+    searches_widths: bool
+    uses_hessian: bool
+
+
+METHODS = {method.name: method for method in (
+    Method("kmeans_tpe", "k-means tree-structured Parzen estimator over the (pruned) space, the paper's method",
+           iterative=True, searches_widths=True, uses_hessian=False),
+    Method("random", "uniform random draws from the same space", iterative=True, searches_widths=True,
+           uses_hessian=False),
+    Method("uniform", "every layer at one bit-width, width 1: each bit-width of bits that meets the limits",
+           iterative=False, searches_widths=False, uses_hessian=False),
+    Method("hawq_ilp", "HAWQ-V3: Hessian-weighted quantisation error minimised by an integer linear programme",
+           iterative=False, searches_widths=False, uses_hessian=True),
+    Method("rd_layers", "rate-distortion: per-layer output distortion, Lagrange multiplier bisected to the limit",
+           iterative=False, searches_widths=False, uses_hessian=False),
+)}
+
+
+class Proposal:
+    """A one-shot method's configuration: per-layer ``bits`` and ``widths`` (NumPy arrays)."""
+
+    __slots__ = ("bits", "widths")
+
+    def __init__(self, bits, widths):
+        self.bits, self.widths = np.asarray(bits, np.int64), np.asarray(widths, np.float32)
+
+    def __eq__(self, other):
+        return (isinstance(other, Proposal) and np.array_equal(self.bits, other.bits)
+                and np.array_equal(self.widths, other.widths))
+
+    def __repr__(self):
+        return f"Proposal(bits={self.bits.tolist()}, widths={self.widths.tolist()})"
+
+
+def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[float] | None = None
+            ) -> list[Proposal]:
+    """The configurations of the one-shot method ``name`` for ``problem`` (bits from its space, widths 1).
+
+    Args:
+        name: ``"uniform"``, ``"hawq_ilp"`` or ``"rd_layers"``.
+        problem: the search's problem; its space gives each layer's candidate bit-widths.
+        key: PRNG key (the transfer of the float weights into the quantised model, for ``rd_layers``).
+        traces_per_weight: per layer, the Hessian trace divided by its weight count (``hawq_ilp``).
+
+    Returns:
+        The proposals, best guess first; ``uniform`` gives one per bit-width that meets the hard limits.
+
+    Raises:
+        ValueError: an unknown or iterative method, or no configuration meets the limits.
+    """
+    if name not in METHODS or METHODS[name].iterative:
+        raise ValueError(f"{name!r} is not a one-shot method; one-shot methods: "
+                         f"{', '.join(m for m, method in METHODS.items() if not method.iterative)}")
+    if name == "uniform":
+        return uniform_proposals(problem.config, problem.table, problem.target, problem.limits, problem.layer_space)
+    options, allowed = _options(problem.layer_space)
+    ones = np.ones(len(problem.table), np.float32)
+    costs, budgets, names = resource_tables(problem, options)
+    if name == "hawq_ilp":
+        if traces_per_weight is None:
+            raise ValueError("hawq_ilp needs the Hessian traces per weight")
+        loss = layer_sensitivities(problem, options, traces_per_weight)
+        choice = allocation.solve_ilp(loss, costs, budgets, allowed=allowed)
+    else:
+        if len(names) != 1:
+            raise ValueError(f"rd_layers allocates under one limit, got {len(names)} ({', '.join(names)}); give one "
+                             f"of the size, latency or energy limits (or use hawq_ilp)")
+        loss = layer_distortions(problem, options, key)
+        choice, _ = allocation.bisect_multiplier(loss, costs[0], float(budgets[0]), allowed=allowed)
+    return [Proposal(options[choice], ones)]
+
+
+def _options(layer_space) -> tuple[np.ndarray, np.ndarray]:
+    """``(options [B], allowed [L, B])``: every bit-width of the space, and which each layer may take."""
+    dimensions = layer_space.space.dimensions
+    per_layer = [tuple(dimensions[index].choices) for index in layer_space.bits_index]
+    options = np.asarray(sorted({int(b) for choices in per_layer for b in choices}), np.int64)
+    allowed = np.asarray([[int(b) in choices for b in options] for choices in per_layer], bool)
+    return options, allowed
+
+
+def uniform_proposals(config, table, target, limits, layer_space) -> list[Proposal]:
+    """The ``uniform`` method's configurations: one per bit-width that every layer with a choice may take
+    (``fixed_bits`` layers keep theirs), highest first, width 1; only those within the hard limits (all of them with
+    soft limits). Needs no model: a search checks it before any training.
+
+    Raises:
+        ValueError: no uniform bit-width meets the limits.
+    """
+    options, allowed = _options(layer_space)
+    length = len(table)
+    free = allowed.sum(axis=1) > 1
+    fixed = {index: int(options[row][0]) for index, row in enumerate(allowed) if not free[index]}
+    shared = options[allowed[free].all(axis=0)] if free.any() else options[:1]
+    ones = np.ones(length, np.float32)
+    proposals = []
+    for bits in sorted(shared.tolist(), reverse=True):
+        layer_bits = np.asarray([fixed.get(index, bits) for index in range(length)])
+        if config.soft_limits or bool(objective.is_feasible(cost_model.cost(table, layer_bits, ones, target), limits)):
+            proposals.append(Proposal(layer_bits, ones))
+    if not proposals:
+        raise ValueError(f"no uniform bit-width of {sorted(shared.tolist())} meets the limits; lower the limits or "
+                         f"use a mixed-precision method")
+    return proposals
+
+
+def resource_tables(problem: Problem, options: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each set limit as an additive resource over layers: ``(costs [R, L, B], budgets [R], names)``.
+
+    Every cost of the model is a sum over layers (size, cycles, energy), so at width 1 the total of a configuration
+    is that of a reference configuration (every layer at the smallest option) plus each layer's change from it:
+    ``costs[r, l, b]`` is that change when layer ``l`` alone takes option ``b``, and the budget is the limit minus
+    the reference's total. A throughput limit is the latency limit ``1 / throughput``.
+    """
+    limits, table = problem.limits, problem.table
+    length, options = len(table), np.asarray(options)
+    is_set = limits.is_set()
+    budgets = {name: float(getattr(limits, name)) for name in ("size_bytes", "latency_seconds", "energy_joules")
+               if is_set[name]}
+    if is_set["throughput_per_second"]:
+        budgets["latency_seconds"] = min(budgets.get("latency_seconds", math.inf),
+                                         1.0 / float(limits.throughput_per_second))
+    names = list(budgets)
+    reference = np.full(length, options.min(), np.float32)
+    configurations = np.tile(reference, (length * len(options), 1))
+    for index in range(length):
+        configurations[index * len(options):(index + 1) * len(options), index] = options
+    costs = _batched_cost(table)(jnp.asarray(np.vstack([reference, configurations])),
+                                 jnp.ones((len(configurations) + 1, length), jnp.float32), problem.target)
+    tables, limits_left = [], []
+    for name in names:
+        totals = np.asarray(getattr(costs, name), np.float64)
+        tables.append((totals[1:] - totals[0]).reshape(length, len(options)))
+        limits_left.append(budgets[name] - totals[0])
+    return np.asarray(tables).reshape(len(names), length, len(options)), np.asarray(limits_left), names
+
+
+@functools.lru_cache(maxsize=16)
+def _batched_cost(table):
+    return jax.jit(jax.vmap(lambda bits, widths, target: cost_model.cost(table, bits, widths, target),
+                            in_axes=(0, 0, None)))
+
+
+def _float_kernels(problem: Problem) -> list[np.ndarray]:
+    """Each layer's float weight, by its path in the float model's parameters."""
+    params = problem.float_variables["params"]
+    by_path = dict(zip(leaf_paths(params), jax.tree.leaves(params), strict=True))
+    return [np.asarray(by_path[layer.weight_path], np.float32) for layer in problem.table]
+
+
+def layer_sensitivities(problem: Problem, options: Sequence[int], traces_per_weight: Sequence[float]) -> np.ndarray:
+    """HAWQ-V3's ``Omega[l, b] = trace(H_l) / n_l * ||Q_b(W_l) - W_l||^2`` (``[L, B]``), Q_b the search's weight
+    quantiser (symmetric, per output channel)."""
+    kernels = _float_kernels(problem)
+    errors = np.asarray([[float(jnp.sum((quant.quantize_weights(kernel, bits) - kernel) ** 2)) for bits in options]
+                         for kernel in kernels])
+    return np.asarray(traces_per_weight, np.float64)[:, None] * errors
+
+
+def calibration_inputs(problem: Problem, examples: int = CALIBRATION_EXAMPLES) -> np.ndarray:
+    """The first ``examples`` training inputs: the rate-distortion methods' calibration set."""
+    return np.asarray(problem.dataset.train.x[:examples])
+
+
+def layer_distortions(problem: Problem, options: Sequence[int], key) -> np.ndarray:
+    """``D[l, b]``: the mean squared change of the output logits when layer ``l`` alone is quantised at ``b`` bits
+    (weights and input activations, clips calibrated at ``b``), every other layer in float, on the calibration set.
+
+    The float weights go into the quantised model as a trial's fine-tune starts (`mpqjax.nn.models.
+    transfer_variables`); no training happens.
+    """
+    model, length = problem.quant_model, len(problem.table)
+    x = calibration_inputs(problem)
+    variables = models.transfer_variables(key, model, problem.float_model, problem.float_variables,
+                                          input_shape=problem.dataset.input_shape)
+    ones = np.ones(length, np.float32)
+    floats = np.full(length, quant.PASS_THROUGH_BITS, np.float32)  # 16 bits and above: not quantised
+    reference = train.predict(model, variables, x, bits=floats, widths=ones)
+    distortions = np.zeros((length, len(options)))
+    for column, bits in enumerate(options):
+        calibrated = train.calibrate(model, variables, x, bits=np.full(length, bits), widths=ones,
+                                     method=problem.config.calibration)
+        for index in range(length):
+            layer_bits = floats.copy()
+            layer_bits[index] = bits
+            logits = train.predict(model, calibrated, x, bits=layer_bits, widths=ones)
+            distortions[index, column] = float(np.mean((logits - reference) ** 2))
+    return distortions
