@@ -1,0 +1,108 @@
+"""Specification of the search harness (`SearchConfig(method=...)`, `mpqjax search --method`): every method runs end to
+end on the same float model, limits, fine-tune, final training and export, records its search cost, resumes, and
+refuses what it cannot honour before any training."""
+
+import json
+
+import pytest
+
+from mpqjax import search
+from mpqjax.search.methods import METHODS
+
+# Tiny but real: the embedded digits, a 3-epoch float model (cached across runs), 1-epoch fine-tunes.
+SMALL = dict(trials=4, n_initial=2, float_epochs=3, batch_size=128, finetune_epochs=1, final_epochs=1,
+             hessian_batch_size=64, hessian_batches=1, hessian_max_probes=8)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{method: (result, folder)}`` of one small search per method, at the default size limit (6x)."""
+    root = tmp_path_factory.mktemp("harness")
+    cache = str(root / "cache")
+    results = {}
+    for name, method in METHODS.items():
+        settings = dict(SMALL, method=name)
+        if not method.iterative:
+            settings = {key: value for key, value in settings.items() if key not in ("trials", "n_initial")}
+        results[name] = (search.run(search.SearchConfig(**settings), str(root / name), cache_dir=cache),
+                         root / name)
+    return results
+
+
+@pytest.mark.slow
+def test_every_method_meets_the_limit_with_the_same_float_model(runs):
+    floats = set()
+    for name, (result, folder) in runs.items():
+        meta = json.loads((folder / "search.json").read_text())
+        assert meta["settings"]["method"] == name and meta["status"] == "finished"
+        floats.add((meta["float"]["validation_accuracy"], meta["float"]["test_accuracy"]))
+        best = result.best
+        assert best["size_reduction_vs_fip16"] >= search.DEFAULT_SIZE_REDUCTION
+        assert (folder / "model.npz").is_file() and 0 < best["test_accuracy"] <= 1
+        for record in result.trials:
+            assert record["feasible"] and record["status"] == "ok"
+    assert len(floats) == 1  # one float model (trained once, then read from the cache) for every method
+
+
+@pytest.mark.slow
+def test_iterative_methods_search_widths_and_one_shot_methods_fine_tune_their_own_configurations(runs):
+    tpe, _ = runs["kmeans_tpe"]
+    random, _ = runs["random"]
+    assert [t["phase"] for t in tpe.trials] == ["random", "random", "model", "model"]
+    assert [t["phase"] for t in random.trials] == ["random"] * 4
+    for name in ("uniform", "hawq_ilp", "rd_layers"):
+        result, folder = runs[name]
+        meta = json.loads((folder / "search.json").read_text())
+        assert meta["method"] == {"name": name, "proposals": len(result.trials)}
+        assert all(t["phase"] == name and t["widths"] == [1.0] * 4 for t in result.trials)
+        assert meta["space"]["pruned"] is False
+    assert [t["bits"][0] for t in runs["uniform"][0].trials] == [2]  # only 2 bits everywhere is 6x below FiP16
+    assert (runs["hawq_ilp"][1] / "hessian.json").is_file()  # its traces
+    assert not (runs["rd_layers"][1] / "hessian.json").exists()
+
+
+@pytest.mark.slow
+def test_the_search_cost_is_recorded_next_to_the_result(runs):
+    for name, (result, folder) in runs.items():
+        cost = result.best["search_cost"]
+        assert cost["method"] == name and cost["backend"] == "cpu"
+        assert cost["finetunes"] == len(result.trials)
+        parts = [cost[f"{phase}_seconds"] for phase in ("hessian", "method", "evaluations", "optimiser")]
+        assert cost["seconds"] == pytest.approx(sum(parts)) and cost["evaluations_seconds"] > 0
+        assert json.loads((folder / "search.json").read_text())["search_cost"] == cost
+    assert runs["rd_layers"][0].best["search_cost"]["method_seconds"] > 0
+    assert runs["hawq_ilp"][0].best["search_cost"]["hessian_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_finished_one_shot_search_resumes_to_the_same_result(runs):
+    result, folder = runs["hawq_ilp"]
+    settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
+    again = search.run(search.SearchConfig(**settings, method="hawq_ilp"), str(folder), resume=True)
+    assert again.best == result.best
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="bayes"), "method must be one of kmeans_tpe, random, uniform, hawq_ilp, rd_layers, got 'bayes'"),
+    (dict(method="hawq_ilp", widths=(0.5, 1.0)), "method hawq_ilp chooses bit-widths only .*widths cannot apply"),
+    (dict(method="rd_layers", max_latency_seconds=1e-3),
+     "method rd_layers allocates under one limit, got the size limit and the latency limit"),
+])
+def test_settings_a_method_cannot_honour_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        search.SearchConfig(**settings).validate()
+
+
+def test_a_bits_only_method_takes_width_one_as_given():
+    search.SearchConfig(method="hawq_ilp", widths=(1.0,)).validate()
+    search.SearchConfig(method="rd_layers", min_size_reduction=None, max_latency_seconds=1e-3).validate()
+
+
+@pytest.mark.parametrize("method", ["uniform", "hawq_ilp", "rd_layers"])
+def test_a_limit_no_allocation_meets_fails_before_anything_is_written(tmp_path, method):
+    out = tmp_path / "run"
+    config = search.SearchConfig(**{k: v for k, v in SMALL.items() if k not in ("trials", "n_initial")},
+                                 method=method, min_size_reduction=7.8)  # 2 bits everywhere at width 1: 7.69x
+    with pytest.raises(ValueError, match="the smallest possible size is .* above the limit"):
+        search.run(config, str(out))
+    assert not out.exists()
