@@ -3,6 +3,7 @@
 * `mpqjax.cost.packing`: multiplications per DSP by bit-width (the paper's table, HiKonv's rule);
 * `mpqjax.cost.targets`: hardware targets as data (`FPGATarget`, `GenericTarget`) and `load_target`;
 * `mpqjax.cost.model`: the counting rules and `cost`, a pure `jax.numpy` function (jittable, vmappable);
+* `mpqjax.cost.channels`: `channel_cost`, the cost of one configuration with a weight bit-width per output channel;
 * `mpqjax.cost.report`: `cost_report`, one configuration's cost as plain data.
 
 Every name is re-exported here and imported on first use; nothing here imports Flax. Check a user's configuration
@@ -21,13 +22,15 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["model", "packing", "report", "targets"],
+    submodules=["channels", "model", "packing", "report", "targets"],
     names={
         "HiKonvPacking": "packing", "PAPER_PACKING": "packing", "hikonv_packing": "packing",
         "hikonv_packing_table": "packing", "packing_table": "packing",
         "FPGATarget": "targets", "GenericTarget": "targets", "Target": "targets", "load_target": "targets",
         "target_from_dict": "targets", "target_to_dict": "targets",
-        "Cost": "model", "cost": "model", "fip16_size_bytes": "model", "layer_counts": "model",
+        "Cost": "model", "array_cycles": "model", "cost": "model", "fip16_size_bytes": "model", "layer_counts": "model",
+        "products_per_dsp": "model",
+        "MAX_CHANNEL_BITS": "channels", "channel_cost": "channels", "channel_groups": "channels",
         "cost_report": "report",
     },
 )

@@ -65,7 +65,7 @@ from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import MAX_BITS, MIN_BITS
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["Cost", "cost", "fip16_size_bytes", "layer_counts"]
+__all__ = ["Cost", "array_cycles", "cost", "fip16_size_bytes", "layer_counts", "products_per_dsp"]
 
 
 class Cost(NamedTuple):
@@ -156,6 +156,31 @@ def layer_counts(table: LayerTable, widths, *, exact: bool = False) -> dict[str,
     }
 
 
+def products_per_dsp(target: FPGATarget, bits, xp=jnp, dtype=jnp.float32):
+    """Multiplications one DSP of ``target`` packs at ``bits`` (integral floats, any shape): entry ``bits - 1`` of
+    its packing table. ``xp`` and ``dtype``: `jax.numpy` and float32 (jittable) or NumPy and float64 (exact)."""
+    packing = xp.asarray(target.packing, dtype)
+    return packing[bits.astype(np.int32) - 1]
+
+
+def array_cycles(target: FPGATarget, pixels, patch, channels, products, xp=jnp):
+    """Cycles of the systolic array computing ``channels`` output channels at ``products`` multiplications per DSP.
+
+    The FPGA formula of the module docstring; shared with `mpqjax.cost.channels`, which runs it (with ``xp=np``) once
+    per group of channels of equal bit-width.
+
+    Args:
+        target: the FPGA.
+        pixels, patch, channels: output pixels, input entries per output pixel and output channels (arrays that
+            broadcast together).
+        products: multiplications per DSP (`products_per_dsp`).
+        xp: the array module.
+    """
+    invocations = xp.ceil(channels / target.rows)
+    row_passes = pixels * xp.ceil(patch / target.cols)
+    return xp.ceil(row_passes / products) * invocations + target.overhead_cycles * invocations
+
+
 def _layer_cost(table: LayerTable, bits, widths, target: Target, bias_bits):
     """Per-layer size in bits, cycles, MACs, BOPs and energy in picojoules."""
     quantities = layer_counts(table, widths)
@@ -163,11 +188,8 @@ def _layer_cost(table: LayerTable, bits, widths, target: Target, bias_bits):
     bops = quantities["macs"] * bits * bits
     bytes_moved = (quantities["weights"] + quantities["activations"]) * bits / 8.0
     if isinstance(target, FPGATarget):
-        packing = jnp.asarray(target.packing, jnp.float32)
-        products = packing[bits.astype(jnp.int32) - 1]
-        invocations = jnp.ceil(quantities["produced"] / target.rows)
-        row_passes = quantities["pixels"] * jnp.ceil(quantities["patch"] / target.cols)
-        cycles = jnp.ceil(row_passes / products) * invocations + target.overhead_cycles * invocations
+        products = products_per_dsp(target, bits)
+        cycles = array_cycles(target, quantities["pixels"], quantities["patch"], quantities["produced"], products)
         energy_pj = (
             quantities["macs"] / products * target.energy_per_dsp_op_pj + bytes_moved * target.energy_per_byte_pj
         )
