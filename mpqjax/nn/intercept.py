@@ -3,9 +3,11 @@
 `quantized_call` evaluates the jaxpr of ``forward(params, state, x)`` equation by equation. Every layer that
 `mpqjax.nn.graph.discover` found (a convolution or contraction of an activation with a weight) runs on quantised
 operands instead: its weight fake-quantised per output channel and its input per tensor, at the layer's bit-width
-(`mpqjax.nn.quant`), after the input channels that the configuration's widths switch off are zeroed. The
-concatenations and paddings the plan names mask their operands as they form. Everything else runs as traced, custom
-derivative rules included (a call is entered only when a layer, a concatenation or a padding is inside it).
+(`mpqjax.nn.quant`), after the input channels that the configuration's widths switch off are zeroed. A layer given
+per-channel weight bit-widths (``weight_bits``) quantises each output channel of its weight at its own bit-width
+instead; its input keeps the layer's bit-width. The concatenations and paddings the plan names mask their operands as
+they form. Everything else runs as traced, custom derivative rules included (a call is entered only when a layer, a
+concatenation or a padding is inside it).
 
 Bit-widths, widths and clipping values are ordinary arrays here, never Python values: one compiled program serves
 every configuration and a population vmaps over them. Qwix takes its quantisation settings as static Python values
@@ -98,12 +100,19 @@ def along(vector, ndim: int, axes: Sequence[int], shape: Sequence[int]):
     return jnp.transpose(reshaped, order).reshape(full)
 
 
-def _quantize_weight(weight, bits, channel_axes: Sequence[int]):
-    """Per-channel fake-quantisation of ``weight`` with one scale per entry of its ``channel_axes``."""
+def _quantize_weight(weight, bits, channel_axes: Sequence[int], layer: int):
+    """Per-channel fake-quantisation of ``weight`` with one scale per entry of its ``channel_axes``.
+
+    ``bits`` is the layer's scalar bit-width, or one per channel: the ``channel_axes`` flattened in their order,
+    row-major (a single output axis: its channels in order).
+    """
     others = [axis for axis in range(weight.ndim) if axis not in channel_axes]
     order = others + list(channel_axes)
     moved = jnp.transpose(weight, order)
     flat = moved.reshape(*moved.shape[: len(others)], -1) if channel_axes else moved.reshape(*moved.shape, 1)
+    if jnp.ndim(bits) > 0 and jnp.shape(bits) != (flat.shape[-1],):
+        raise ValueError(f"layer {layer}: weight_bits has shape {tuple(jnp.shape(bits))} but the traced weight has "
+                         f"{flat.shape[-1]} output channels")
     quantized = quant.quantize_weights(flat, bits).reshape(moved.shape)
     return jnp.transpose(quantized, np.argsort(order))
 
@@ -118,6 +127,7 @@ class _Context:
     main_leaf: dict
     widths: jax.Array
     ranks: dict
+    weight_bits: dict = dataclasses.field(default_factory=dict)
     stats: dict = dataclasses.field(default_factory=dict)
     seen: dict = dataclasses.field(default_factory=dict)
     compositions: int = 0
@@ -161,7 +171,8 @@ class _Context:
             channels_last = channels_last.reshape(-1, int(np.prod([x.shape[a] for a in x_axes])))
             self.stats[index] = quant.calibration_stats(channels_last, bits, signed=signed, channel_mask=mask)
         x = quant.quantize_activations(x, bits, self.clips[index], signed=signed, mode=self.plan.act_clipping)
-        weight = _quantize_weight(weight, bits, channel_axes)
+        # per-channel weight bit-widths replace the layer's only for its weight: activations and statistics keep bits
+        weight = _quantize_weight(weight, self.weight_bits.get(index, bits), channel_axes, index)
         quantized = [None, None]
         quantized[weight_position], quantized[1 - weight_position] = weight, x
         return _bind(eqn, quantized)
@@ -220,7 +231,7 @@ def _evaluate(jaxpr, consts, args, infos, context: _Context):
 
 
 def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_leaves: int, plan: Plan,
-                   main_leaf: dict, bits, widths, clips, ranks=None, calibrate: bool = False):
+                   main_leaf: dict, bits, widths, clips, ranks=None, weight_bits=None, calibrate: bool = False):
     """Evaluate a traced ``forward(params, state, x)`` with its layers quantised and masked.
 
     Args:
@@ -232,6 +243,8 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
         bits, widths, clips: ``[L]`` float32 arrays: bit-widths, width multipliers, activation clips.
         ranks: ``{first layer of a width group: its channels' ranks}`` (see `mask_of`); a group without an entry
             keeps its first channels.
+        weight_bits: ``{layer index: float32 [output channels]}``: per-channel bit-widths of the layer's weight (its
+            output-channel axes flattened in order); a layer without an entry quantises its weight at ``bits``.
         calibrate: also return each layer's input statistics (`mpqjax.nn.quant.calibration_stats`).
 
     Returns:
@@ -240,7 +253,7 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
     jaxpr = closed_jaxpr.jaxpr
     ranks = dict(ranks or {})
     masks = [mask_of(description, widths, plan.base_channels, ranks) for description in plan.in_masks]
-    context = _Context(plan, bits, masks, clips, calibrate, main_leaf, widths, ranks)
+    context = _Context(plan, bits, masks, clips, calibrate, main_leaf, widths, ranks, dict(weight_bits or {}))
     kinds = input_kinds(len(jaxpr.invars), num_param_leaves, num_state_leaves)
     infos = [(frozenset({position}) if kind == "param" else frozenset(), kind == "input")
              for position, kind in enumerate(kinds)]

@@ -1,9 +1,11 @@
 """Uniform fake-quantisation with a straight-through estimator; the bit-width is a traced array.
 
 Weights are quantised symmetrically with one scale per output channel (the last axis of a kernel):
-``scale = max|w| / (2^(b-1) - 1)``, ``q = round(w / scale) * scale``. Activations are quantised with one clipping
-value per tensor: unsigned inputs (after a ReLU) on ``[0, clip]`` with ``2^b - 1`` steps, signed inputs on
-``[-clip, clip]`` with ``2^(b-1) - 1`` steps each side. Rounding is to nearest, ties to even (``jnp.round``).
+``scale = max|w| / (2^(b-1) - 1)``, ``q = round(w / scale) * scale``; ``b`` is one bit-width for the kernel, or one
+per output channel (a layer's optional per-channel weight bit-widths, `mpqjax.nn.models.Model.with_weight_bits`).
+Activations are quantised with one clipping value per tensor: unsigned inputs (after a ReLU) on ``[0, clip]`` with
+``2^b - 1`` steps, signed inputs on ``[-clip, clip]`` with ``2^(b-1) - 1`` steps each side. Rounding is to
+nearest, ties to even (``jnp.round``).
 
 The bit-width is an array, so one compiled function serves every bit-width and configurations can be vmapped.
 Whatever its type (a Python int, an integer array, a float32 array), it is used as float32, the dtype the models'
@@ -90,7 +92,8 @@ def quantize_weights(kernel, bits):
 
     Args:
         kernel: weights, any shape ``(..., out_channels)``.
-        bits: scalar bit-width (traced or concrete, any numeric dtype: used as float32); >= 16 returns ``kernel``
+        bits: a scalar bit-width, or one per output channel, shape ``(out_channels,)`` (broadcast along the last
+            axis); traced or concrete, any numeric dtype (used as float32). Channels at >= 16 bits are returned
             unchanged.
 
     Returns:
@@ -99,8 +102,10 @@ def quantize_weights(kernel, bits):
     Example:
         >>> quantize_weights(jnp.array([[1.0], [0.4], [-0.6]]), 2).ravel().tolist()
         [1.0, 0.0, -1.0]
+        >>> quantize_weights(jnp.array([[1.0, 1.0], [0.25, 0.25]]), jnp.array([2, 16])).tolist()  # per channel
+        [[1.0, 1.0], [0.0, 0.25]]
     """
-    bits = _bits_array(bits)
+    bits = _bits_array(bits)  # () or (out_channels,): both broadcast against the (1, ..., 1, out_channels) scale
     reduce_axes = tuple(range(kernel.ndim - 1))
     levels = signed_levels(bits)
     max_abs = jnp.max(jnp.abs(kernel), axis=reduce_axes, keepdims=True)

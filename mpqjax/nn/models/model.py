@@ -12,6 +12,10 @@ parameters and its other state as plain dicts), plus one activation clip per lay
 layer's name (``variables["quant"][layer]["act_clip"]`` when calibrated, in ``params`` when learned), and, once
 transferred from a float model, each width group's channel ranks (``variables["quant"][layer]["channel_rank"]``).
 
+A layer's bit-width ``bits[l]`` quantises its input activations and its weight (one scale per output channel). A layer
+may also carry one weight bit-width per output channel (``variables["quant"][layer]["weight_bits"]``, set by
+`Model.with_weight_bits`): its weight is then quantised channel by channel at those, its input still at ``bits[l]``.
+
 Rules select layers by their names (regular expressions matched against the whole name with `re.fullmatch`):
 ``include`` keeps only matching layers, ``exclude`` leaves matching layers in float, ``bits`` pins a bit-width
 (e.g. ``{"Conv_0|Dense_.*": 8}`` keeps the first and last layer at 8 bits). A rule that matches no layer is an
@@ -46,10 +50,14 @@ from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf
 from mpqjax.nn.models.rules import Rules
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["RANKS", "Model", "wrap"]
+__all__ = ["RANKS", "WEIGHT_BITS", "Model", "wrap"]
 
 # Where a width group's channel ranks live: ``variables["quant"][<the group's first layer>][RANKS]``.
 RANKS = "channel_rank"
+# Where a layer's per-output-channel weight bit-widths live: ``variables["quant"][<layer>][WEIGHT_BITS]``.
+WEIGHT_BITS = "weight_bits"
+# The per-channel weight bit-widths `Model.with_weight_bits` accepts (pruning is by widths and ranks, not 0 bits).
+WEIGHT_BITS_RANGE = (2, 8)
 
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -161,7 +169,8 @@ class Model:
 
     def with_quant_variables(self, variables, input_shape: Sequence[int] | None = None, *, ranks=None) -> dict:
         """``variables`` (the float model's) with the quantiser's own where they are missing: an activation clip
-        per layer, and each width group's channel ranks under ``quant/<its first layer>/channel_rank``.
+        per layer, and each width group's channel ranks under ``quant/<its first layer>/channel_rank``. Whatever
+        ``quant`` already holds (clips, ranks not replaced, per-channel weight bit-widths) is kept.
 
         Args:
             variables: the model's variables.
@@ -185,6 +194,76 @@ class Model:
                 rank = np.concatenate([rank, np.arange(len(rank), held, dtype=np.int32)])
                 flat[(name, RANKS)] = jnp.asarray(rank)
         return {**variables, "quant": traverse_util.unflatten_dict(flat)} if flat else variables
+
+    def with_weight_bits(self, variables, weight_bits: Mapping[str, Sequence[int] | None],
+                         input_shape: Sequence[int] | None = None) -> dict:
+        """``variables`` with per-output-channel weight bit-widths set, or removed, for some layers.
+
+        Output channel ``c`` of such a layer's weight is quantised at ``weight_bits[c]`` bits instead of the
+        configuration's ``bits[l]``, which the layer's input activations keep. The bit-widths are variables
+        (``variables["quant"][layer]["weight_bits"]``, float32 ``[channels]``), so training, evaluation,
+        calibration and populations carry them, and changing their values compiles nothing new.
+
+        Args:
+            variables: the model's variables (left unchanged).
+            weight_bits: ``{layer name: one whole number in [2, 8] per output channel}``: as many channels as the
+                running module holds for the layer (its weight's output-channel axis; at ``max_width`` for a model
+                that grows). None removes the layer's, back to ``bits[l]``.
+            input_shape: one example's shape; the model's default when None.
+
+        Returns:
+            New variables; the layers not named keep what they had.
+
+        Raises:
+            ValueError: a float model, an unknown layer, a layer the rules leave in float, the wrong number of
+                channels, or bit-widths that are not whole numbers in [2, 8] (naming the layer).
+
+        Example:
+            >>> variables = model.with_weight_bits(variables, {"conv1": [8] * 31 + [2]})  # its last channel at 2
+            >>> variables = model.with_weight_bits(variables, {"conv1": None})  # all of conv1 at bits[l] again
+        """
+        if not self.quantize:
+            raise ValueError(f"model {self.name!r} is not quantised: it takes no weight_bits")
+        shape = tuple(input_shape) if input_shape is not None else self.input_shape()
+        channels = self._weight_channels(shape)
+        low, high = WEIGHT_BITS_RANGE
+        flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
+        for name, values in dict(weight_bits).items():
+            if name not in channels:
+                every_layer = analyse(self.function, self.function, Rules(), self.act_clipping, self.name, shape,
+                                      1.0).table.names
+                if name in every_layer:
+                    raise ValueError(f"weight_bits: layer {name!r} is not quantised (the model's rules leave it in "
+                                     f"float)")
+                raise ValueError(f"weight_bits: unknown layer {name!r}; the quantised layers are: "
+                                 f"{', '.join(channels)}")
+            if values is None:
+                flat.pop((name, WEIGHT_BITS), None)
+                continue
+            try:
+                per_channel = np.asarray(values, np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"weight_bits: layer {name!r} needs one number per output channel") from None
+            if per_channel.shape != (channels[name],):
+                raise ValueError(f"weight_bits: layer {name!r} has {channels[name]} output channels, got bit-widths "
+                                 f"of shape {per_channel.shape}")
+            wrong = ~(np.isfinite(per_channel) & (per_channel == np.round(per_channel))
+                      & (per_channel >= low) & (per_channel <= high))
+            if wrong.any():
+                channel = int(np.argmax(wrong))
+                raise ValueError(f"weight_bits: layer {name!r} channel {channel} has {per_channel[channel]:g} bits; "
+                                 f"per-channel weight bit-widths are whole numbers in [{low}, {high}]")
+            flat[(name, WEIGHT_BITS)] = jnp.asarray(per_channel, jnp.float32)
+        if not flat and "quant" not in variables:
+            return dict(variables)
+        return {**variables, "quant": traverse_util.unflatten_dict(flat)}
+
+    def _weight_channels(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+        """``{quantised layer: the output channels its weight has in the running module}``: what the interceptor
+        flattens into one scale (and one weight bit-width) per channel."""
+        running = analyse(self.model_function, self.model_function, self.rules, self.act_clipping, self.name,
+                          tuple(input_shape), self.max_width).table
+        return {layer.name: layer.out_channels for layer in running}
 
     def _held_channels(self, input_shape: tuple[int, ...]) -> dict[str, int]:
         """``{first layer of each width group: the channels the running module holds for the group}``."""
@@ -210,6 +289,14 @@ class Model:
         state = {key: value for key, value in variables.items() if key not in ("params", "quant", "calibration")}
         clip_array = jnp.stack([jnp.asarray(clip, jnp.float32).reshape(()) for clip in clips]) if names else None
         return traverse_util.unflatten_dict(params), state, clip_array, ranks
+
+    @staticmethod
+    def _weight_bits(variables, names: Sequence[str]) -> dict:
+        """``{layer index: per-channel weight bit-widths}`` of the layers of ``names`` that have them (`_split`'s
+        companion, kept apart so `_split`'s callers are unchanged)."""
+        calibrated = traverse_util.flatten_dict(dict(variables.get("quant", {})))
+        return {index: calibrated[(name, WEIGHT_BITS)] for index, name in enumerate(names)
+                if (name, WEIGHT_BITS) in calibrated}
 
     # -- running -----------------------------------------------------------------------------------------------
     def init(self, key, x, bits=None, widths=None) -> dict:
@@ -271,6 +358,7 @@ def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, muta
     analysis = model.analysis(tuple(x.shape[1:]))
     names = analysis.table.names
     params, state, clips, ranks = model._split(variables, names)
+    weight_bits = model._weight_bits(variables, names)  # empty (nothing changes) unless a layer has them
     if rng is not None:
         state[RNG] = rng
     stats = {}
@@ -283,7 +371,7 @@ def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, muta
         outputs, stats = intercept.quantized_call(
             closed, [*flat_params, *flat_state, x], num_param_leaves=len(flat_params),
             num_state_leaves=len(flat_state), plan=analysis.plan, main_leaf=analysis.main_leaf, bits=bits,
-            widths=widths, clips=clips, ranks=ranks, calibrate="calibration" in mutable)
+            widths=widths, clips=clips, ranks=ranks, weight_bits=weight_bits, calibrate="calibration" in mutable)
         out, new_state = jax.tree.unflatten(out_tree, outputs)
     updates = {name: new_state[name] for name in mutable if name in new_state and name != RNG}
     if "calibration" in mutable:
