@@ -62,7 +62,10 @@ def _weight_bytes(run) -> float:
 
     table = run.model.table(run.fake_quantised.input_shape)
     counts = cost_model.layer_counts(table, np.asarray(run.widths, np.float32), exact=True)
-    return float(np.sum(np.asarray(counts["weights"]) * np.asarray(run.bits)) / 8.0)
+    channel_bits = run.metadata.get("channel_bits", {})  # a channel-wise configuration: each channel's own bits
+    layer_bits = [np.mean(channel_bits[name]) if name in channel_bits else bits
+                  for name, bits in zip(table.names, run.bits, strict=True)]
+    return float(np.sum(np.asarray(counts["weights"]) * np.asarray(layer_bits)) / 8.0)
 
 
 def run_export(args) -> int:
@@ -108,6 +111,9 @@ def _export_qwix(run_dir: str, out: str) -> int:
     from mpqjax.store.files import atomic_write_text
 
     run = run_model(run_dir)
+    if run.metadata.get("channel_bits"):
+        raise ValueError(f"{run_dir} holds a channel-wise configuration (a weight bit-width per output channel); "
+                         f"Qwix rules give one bit-width per layer: export it --format integer or onnx")
     source = qwix_rules_source(run.model, run.bits, input_shape=run.fake_quantised.input_shape)
     atomic_write_text(out, source)
     print(f"wrote {out}: {len(run.bits)} Qwix rules")

@@ -3,7 +3,8 @@ one self-contained file, and the way from a search's output folder to it.
 
 `write_integer_model` stores an `IntegerProgram` in the program-file format (`mpqjax.export.program`): the
 serialised StableHLO of ``(packed weights, input) -> logits`` and, as its arguments, each layer's kept weight codes
-packed at the layer's bit-width (`mpqjax.export.bitpack`). The program unpacks them, places the kept channels in
+packed at the layer's bit-width (`mpqjax.export.bitpack`); a channel-wise configuration packs each group of output
+channels of equal weight bit-width at its own. The program unpacks them, places the kept channels in
 the kernels and runs the integer arithmetic; `mpqjax.export.load_program` runs the file in any process with JAX and
 NumPy, without mpqjax's models or the model's code. The description of the integer model (every layer's bit-width,
 input step, weight scales, kept channels and payload, the input's type and normalisation) is in the file's
@@ -59,13 +60,20 @@ def describe(program: IntegerProgram, *, layout: str = "bitstream") -> dict:
     """
     layers = []
     for layer in program.layers:
-        count = int(layer.block().size)
-        layers.append({"name": layer.name, "bits": layer.bits, "signed": layer.signed, "input_step": layer.input_step,
-                       "weight_scale": [float(scale) for scale in layer.weight_scale],
-                       "kernel_shape": list(layer.codes.shape),
-                       "kept": [[int(axis), [int(i) for i in indices]] for axis, indices in layer.kept],
-                       "kept_weights": count,
-                       "payload_bytes": bitpack.packed_bytes(count, layer.bits, layout=layout)})
+        block = layer.block()
+        per_channel = block.size // max(block.shape[layer.channel_axis], 1)
+        groups = layer.weight_groups()
+        described = {"name": layer.name, "bits": layer.bits, "signed": layer.signed, "input_step": layer.input_step,
+                     "weight_scale": [float(scale) for scale in layer.weight_scale],
+                     "kernel_shape": list(layer.codes.shape),
+                     "kept": [[int(axis), [int(i) for i in indices]] for axis, indices in layer.kept],
+                     "kept_weights": int(block.size),
+                     "payload_bytes": sum(bitpack.packed_bytes(len(channels) * per_channel, bits, layout=layout)
+                                          for bits, channels in groups)}
+        if layer.weight_bits is not None:
+            described.update(channel_axis=int(layer.channel_axis % layer.codes.ndim),
+                             weight_groups=[[bits, [int(c) for c in channels]] for bits, channels in groups])
+        layers.append(described)
     return {"format": INTEGER_FORMAT, "layout": layout, "input_dtype": program.input_dtype.name,
             "input_bound": program.input_bound, "normalisation": program.normalisation, "layers": layers,
             "payload_bytes": sum(layer["payload_bytes"] for layer in layers)}
@@ -94,14 +102,24 @@ def write_integer_model(path: str | os.PathLike, program: IntegerProgram, *, lay
     described = describe(program, layout=layout)
     payload, blocks = {}, []
     for layer in program.layers:
-        block = layer.block()
-        key = f"{_WEIGHTS}/{layer.name}"
-        payload[key] = bitpack.pack(block, layer.bits, layout=layout)
-        blocks.append((key, block.shape, layer))
+        block, axis = layer.block(), layer.channel_axis % layer.codes.ndim
+        groups = []
+        for bits, channels in layer.weight_groups():  # one group at the layer's bits unless channel-wise
+            key = f"{_WEIGHTS}/{layer.name}" if layer.weight_bits is None else f"{_WEIGHTS}/{layer.name}/{bits}"
+            part = np.take(block, channels, axis=axis)
+            payload[key] = bitpack.pack(part, bits, layout=layout)
+            groups.append((key, bits, channels, part.shape))
+        blocks.append((block.shape, axis, groups, layer))
 
     def forward(variables, x):
-        kernels = [_expand(bitpack.unpack_jax(variables[key], int(np.prod(shape)), layer.bits, layout=layout)
-                           .reshape(shape), layer.kept, layer.codes.shape) for key, shape, layer in blocks]
+        kernels = []
+        for shape, axis, groups, layer in blocks:
+            block = jnp.zeros(shape, jnp.int8)
+            for key, bits, channels, part_shape in groups:
+                part = bitpack.unpack_jax(variables[key], int(np.prod(part_shape)), bits, layout=layout)
+                index = (slice(None),) * axis + (jnp.asarray(channels),)
+                block = block.at[index].set(part.reshape(part_shape).astype(jnp.int8))
+            kernels.append(_expand(block, layer.kept, layer.codes.shape))
         return program.run(kernels, x)
 
     with jax.enable_x64(True):

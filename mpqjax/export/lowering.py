@@ -80,6 +80,9 @@ class IntegerLayer:
         weight_scale: float32 scale per output channel (value of one weight code).
         kept: ``((axis, channel indices), ...)``: the channels of the kernel that the configuration keeps (an axis
             not listed keeps all): the block that the packed file stores.
+        channel_axis: the kernel's output-channel axis.
+        weight_bits: a channel-wise configuration's weight bit-width per output channel of the kernel (its input
+            codes stay at ``bits``); None: every weight at ``bits``.
     """
 
     name: str
@@ -89,6 +92,8 @@ class IntegerLayer:
     codes: np.ndarray
     weight_scale: np.ndarray
     kept: tuple
+    channel_axis: int = -1
+    weight_bits: tuple | None = None
 
     def block(self) -> np.ndarray:
         """The kept block of the codes (what is stored)."""
@@ -96,6 +101,18 @@ class IntegerLayer:
         for axis, indices in self.kept:
             block = np.take(block, indices, axis=axis)
         return block
+
+    def weight_groups(self) -> list[tuple[int, np.ndarray]]:
+        """``[(bits, channels), ...]``: the block's output channels (indices along `channel_axis`) by weight
+        bit-width, narrowest first; one group at ``bits`` for a per-layer configuration."""
+        axis = self.channel_axis % self.codes.ndim
+        if self.weight_bits is None:
+            return [(self.bits, np.arange(self.block().shape[axis]))]
+        kept_bits = np.asarray(self.weight_bits)
+        for kept_axis, indices in self.kept:
+            if kept_axis == axis:
+                kept_bits = kept_bits[np.asarray(indices)]
+        return [(int(bits), np.flatnonzero(kept_bits == bits)) for bits in np.unique(kept_bits)]
 
 
 class _Lowering:
@@ -236,6 +253,7 @@ class _Spec:
     ranks: dict
     groups: dict  # layer index -> first layer of its width group
     scalable: tuple
+    weight_bits: dict  # layer index -> its weight bit-width per output channel (channel-wise configurations)
 
     def mask(self, description):
         with jax.ensure_compile_time_eval():
@@ -268,7 +286,8 @@ class _Spec:
             with jax.ensure_compile_time_eval():
                 weight = weight * np.asarray(intercept.along(in_mask, weight.ndim, in_axes, weight.shape))
         moved = np.moveaxis(weight, channel_axes[0], -1)
-        codes, weight_scale = integer_weights(moved, bits)
+        weight_bits = self.weight_bits.get(index)
+        codes, weight_scale = _channel_codes(moved, bits if weight_bits is None else weight_bits)
         kept = []
         if in_mask is not None and not grouped:
             kept.append((in_axes[0], np.flatnonzero(in_mask)))
@@ -279,7 +298,8 @@ class _Spec:
         codes = np.moveaxis(codes, -1, channel_axes[0]).astype(np.int8)
         signed = bool(self.plan.signed[index])
         step = activation_scale(self.clips[index], bits, signed=signed)
-        layer = IntegerLayer(self.names[index], bits, signed, float(step), codes, weight_scale, tuple(kept))
+        layer = IntegerLayer(self.names[index], bits, signed, float(step), codes, weight_scale, tuple(kept),
+                             channel_axes[0], None if weight_bits is None else tuple(int(b) for b in weight_bits))
         return _LayerAxes(x_axes, channel_axes[0], out_axis, in_mask), layer
 
 
@@ -339,8 +359,34 @@ def _model_spec(model, variables, bits, widths, input_shape):
                  bits=np.broadcast_to(np.asarray(bits, np.float64), (len(table),)).astype(int),
                  widths=np.broadcast_to(np.asarray(widths, np.float32), (len(table),)),
                  clips=np.asarray(clips, np.float32), ranks={k: np.asarray(v) for k, v in ranks.items()},
-                 groups=groups, scalable=tuple(layer.scalable for layer in table))
+                 groups=groups, scalable=tuple(layer.scalable for layer in table),
+                 weight_bits=_weight_bits(variables, table.names))
     return spec, jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, state)
+
+
+def _weight_bits(variables, names) -> dict[int, np.ndarray]:
+    """``{layer index: per-channel weight bit-widths}`` of the layers that have them
+    (`mpqjax.nn.models.Model.with_weight_bits`)."""
+    from flax import traverse_util
+
+    from mpqjax.nn.models.model import WEIGHT_BITS
+
+    quant = traverse_util.flatten_dict(dict(variables.get("quant", {})))
+    return {index: np.asarray(quant[(name, WEIGHT_BITS)]).astype(int) for index, name in enumerate(names)
+            if (name, WEIGHT_BITS) in quant}
+
+
+def _channel_codes(kernel: np.ndarray, bits) -> tuple[np.ndarray, np.ndarray]:
+    """`integer_weights` of a kernel (output channels last) at one bit-width, or at one per output channel (each
+    channel has its own scale, so channels of equal bit-width are quantised together)."""
+    if np.ndim(bits) == 0:
+        return integer_weights(kernel, int(bits))
+    bits = np.asarray(bits)
+    codes, scale = np.zeros(kernel.shape, np.int8), np.zeros(kernel.shape[-1], np.float32)
+    for width in np.unique(bits):
+        chosen = bits == width
+        codes[..., chosen], scale[chosen] = integer_weights(kernel[..., chosen], int(width))
+    return codes, scale
 
 
 def _input_entry(input_bound, normalisation, channels: int):

@@ -177,7 +177,7 @@ class SearchConfig:
     penalty: float = _setting(objective.DEFAULT_MULTIPLIER, "Lagrangian multiplier per relative violation of a "
                               "limit (objective = accuracy - penalty * violation)", _LIMITS, _POSITIVE)
     method: str = _setting("kmeans_tpe", "search method: kmeans_tpe (the paper's), random, uniform, hawq_ilp, "
-                           "rd_layers (mpqjax.search.methods)", _SEARCH, _known_method)
+                           "rd_layers, rd_channels (mpqjax.search.methods)", _SEARCH, _known_method)
     trials: int = _setting(60, "configurations to evaluate (the paper's n)", _SEARCH, _POSITIVE_INT)
     n_initial: int = _setting(20, "random configurations first (the paper's n0); when not set, at most trials (a "
                               "shorter search is then all random); set above trials, refused", _SEARCH,
@@ -276,12 +276,14 @@ class SearchConfig:
         if not method.searches_widths and is_set("widths") and tuple(self.widths) != (1.0,):
             raise ValueError(f"{name('method')} {self.method} chooses bit-widths only (every width is 1): "
                              f"{name('widths')} cannot apply; leave it out")
-        if self.method == "rd_layers":
-            limits = [limit for limit, settings in LIMIT_SETTINGS.items()
-                      if any(getattr(self, setting) is not None for setting in settings)]
-            if len(limits) > 1:
-                raise ValueError(f"{name('method')} rd_layers allocates under one limit, got {' and '.join(limits)}; "
-                                 f"give one, or use hawq_ilp")
+        limits = [limit for limit, settings in LIMIT_SETTINGS.items()
+                  if any(getattr(self, setting) is not None for setting in settings)]
+        if self.method == "rd_layers" and len(limits) > 1:
+            raise ValueError(f"{name('method')} rd_layers allocates under one limit, got {' and '.join(limits)}; "
+                             f"give one, or use hawq_ilp")
+        if self.method == "rd_channels" and limits != ["the size limit"]:
+            raise ValueError(f"{name('method')} rd_channels allocates under the size limit alone, got "
+                             f"{' and '.join(limits) or 'no limit'}")
 
     def _differs_from_default(self, setting: str) -> bool:
         return getattr(self, setting) != _DEFAULTS[setting]
@@ -318,8 +320,8 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] 
     (("float_epochs", "float_learning_rate"), lambda config: config.float_checkpoint is not None,
      "with {float_checkpoint}: the float model is read from it, not trained"),
     (("trials", "n_initial", "population", "strategy", "prune", "bit_sets", "log_scale"),
-     lambda config: not _method(config).iterative, "with a one-shot {method} (uniform, hawq_ilp, rd_layers): it "
-     "fine-tunes the configurations it computes, from every bit-width of {bits}"),
+     lambda config: not _method(config).iterative, "with a one-shot {method} (uniform, hawq_ilp, rd_layers, "
+     "rd_channels): it fine-tunes the configurations it computes, from every bit-width of {bits}"),
     (("n_initial",), lambda config: config.method == "random", "with {method} random: every trial is random"),
     (("bit_sets", "log_scale", "hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
      lambda config: not _runs_hessian(config), "with {prune}, or a method without it: there is no Hessian and no "

@@ -424,14 +424,17 @@ def _final_phase(problem: Problem, folder: run_folder.RunFolder, float_net: step
     _phase(notify, "final_training", f"training the best configuration (trial {best['trial']}) for "
            f"{config.final_epochs} epochs")
     bits, widths = np.asarray(best["bits"]), np.asarray(best["widths"], np.float32)
+    channel_bits = best.get("channel_bits")  # a channel-wise configuration's weights, per channel
     with clock("final_training"):
-        trained = steps.final_training(config, problem.dataset, float_net, problem.quant_model, bits, widths)
+        trained = steps.final_training(config, problem.dataset, float_net, problem.quant_model, bits, widths,
+                                       channel_bits=channel_bits)
     best_config = {
         "trial": best["trial"], "config": best["config"], "objective": best["objective"],
         "validation_accuracy": best["validation_accuracy"], "final_validation_accuracy": trained.validation_accuracy,
         "test_accuracy": trained.test_accuracy, "float_test_accuracy": folder.meta["float"]["test_accuracy"],
         **{name: best[name] for name in COST_FIELDS},
-        "layers": problem.layer_rows(bits, widths),
+        **({"channel_bits": channel_bits} if channel_bits else {}),
+        "layers": problem.layer_rows(bits, widths, channel_bits),
         "export": FILES["model"],
         "selection": {**selection, "explanation": store.selection.explain_choice(
             records, resolution=selection["resolution"])},
@@ -439,7 +442,7 @@ def _final_phase(problem: Problem, folder: run_folder.RunFolder, float_net: step
     }
     with clock("io"):
         steps.export_trained(folder.path("model"), config, problem.dataset, problem.quant_model, trained, bits,
-                             widths)
+                             widths, channel_bits)
     return best_config
 
 

@@ -81,23 +81,29 @@ METHODS = {method.name: method for method in (
            iterative=False, searches_widths=False, uses_hessian=True),
     Method("rd_layers", "rate-distortion: per-layer output distortion, Lagrange multiplier bisected to the limit",
            iterative=False, searches_widths=False, uses_hessian=False),
+    Method("rd_channels", "rate-distortion per output channel: a weight bit-width per channel under the size "
+           "limit", iterative=False, searches_widths=False, uses_hessian=False),
 )}
 
 
 class Proposal:
-    """A one-shot method's configuration: per-layer ``bits`` and ``widths`` (NumPy arrays)."""
+    """A one-shot method's configuration: per-layer ``bits`` and ``widths`` (NumPy arrays), and for a channel-wise
+    one ``channel_bits``, ``{layer: one weight bit-width per output channel at width 1}`` (``bits[l]`` is then the
+    bit-width of the layer's input activations)."""
 
-    __slots__ = ("bits", "widths")
+    __slots__ = ("bits", "channel_bits", "widths")
 
-    def __init__(self, bits, widths):
+    def __init__(self, bits, widths, channel_bits: dict[str, list[int]] | None = None):
         self.bits, self.widths = np.asarray(bits, np.int64), np.asarray(widths, np.float32)
+        self.channel_bits = channel_bits
 
     def __eq__(self, other):
         return (isinstance(other, Proposal) and np.array_equal(self.bits, other.bits)
-                and np.array_equal(self.widths, other.widths))
+                and np.array_equal(self.widths, other.widths) and self.channel_bits == other.channel_bits)
 
     def __repr__(self):
-        return f"Proposal(bits={self.bits.tolist()}, widths={self.widths.tolist()})"
+        channels = "" if self.channel_bits is None else f", channel_bits={self.channel_bits}"
+        return f"Proposal(bits={self.bits.tolist()}, widths={self.widths.tolist()}{channels})"
 
 
 def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[float] | None = None
@@ -105,7 +111,7 @@ def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[flo
     """The configurations of the one-shot method ``name`` for ``problem`` (bits from its space, widths 1).
 
     Args:
-        name: ``"uniform"``, ``"hawq_ilp"`` or ``"rd_layers"``.
+        name: ``"uniform"``, ``"hawq_ilp"``, ``"rd_layers"`` or ``"rd_channels"``.
         problem: the search's problem; its space gives each layer's candidate bit-widths.
         key: PRNG key (the transfer of the float weights into the quantised model, for ``rd_layers``).
         traces_per_weight: per layer, the Hessian trace divided by its weight count (``hawq_ilp``).
@@ -124,6 +130,8 @@ def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[flo
     options, allowed = _options(problem.layer_space)
     ones = np.ones(len(problem.table), np.float32)
     costs, budgets, names = resource_tables(problem, options)
+    if name == "rd_channels":
+        return [_channel_proposal(problem, options, allowed)]
     if name == "hawq_ilp":
         if traces_per_weight is None:
             raise ValueError("hawq_ilp needs the Hessian traces per weight")
@@ -254,3 +262,71 @@ def layer_distortions(problem: Problem, options: Sequence[int], key) -> np.ndarr
             logits = train.predict(model, calibrated, x, bits=layer_bits, widths=ones)
             distortions[index, column] = float(np.mean((logits - reference) ** 2))
     return distortions
+
+
+def _kernel_leaves(problem: Problem):
+    """``(leaves, treedef, {layer: (leaf index, output-channel axis)})`` of the float model's parameters."""
+    params = problem.float_variables["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    position = {path: index for index, path in enumerate(leaf_paths(params))}
+    out_axes = problem.quant_model.analysis(problem.dataset.input_shape).out_axes
+    where = {}
+    for layer, axis in zip(problem.table, out_axes, strict=True):
+        leaf = leaves[position[layer.weight_path]]
+        where[layer.name] = (position[layer.weight_path], leaf.ndim - 1 if axis is None else axis)
+    return leaves, treedef, where
+
+
+def channel_distortions(problem: Problem, options: Sequence[int], examples: int = CALIBRATION_EXAMPLES
+                        ) -> list[np.ndarray]:
+    """Per layer, ``D[c, b]``: the mean squared change of the output logits when only output channel ``c`` of the
+    layer's weight is quantised at ``b`` bits (its own scale, as the search's quantiser), the rest of the float
+    model unchanged, on the calibration set. One float forward pass per channel and bit-width, compiled once.
+
+    A layer whose weight has several output axes (an einsum) is measured over the flattened last axis.
+    """
+    x = jnp.asarray(calibration_inputs(problem, examples))
+    model, variables = problem.float_model, problem.float_variables
+    leaves, treedef, where = _kernel_leaves(problem)
+    others = {name: value for name, value in variables.items() if name != "params"}
+
+    @jax.jit
+    def logits_with(kernel_index_leaves):
+        params = jax.tree.unflatten(treedef, kernel_index_leaves)
+        return model.apply({"params": params, **others}, x, None, None, train=False)
+
+    reference = logits_with(leaves)
+    distortions = []
+    for layer in problem.table:
+        index, axis = where[layer.name]
+        kernel = jnp.moveaxis(jnp.asarray(leaves[index]), axis, -1)
+        quantized = [quant.quantize_weights(kernel, bits) for bits in options]
+        rows = np.zeros((kernel.shape[-1], len(options)))
+        for channel in range(kernel.shape[-1]):
+            for column, kernel_b in enumerate(quantized):
+                changed = kernel.at[..., channel].set(kernel_b[..., channel])
+                trial = list(leaves)
+                trial[index] = jnp.moveaxis(changed, -1, axis)
+                rows[channel, column] = float(jnp.mean((logits_with(trial) - reference) ** 2))
+        distortions.append(rows)
+    return distortions
+
+
+def _channel_proposal(problem: Problem, options: np.ndarray, allowed: np.ndarray) -> Proposal:
+    """``rd_channels``: every output channel's weight bit-width by one Lagrangian bisection over all channels,
+    the rate a channel's weight bits (``patch x b``), the budget the size limit less the auxiliary parameters; each
+    layer's input activations at its widest channel's bit-width."""
+    if not problem.limits.is_set()["size_bytes"]:
+        raise ValueError("rd_channels allocates under a size limit: give one")
+    counts = cost_model.layer_counts(problem.table, np.ones(len(problem.table)), exact=True)
+    distortions = channel_distortions(problem, options)
+    loss = np.concatenate(distortions)
+    layer_of = np.concatenate([np.full(len(rows), index) for index, rows in enumerate(distortions)])
+    rate = counts["patch"][layer_of][:, None] * options[None, :]
+    aux_bits = float((counts["aux"] * problem.target.bias_bits).sum())
+    budget = problem.limits.size_bytes * 8.0 - aux_bits
+    choice, _ = allocation.bisect_multiplier(loss, rate, budget, allowed=allowed[layer_of])
+    channel_bits = {layer.name: options[choice[layer_of == index]].tolist()
+                    for index, layer in enumerate(problem.table)}
+    bits = np.asarray([max(row) for row in channel_bits.values()])
+    return Proposal(bits, np.ones(len(problem.table), np.float32), channel_bits)

@@ -18,7 +18,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -250,8 +250,12 @@ class Problem:
     quant_model: models.Model
     layer_space: sensitivity.LayerSpace
 
-    def cost(self, bits, widths) -> cost_model.Cost:
-        """The cost model at per-layer ``bits`` and ``widths``."""
+    def cost(self, bits, widths, channel_bits: Mapping[str, Sequence[int]] | None = None) -> cost_model.Cost:
+        """The cost model at per-layer ``bits`` and ``widths``; with ``channel_bits`` (``{layer: one weight
+        bit-width per channel at width 1}``), the channel-wise cost (`mpqjax.cost.channel_cost`)."""
+        if channel_bits:
+            rows = [channel_bits.get(name) for name in self.table.names]
+            return cost_model.channel_cost(self.table, np.asarray(bits), np.asarray(widths), rows, self.target)
         return _jitted_cost(self.table)(jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32),
                                         self.target)
 
@@ -265,23 +269,26 @@ class Problem:
 
         return feasible
 
-    def finetune(self, key, bits, widths, *, epochs: int, learning_rate: float):
+    def finetune(self, key, bits, widths, *, epochs: int, learning_rate: float,
+                 channel_bits: Mapping[str, Sequence[int]] | None = None):
         """Fine-tune a configuration from the float model; returns ``(variables, losses)``."""
         return steps.finetune_configuration(key, self.config, self.dataset, self.float_model, self.float_variables,
-                                            self.quant_model, bits, widths, epochs=epochs, learning_rate=learning_rate)
+                                            self.quant_model, bits, widths, epochs=epochs, learning_rate=learning_rate,
+                                            channel_bits=channel_bits)
 
-    def evaluate(self, key, bits, widths) -> dict:
-        """Short fine-tune, validation accuracy, cost and objective of one configuration (a trial record's fields).
+    def evaluate(self, key, bits, widths, channel_bits: Mapping[str, Sequence[int]] | None = None) -> dict:
+        """Short fine-tune, validation accuracy, cost and objective of one configuration (a trial record's fields);
+        ``channel_bits`` makes it channel-wise (see `cost`).
 
         A run whose loss becomes NaN or infinite is a failed trial (objective None), never an error.
         """
         start = time.perf_counter()
         variables, losses = self.finetune(key, bits, widths, epochs=self.config.finetune_epochs,
-                                          learning_rate=self.config.finetune_learning_rate)
+                                          learning_rate=self.config.finetune_learning_rate, channel_bits=channel_bits)
         accuracy = math.nan
         if np.all(np.isfinite(losses)):
             accuracy = train.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits, widths=widths)
-        return self._trial_fields(bits, widths, losses, accuracy, time.perf_counter() - start)
+        return self._trial_fields(bits, widths, losses, accuracy, time.perf_counter() - start, channel_bits)
 
     def evaluate_population(self, key, bits, widths, *, strategy: str = "vmap", mesh=None) -> list[dict]:
         """`evaluate` of P configurations (``bits``, ``widths``: ``[P, L]``) fine-tuned together with one key
@@ -298,33 +305,38 @@ class Problem:
         return [self._trial_fields(bits[i], widths[i], losses[i], float(accuracies[i]), seconds)
                 for i in range(len(bits))]
 
-    def _trial_fields(self, bits, widths, losses, accuracy: float, seconds: float) -> dict:
+    def _trial_fields(self, bits, widths, losses, accuracy: float, seconds: float, channel_bits=None) -> dict:
         """A trial's record from its fine-tune losses and validation accuracy (failed when either is not finite)."""
         error = None
         if not np.all(np.isfinite(losses)):
             error, accuracy = "training diverged (non-finite loss)", math.nan
         elif not math.isfinite(accuracy):
             error = "non-finite validation accuracy"
-        record = self.cost_record(bits, widths, accuracy)
+        record = self.cost_record(bits, widths, accuracy, channel_bits)
         record.update(status="ok" if error is None else "failed", seconds=seconds, error=error)
         return record
 
-    def cost_record(self, bits, widths, accuracy: float) -> dict:
-        """Bits, widths, cost fields, feasibility and objective of a configuration with a given accuracy."""
-        cost = self.cost(bits, widths)
+    def cost_record(self, bits, widths, accuracy: float, channel_bits: Mapping[str, Sequence[int]] | None = None
+                    ) -> dict:
+        """Bits, widths (and channel bits), cost fields, feasibility and objective of a configuration with a given
+        accuracy."""
+        cost = self.cost(bits, widths, channel_bits)
         value = float(objective.objective(accuracy, cost, self.limits, self.config.penalty))
+        channels = {"channel_bits": {name: [int(b) for b in row] for name, row in channel_bits.items()}} \
+            if channel_bits else {}
         return {
             "bits": [int(b) for b in np.asarray(bits)],
             "widths": [float(w) for w in np.asarray(widths)],
+            **channels,
             "objective": value if math.isfinite(value) else None,
             "validation_accuracy": accuracy if math.isfinite(accuracy) else None,
             **{name: float(getattr(cost, name)) for name in COST_FIELDS},
             "feasible": bool(objective.is_feasible(cost, self.limits)),
         }
 
-    def layer_rows(self, bits, widths) -> list[dict]:
+    def layer_rows(self, bits, widths, channel_bits: Mapping[str, Sequence[int]] | None = None) -> list[dict]:
         """The per-layer table of a configuration: bits, width, weights at that width, size and cycles."""
-        cost = self.cost(bits, widths)
+        cost = self.cost(bits, widths, channel_bits)
         return [
             {"name": layer.name, "bits": int(bits[index]), "width": float(widths[index]),
              "weights": int(round(float(cost.layer_weights[index]))),

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -270,15 +270,34 @@ def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[flo
                               max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
 
 
+def weight_bits_of(quant_model: models.Model, channel_bits: Mapping[str, Sequence[int]], bits,
+                   input_shape: Sequence[int]) -> dict[str, list[int]]:
+    """A channel-wise configuration's per-channel weight bit-widths as the quantised model holds them
+    (`mpqjax.nn.models.Model.with_weight_bits`).
+
+    ``channel_bits`` gives, per layer, one bit-width per channel at width 1; a model that grows holds more channels
+    (its first ones are those of width 1): the others, inactive at width 1, take the layer's ``bits``.
+    """
+    held = quant_model.weight_channels(input_shape)
+    index = {name: i for i, name in enumerate(models.layer_table(quant_model, input_shape=input_shape).names)}
+    padded = {}
+    for name, row in channel_bits.items():
+        extra = held[name] - len(row)
+        padded[name] = [int(b) for b in row] + [int(min(max(bits[index[name]], 2), 8))] * max(extra, 0)
+    return padded
+
+
 def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.Model,
                            float_variables, quant_model: models.Model, bits, widths, *, epochs: int,
-                           learning_rate: float):
+                           learning_rate: float, channel_bits: Mapping[str, Sequence[int]] | None = None):
     """Train a configuration from the float model with the search's batch size, calibration and weight decay;
     returns ``(variables, losses)`` (`mpqjax.training.train.finetune`). A trial and the final training differ only
-    in their key, epochs and learning rate."""
+    in their key, epochs and learning rate. ``channel_bits``: a channel-wise configuration's per-channel weight
+    bit-widths at width 1 (`weight_bits_of`)."""
+    weight_bits = weight_bits_of(quant_model, channel_bits, bits, dataset.input_shape) if channel_bits else None
     return train.finetune(key, float_model, float_variables, quant_model, dataset, bits=bits, widths=widths,
                           epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate,
-                          calibration=config.calibration, weight_decay=config.weight_decay)
+                          calibration=config.calibration, weight_decay=config.weight_decay, weight_bits=weight_bits)
 
 
 class Trained(NamedTuple):
@@ -290,7 +309,8 @@ class Trained(NamedTuple):
 
 
 def final_training(config: SearchConfig, dataset: data.Dataset, float_net: FloatModel, quant_model: models.Model,
-                   bits, widths, *, what: str = "the best configuration") -> Trained:
+                   bits, widths, *, what: str = "the best configuration",
+                   channel_bits: Mapping[str, Sequence[int]] | None = None) -> Trained:
     """The final training of a configuration (``final_epochs`` at ``final_learning_rate``, the search's final key)
     and its validation and test accuracies.
 
@@ -299,13 +319,15 @@ def final_training(config: SearchConfig, dataset: data.Dataset, float_net: Float
         dataset, float_net, quant_model: `load_dataset`'s, `float_model_of`'s and `quantized_model`'s.
         bits, widths: the configuration, per layer.
         what: the configuration in the error message.
+        channel_bits: per-channel weight bit-widths of a channel-wise configuration (`finetune_configuration`).
 
     Raises:
         ValueError: the training diverged (a non-finite loss).
     """
     variables, losses = finetune_configuration(search_keys(config.seed).final, config, dataset, float_net.model,
                                                float_net.variables, quant_model, bits, widths,
-                                               epochs=config.final_epochs, learning_rate=config.final_learning_rate)
+                                               epochs=config.final_epochs, learning_rate=config.final_learning_rate,
+                                               channel_bits=channel_bits)
     if not np.all(np.isfinite(losses)):
         raise ValueError(f"the final training of {what} diverged (non-finite loss); lower final_learning_rate")
     validation = train.evaluate(quant_model, variables, dataset.validation, bits=bits, widths=widths)
@@ -314,9 +336,10 @@ def final_training(config: SearchConfig, dataset: data.Dataset, float_net: Float
 
 
 def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant_model: models.Model,
-                   trained: Trained, bits, widths) -> None:
+                   trained: Trained, bits, widths, channel_bits: Mapping[str, Sequence[int]] | None = None) -> None:
     """Export a trained configuration as a self-contained program (`mpqjax.export.export_program`) with its
-    configuration, dataset and accuracies."""
+    configuration (per-channel weight bit-widths included: they are in the trained variables too), dataset and
+    accuracies."""
     from mpqjax import export  # the top of the house: imported when used, so the steps stay light
 
     table = models.layer_table(quant_model, input_shape=dataset.input_shape)
@@ -328,4 +351,6 @@ def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant
                   "layers": list(table.names), "bits": [int(b) for b in np.asarray(bits)],
                   "widths": [float(w) for w in np.asarray(widths)], "test_accuracy": trained.test_accuracy,
                   "validation_accuracy": trained.validation_accuracy, "seed": config.seed,
-                  "data_dir": config.data_dir, "max_width": quant_model.max_width})
+                  "data_dir": config.data_dir, "max_width": quant_model.max_width,
+                  **({"channel_bits": {name: [int(b) for b in row] for name, row in channel_bits.items()}}
+                     if channel_bits else {})})

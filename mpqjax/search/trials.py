@@ -138,7 +138,8 @@ def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: lis
     for index in range(len(records), len(proposals)):
         started, proposal = time.perf_counter(), proposals[index]
         with clock("evaluations"):
-            fields = problem.evaluate(jax.random.fold_in(keys.trial, index), proposal.bits, proposal.widths)
+            fields = problem.evaluate(jax.random.fold_in(keys.trial, index), proposal.bits, proposal.widths,
+                                      proposal.channel_bits)
         record = {"trial": index, "phase": problem.config.method,
                   "config": problem.layer_space.to_config(proposal.bits, proposal.widths), **fields}
         with clock("io"):

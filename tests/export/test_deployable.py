@@ -101,6 +101,31 @@ def test_the_dsp_layout_runs_the_same_model(lowered, written, tmp_path):
     np.testing.assert_array_equal(export.load_program(tmp_path / "dsp.npz")(pixels), export.load_program(path)(pixels))
 
 
+@pytest.mark.parametrize("layout", bitpack.LAYOUTS)
+def test_channel_wise_weights_pack_each_group_at_its_own_bit_width(lowered, tmp_path, layout):
+    program, run = lowered
+    held = run.model.weight_channels(run.fake_quantised.input_shape)
+    rng = np.random.default_rng(0)
+    weight_bits = {name: rng.choice([2, 3, 8], count).tolist() for name, count in held.items()}
+    variables = run.model.with_weight_bits(run.variables, weight_bits)
+    channel_wise = export.lower(run.model, variables, run.bits, run.widths, normalisation=(run.dataset.mean,
+                                run.dataset.std), input_shape=run.fake_quantised.input_shape)
+    described = export.write_integer_model(tmp_path / "channels.npz", channel_wise, layout=layout)
+    expected = 0
+    for layer, row in zip(channel_wise.layers, described["layers"], strict=True):
+        block = layer.block()
+        per_channel = block.size // block.shape[layer.channel_axis]
+        kept_bits = np.asarray(weight_bits[layer.name])[dict(layer.kept).get(row["channel_axis"], slice(None))]
+        assert [[bits, len(channels)] for bits, channels in row["weight_groups"]] == [
+            [bits, int(np.sum(kept_bits == bits))] for bits in (2, 3, 8) if np.any(kept_bits == bits)]
+        expected += sum(bitpack.packed_bytes(int(np.sum(kept_bits == bits)) * per_channel, bits, layout=layout)
+                        for bits in (2, 3, 8))
+    assert described["payload_bytes"] == expected
+    loaded = export.load_program(tmp_path / "channels.npz")
+    pixels = raw_test_pixels(run)[:60]
+    assert np.array_equal(loaded(pixels), channel_wise(pixels))  # the file unpacks every group to its codes
+
+
 def test_float_inputs_instead_of_raw_pixels(trained_digits_folder):
     program, run = export.integer_program_of_run(trained_digits_folder, raw_pixels=False)
     assert program.input_dtype == np.float32 and program.normalisation is None

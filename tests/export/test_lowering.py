@@ -69,6 +69,32 @@ def test_layers_hold_int8_codes_of_the_kept_channels_only(digits_cnn):
         assert not np.any(layer.codes[outside])  # switched-off channels are zero
 
 
+def channel_wise(digits_cnn, seed=3):
+    """digits_cnn with a random weight bit-width in 2..8 per output channel of every layer."""
+    model, variables, x, bits, widths = digits_cnn
+    rng = np.random.default_rng(seed)
+    held = model.weight_channels((8, 8, 1))
+    weight_bits = {name: rng.integers(2, 9, count).tolist() for name, count in held.items()}
+    return model.with_weight_bits(variables, weight_bits), weight_bits
+
+
+def test_channel_wise_weights_agree_and_hold_each_channels_codes_at_its_bits(digits_cnn):
+    model, _, x, bits, widths = digits_cnn
+    variables, weight_bits = channel_wise(digits_cnn)
+    program = assert_agrees(model, variables, x, bits, widths, logit_tolerance=1e-4)
+    for index, layer in enumerate(program.layers):
+        assert layer.bits == bits[index]  # the input codes keep the layer's bit-width
+        assert list(layer.weight_bits) == weight_bits[layer.name]
+        codes = np.moveaxis(layer.codes, layer.channel_axis, -1).reshape(-1, layer.codes.shape[layer.channel_axis])
+        limits = 2 ** (np.asarray(weight_bits[layer.name]) - 1) - 1
+        assert (np.abs(codes).max(axis=0) <= limits).all()
+        assert (np.abs(codes).max(axis=0)[np.abs(codes).max(axis=0) > 0] == limits[np.abs(codes).max(axis=0) > 0]).all()
+        kept = dict(layer.kept).get(layer.channel_axis % layer.codes.ndim, np.arange(len(limits)))
+        groups = layer.weight_groups()
+        assert sorted(c for _, channels in groups for c in channels) == list(range(len(kept)))
+        assert all((np.asarray(weight_bits[layer.name])[kept][channels] == b).all() for b, channels in groups)
+
+
 def test_a_residual_network_with_padded_shortcuts_agrees():
     model = models.get("resnet20", num_classes=10)
     shape = (8, 8, 3)

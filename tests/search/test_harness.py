@@ -50,7 +50,7 @@ def test_iterative_methods_search_widths_and_one_shot_methods_fine_tune_their_ow
     random, _ = runs["random"]
     assert [t["phase"] for t in tpe.trials] == ["random", "random", "model", "model"]
     assert [t["phase"] for t in random.trials] == ["random"] * 4
-    for name in ("uniform", "hawq_ilp", "rd_layers"):
+    for name in ("uniform", "hawq_ilp", "rd_layers", "rd_channels"):
         result, folder = runs[name]
         meta = json.loads((folder / "search.json").read_text())
         assert meta["method"] == {"name": name, "proposals": len(result.trials)}
@@ -59,6 +59,38 @@ def test_iterative_methods_search_widths_and_one_shot_methods_fine_tune_their_ow
     assert [t["bits"][0] for t in runs["uniform"][0].trials] == [2]  # only 2 bits everywhere is 6x below FiP16
     assert (runs["hawq_ilp"][1] / "hessian.json").is_file()  # its traces
     assert not (runs["rd_layers"][1] / "hessian.json").exists()
+
+
+@pytest.mark.slow
+def test_a_channel_wise_result_is_costed_trained_and_exported_per_channel(runs, tmp_path, capsys):
+    from mpqjax import cli, cost, export, nn
+
+    result, folder = runs["rd_channels"]
+    best = result.best
+    (trial,) = result.trials
+    assert best["channel_bits"] == trial["channel_bits"]
+    table = nn.models.layer_table("digits_cnn")
+    assert list(best["channel_bits"]) == list(table.names)
+    bits = [row["bits"] for row in best["layers"]]
+    assert bits == trial["bits"]
+    for layer, layer_bits in zip(table, bits, strict=True):
+        row = best["channel_bits"][layer.name]
+        assert len(row) == layer.out_channels and max(row) == layer_bits  # activations at the widest channel's
+    rows = [best["channel_bits"][name] for name in table.names]
+    size = cost.channel_cost(table, bits, [1.0] * 4, rows, cost.load_target("fpga")).size_bytes
+    assert best["size_bytes"] == pytest.approx(float(size)) and best["size_reduction_vs_fip16"] >= 6.0
+    assert export.load_program(folder / "model.npz").metadata["channel_bits"] == best["channel_bits"]
+    # the integer model holds each channel at its own bit-width and predicts as the trained model does
+    assert cli.main(["export", str(folder), "--format", "integer", "--out", str(tmp_path / "int.npz")]) == 0
+    layers = export.load_program(tmp_path / "int.npz").metadata["integer"]["layers"]
+    for layer in layers:
+        held = best["channel_bits"][layer["name"]]
+        assert {bits: len(channels) for bits, channels in layer["weight_groups"]} == {
+            bits: held.count(bits) for bits in set(held)}
+    capsys.readouterr()
+    assert cli.main(["export", str(folder), "--format", "qwix", "--out", str(tmp_path / "rules.py")]) == 2
+    assert "Qwix rules give one bit-width per layer" in capsys.readouterr().err
+    assert not (tmp_path / "rules.py").exists()
 
 
 @pytest.mark.slow
@@ -83,10 +115,15 @@ def test_a_finished_one_shot_search_resumes_to_the_same_result(runs):
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(method="bayes"), "method must be one of kmeans_tpe, random, uniform, hawq_ilp, rd_layers, got 'bayes'"),
+    (dict(method="bayes"), "method must be one of kmeans_tpe, random, uniform, hawq_ilp, rd_layers, rd_channels, "
+                           "got 'bayes'"),
     (dict(method="hawq_ilp", widths=(0.5, 1.0)), "method hawq_ilp chooses bit-widths only .*widths cannot apply"),
     (dict(method="rd_layers", max_latency_seconds=1e-3),
      "method rd_layers allocates under one limit, got the size limit and the latency limit"),
+    (dict(method="rd_channels", min_size_reduction=None, max_latency_seconds=1e-3),
+     "method rd_channels allocates under the size limit alone, got the latency limit"),
+    (dict(method="rd_channels", min_size_reduction=None), "rd_channels allocates under the size limit alone, got no "
+                                                          "limit"),
 ])
 def test_settings_a_method_cannot_honour_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -98,7 +135,7 @@ def test_a_bits_only_method_takes_width_one_as_given():
     search.SearchConfig(method="rd_layers", min_size_reduction=None, max_latency_seconds=1e-3).validate()
 
 
-@pytest.mark.parametrize("method", ["uniform", "hawq_ilp", "rd_layers"])
+@pytest.mark.parametrize("method", ["uniform", "hawq_ilp", "rd_layers", "rd_channels"])
 def test_a_limit_no_allocation_meets_fails_before_anything_is_written(tmp_path, method):
     out = tmp_path / "run"
     config = search.SearchConfig(**{k: v for k, v in SMALL.items() if k not in ("trials", "n_initial")},

@@ -44,7 +44,7 @@ def exhaustive(problem, loss):
 
 
 def test_every_method_is_registered_with_what_it_searches():
-    assert list(methods.METHODS) == ["kmeans_tpe", "random", "uniform", "hawq_ilp", "rd_layers"]
+    assert list(methods.METHODS) == ["kmeans_tpe", "random", "uniform", "hawq_ilp", "rd_layers", "rd_channels"]
     assert methods.DEFAULT_METHOD == SearchConfig().method == "kmeans_tpe"
     assert [name for name, m in methods.METHODS.items() if m.iterative] == ["kmeans_tpe", "random"]
     assert [name for name, m in methods.METHODS.items() if m.searches_widths] == ["kmeans_tpe", "random"]
@@ -143,3 +143,41 @@ def test_one_shot_methods_refuse_what_they_cannot_do(problem):
     tiny = dataclasses.replace(problem, limits=problem.limits._replace(size_bytes=10.0))
     with pytest.raises(ValueError, match="no uniform bit-width of \\[2, 4, 8\\] meets the limits"):
         methods.propose("uniform", tiny, jax.random.key(0))
+
+
+def test_channel_distortion_is_the_output_change_of_one_quantised_channel(problem):
+    distortions = methods.channel_distortions(problem, [2, 8], examples=64)
+    assert [rows.shape for rows in distortions] == [(layer.out_channels, 2) for layer in problem.table]
+    params = problem.float_variables["params"]
+    by_path = dict(zip(leaf_paths(params), jax.tree.leaves(params), strict=True))
+    path = problem.table[1].weight_path
+    kernel = np.asarray(by_path[path])
+    changed = kernel.copy()
+    changed[:, 5] = np.asarray(quant.quantize_weights(kernel, 2))[:, 5]  # channel 5 alone, at 2 bits
+    flat = {p: (changed if p == path else leaf) for p, leaf in by_path.items()}
+    treedef = jax.tree.structure(params)
+    x = methods.calibration_inputs(problem, 64)
+    others = {k: v for k, v in problem.float_variables.items() if k != "params"}
+    apply = lambda p: np.asarray(problem.float_model.apply({"params": p, **others}, x, None, None))  # noqa: E731
+    reference = apply(params)
+    logits = apply(jax.tree.unflatten(treedef, [flat[p] for p in leaf_paths(params)]))
+    assert distortions[1][5, 0] == pytest.approx(float(np.mean((logits - reference) ** 2)), rel=1e-4)
+    assert (distortions[1][:, 1] <= distortions[1][:, 0]).all()
+
+
+def test_rd_channels_gives_each_channel_a_bit_width_within_the_size_limit(problem):
+    (proposal,) = methods.propose("rd_channels", problem, jax.random.key(0))
+    assert list(proposal.channel_bits) == list(problem.table.names)
+    for layer, bits in zip(problem.table, proposal.bits, strict=True):
+        row = proposal.channel_bits[layer.name]
+        assert len(row) == layer.out_channels and set(row) <= {2, 4, 8} and max(row) == bits
+    assert float(problem.cost(proposal.bits, proposal.widths, proposal.channel_bits).size_bytes) \
+        <= problem.limits.size_bytes
+    # channel-wise, the size is spent where a channel distorts the output most: some layer mixes bit-widths
+    assert any(len(set(row)) > 1 for row in proposal.channel_bits.values())
+
+
+def test_rd_channels_needs_a_size_limit(problem):
+    no_size = dataclasses.replace(problem, limits=problem.limits._replace(size_bytes=np.inf))
+    with pytest.raises(ValueError, match="rd_channels allocates under a size limit"):
+        methods.propose("rd_channels", no_size, jax.random.key(0))

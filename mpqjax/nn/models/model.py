@@ -225,7 +225,7 @@ class Model:
         if not self.quantize:
             raise ValueError(f"model {self.name!r} is not quantised: it takes no weight_bits")
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
-        channels = self._weight_channels(shape)
+        channels = self.weight_channels(shape)
         low, high = WEIGHT_BITS_RANGE
         flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
         for name, values in dict(weight_bits).items():
@@ -258,9 +258,11 @@ class Model:
             return dict(variables)
         return {**variables, "quant": traverse_util.unflatten_dict(flat)}
 
-    def _weight_channels(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+    def weight_channels(self, input_shape: Sequence[int] | None = None) -> dict[str, int]:
         """``{quantised layer: the output channels its weight has in the running module}``: what the interceptor
-        flattens into one scale (and one weight bit-width) per channel."""
+        flattens into one scale (and one weight bit-width) per channel, so what `with_weight_bits` takes per layer
+        (at ``max_width`` for a model that grows: its first channels are those of width 1)."""
+        input_shape = tuple(input_shape) if input_shape is not None else self.input_shape()
         running = analyse(self.model_function, self.model_function, self.rules, self.act_clipping, self.name,
                           tuple(input_shape), self.max_width).table
         return {layer.name: layer.out_channels for layer in running}
