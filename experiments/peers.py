@@ -14,6 +14,11 @@ Usage:
     python experiments/peers.py                       # digits_cnn on digits, 6x and 8x, every method
     python experiments/peers.py --quick               # 6 trials, 1-epoch fine-tunes: checks the script
     python experiments/peers.py --methods hawq_ilp,rd_layers --reductions 8
+    python experiments/peers.py --model resnet20 --cifar-shaped --reductions 6 --trials 20   # ResNet-20
+
+``--cifar-shaped`` runs on digits made CIFAR-shaped (each 8x8 image enlarged 4x to 32x32, nearest neighbour, and
+repeated over 3 channels; the same splits): for machines without a local CIFAR-10 copy (`mpqjax.data.load_cifar10`
+reads one, or downloads it), so that ResNet-20 runs at its CIFAR input size on real labels.
 """
 
 from __future__ import annotations
@@ -25,20 +30,31 @@ import os
 import tempfile
 import time
 
-from mpqjax import search
+import numpy as np
+
+from mpqjax import data, search
 from mpqjax.search.methods import METHODS
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def run_method(base: search.SearchConfig, method: str, reduction: float, root: str) -> dict:
+def cifar_shaped_digits(seed: int = 0) -> data.Dataset:
+    """Digits at CIFAR's shape: 32x32x3 (each pixel a 4x4 block, repeated over 3 channels), the same splits."""
+    digits = data.load_digits_splits(seed)
+    grow = lambda split: (np.repeat(np.repeat(np.repeat(split.x, 4, 1), 4, 2), 3, 3), split.y)  # noqa: E731
+    return data.from_arrays(train=grow(digits.train), validation=grow(digits.validation), test=grow(digits.test),
+                            num_classes=10, name="digits32")
+
+
+def run_method(base: search.SearchConfig, method: str, reduction: float, root: str,
+               dataset: data.Dataset | None = None) -> dict:
     """One search: ``base`` with ``method`` and the size limit ``FiP16 / reduction``; its result's figures."""
     config = dataclasses.replace(base, method=method, min_size_reduction=reduction)
     if not METHODS[method].searches_widths:
         config = dataclasses.replace(config, widths=(1.0,))
     out_dir = os.path.join(root, f"{method}-{reduction:g}")
     start = time.perf_counter()
-    result = search.run(config, out_dir)
+    result = search.run(config, out_dir, dataset=dataset)
     best = result.best
     return {
         "method": method, "min_size_reduction": reduction, "test_accuracy": best["test_accuracy"],
@@ -77,6 +93,7 @@ def main() -> None:
     parser.add_argument("--reductions", default="6,8", help="size limits as reductions against FiP16")
     parser.add_argument("--trials", type=int, default=30, help="trials of the iterative methods")
     parser.add_argument("--final-epochs", type=int, default=30)
+    parser.add_argument("--cifar-shaped", action="store_true", help="digits enlarged to 32x32x3 (see above)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -85,15 +102,17 @@ def main() -> None:
     if args.quick:
         base = dataclasses.replace(base, trials=6, n_initial=3, finetune_epochs=1, final_epochs=2, float_epochs=3,
                                    hessian_max_probes=16)
+    dataset = cifar_shaped_digits(base.seed) if args.cifar_shaped else None
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for reduction in (float(value) for value in args.reductions.split(",")):
             for method in args.methods.split(","):
-                rows.append(run_method(base, method, reduction, root))
+                rows.append(run_method(base, method, reduction, root, dataset))
                 print(json.dumps(rows[-1]), flush=True)
-    name = f"peers_{args.model}{'_quick' if args.quick else ''}"
+    name = f"peers_{args.model}{'_cifar_shaped' if args.cifar_shaped else ''}{'_quick' if args.quick else ''}"
     out = args.out or os.path.join(RESULTS, f"{name}.json")
-    summary = {"model": args.model, "dataset": args.dataset, "settings": dataclasses.asdict(base), "rows": rows}
+    summary = {"model": args.model, "dataset": "digits enlarged to 32x32x3" if args.cifar_shaped else args.dataset,
+               "settings": dataclasses.asdict(base), "rows": rows}
     with open(out, "w") as file:
         json.dump(summary, file, indent=1)
     plot(rows, out.removesuffix(".json") + ".png", args.model)

@@ -75,6 +75,7 @@ def _configuration(args, table):
     """The per-layer ``(bits, widths)`` of --config or --bits/--widths, checked (`mpqjax.nn.config.check_config`)."""
     from mpqjax.nn.config import check_config
     from mpqjax.store import run_folder
+    from mpqjax.store.files import read_json
 
     if args.config:
         try:
@@ -83,6 +84,9 @@ def _configuration(args, table):
             raise ValueError(f"--config: {error}") from None
         if names != list(table.names):
             raise ValueError(f"--config: its layers are not those of {table.model}")
+        if "channel_bits" in read_json(args.config):
+            raise ValueError("--config: its configuration is channel-wise (a weight bit-width per output channel); "
+                             "mpqjax train takes per-layer bit-widths (the search trained and exported it: model.npz)")
     else:
         bits = _per_layer(args.bits, len(table), "--bits")
         widths = _per_layer(args.widths or (1.0,), len(table), "--widths")

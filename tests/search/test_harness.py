@@ -91,6 +91,8 @@ def test_a_channel_wise_result_is_costed_trained_and_exported_per_channel(runs, 
     assert cli.main(["export", str(folder), "--format", "qwix", "--out", str(tmp_path / "rules.py")]) == 2
     assert "Qwix rules give one bit-width per layer" in capsys.readouterr().err
     assert not (tmp_path / "rules.py").exists()
+    assert cli.main(["train", "--config", str(folder / "best_config.json"), "--out", str(tmp_path / "again")]) == 2
+    assert "mpqjax train takes per-layer bit-widths" in capsys.readouterr().err
 
 
 @pytest.mark.slow
