@@ -62,8 +62,8 @@ def _weight_bytes(run) -> float:
 
     table = run.model.table(run.fake_quantised.input_shape)
     counts = cost_model.layer_counts(table, np.asarray(run.widths, np.float32), exact=True)
-    channel_bits = run.metadata.get("channel_bits", {})  # a channel-wise configuration: each channel's own bits
-    layer_bits = [np.mean(channel_bits[name]) if name in channel_bits else bits
+    channel_bits = run.metadata.get("channel_bits", {})  # a channel-wise configuration: each kept channel's bits
+    layer_bits = [np.mean([b for b in channel_bits[name] if b]) if name in channel_bits else bits
                   for name, bits in zip(table.names, run.bits, strict=True)]
     return float(np.sum(np.asarray(counts["weights"]) * np.asarray(layer_bits)) / 8.0)
 

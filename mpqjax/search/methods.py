@@ -37,13 +37,14 @@ import numpy as np
 from mpqjax import cost as cost_model
 from mpqjax.nn import models, quant
 from mpqjax.optim import allocation
-from mpqjax.search import objective
+from mpqjax.search import objective, steps
 from mpqjax.search.problem import Problem
 from mpqjax.sensitivity.leaves import leaf_paths
 from mpqjax.training import train
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs", "layer_distortions",
-           "layer_sensitivities", "propose", "resource_tables", "uniform_proposals"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs", "channel_distortions",
+           "layer_distortions", "layer_sensitivities", "propose", "prunable_layers", "pruning_distortions",
+           "resource_tables", "uniform_proposals"]
 
 DEFAULT_METHOD = "kmeans_tpe"
 # Examples of the training split whose outputs measure a layer's distortion (rate-distortion methods).
@@ -81,8 +82,8 @@ METHODS = {method.name: method for method in (
            iterative=False, searches_widths=False, uses_hessian=True),
     Method("rd_layers", "rate-distortion: per-layer output distortion, Lagrange multiplier bisected to the limit",
            iterative=False, searches_widths=False, uses_hessian=False),
-    Method("rd_channels", "rate-distortion per output channel: a weight bit-width per channel under the size "
-           "limit", iterative=False, searches_widths=False, uses_hessian=False),
+    Method("rd_channels", "rate-distortion per output channel: a weight bit-width per channel, or pruned, under "
+           "the size limit", iterative=False, searches_widths=False, uses_hessian=False),
 )}
 
 
@@ -131,7 +132,7 @@ def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[flo
     ones = np.ones(len(problem.table), np.float32)
     costs, budgets, names = resource_tables(problem, options)
     if name == "rd_channels":
-        return [_channel_proposal(problem, options, allowed)]
+        return [_channel_proposal(problem, options, allowed, key)]
     if name == "hawq_ilp":
         if traces_per_weight is None:
             raise ValueError("hawq_ilp needs the Hessian traces per weight")
@@ -312,21 +313,64 @@ def channel_distortions(problem: Problem, options: Sequence[int], examples: int 
     return distortions
 
 
-def _channel_proposal(problem: Problem, options: np.ndarray, allowed: np.ndarray) -> Proposal:
-    """``rd_channels``: every output channel's weight bit-width by one Lagrangian bisection over all channels,
-    the rate a channel's weight bits (``patch x b``), the budget the size limit less the auxiliary parameters; each
-    layer's input activations at its widest channel's bit-width."""
+def prunable_layers(table) -> list[int]:
+    """The layers whose output channels can be pruned one by one: scalable and alone in their width group
+    (`mpqjax.search.steps.channel_layout`)."""
+    sizes = {index: len(group) for group in table.width_groups() for index in group}
+    return [index for index, layer in enumerate(table) if layer.scalable and sizes[index] == 1]
+
+
+def pruning_distortions(problem: Problem, key, examples: int = CALIBRATION_EXAMPLES) -> dict[int, np.ndarray]:
+    """Per prunable layer (`prunable_layers`), ``D0[c]``: the mean squared change of the output logits when output
+    channel ``c`` alone is switched off (as a pruned channel is: its output reads as zero, bias and batch norm
+    included), every layer in float, on the calibration set."""
+    model, table, shape = problem.quant_model, problem.table, problem.dataset.input_shape
+    x = calibration_inputs(problem, examples)
+    variables = models.transfer_variables(key, model, problem.float_model, problem.float_variables,
+                                          input_shape=shape)
+    ones, floats = np.ones(len(table), np.float32), np.full(len(table), quant.PASS_THROUGH_BITS, np.float32)
+    reference = train.predict(model, variables, x, bits=floats, widths=ones)
+    distortions = {}
+    for index in prunable_layers(table):
+        channels = table[index].out_channels
+        widths = ones.copy()
+        widths[index] = (channels - 1) / channels
+        rows = np.zeros(channels)
+        for channel in range(channels):
+            rank = np.concatenate([np.arange(channel), [channels - 1], np.arange(channel, channels - 1)])
+            off = model.with_quant_variables(variables, shape, ranks={table[index].name: rank.astype(np.int32)})
+            logits = train.predict(model, off, x, bits=floats, widths=widths)
+            rows[channel] = float(np.mean((logits - reference) ** 2))
+        distortions[index] = rows
+    return distortions
+
+
+def _channel_proposal(problem: Problem, options: np.ndarray, allowed: np.ndarray, key) -> Proposal:
+    """``rd_channels``: every output channel's weight bit-width, or 0 (pruned) in a layer that can prune, by one
+    Lagrangian bisection over all channels; the rate a channel's weight bits (``patch x b``; a pruned channel's 0,
+    which leaves out what pruning also saves: its bias and batch norm, and its consumers' weights), the budget the size
+    limit less the auxiliary parameters. Each layer's input activations at its widest channel's bit-width."""
     if not problem.limits.is_set()["size_bytes"]:
         raise ValueError("rd_channels allocates under a size limit: give one")
-    counts = cost_model.layer_counts(problem.table, np.ones(len(problem.table)), exact=True)
+    table = problem.table
+    counts = cost_model.layer_counts(table, np.ones(len(table)), exact=True)
     distortions = channel_distortions(problem, options)
-    loss = np.concatenate(distortions)
+    pruned = pruning_distortions(problem, key)
+    with_zero = np.concatenate([[0], options])
+    loss = np.concatenate([np.column_stack([pruned.get(index, np.zeros(len(rows))), rows])
+                           for index, rows in enumerate(distortions)])
     layer_of = np.concatenate([np.full(len(rows), index) for index, rows in enumerate(distortions)])
-    rate = counts["patch"][layer_of][:, None] * options[None, :]
-    aux_bits = float((counts["aux"] * problem.target.bias_bits).sum())
-    budget = problem.limits.size_bytes * 8.0 - aux_bits
-    choice, _ = allocation.bisect_multiplier(loss, rate, budget, allowed=allowed[layer_of])
-    channel_bits = {layer.name: options[choice[layer_of == index]].tolist()
-                    for index, layer in enumerate(problem.table)}
+    may_prune = np.isin(layer_of, list(pruned))
+    channel_allowed = np.column_stack([may_prune, allowed[layer_of]])
+    rate = counts["patch"][layer_of][:, None] * with_zero[None, :]
+    budget = problem.limits.size_bytes * 8.0 - float((counts["aux"] * problem.target.bias_bits).sum())
+    choice, _ = allocation.bisect_multiplier(loss, rate, budget, allowed=channel_allowed)
+    channel_bits = {}
+    for index, layer in enumerate(table):
+        row = with_zero[choice[layer_of == index]]
+        if not row.any():  # a layer keeps at least its channel that pruning distorts most, at the fewest bits
+            row[int(np.argmax(loss[layer_of == index, 0]))] = options[allowed[index]].min()
+        channel_bits[layer.name] = row.tolist()
     bits = np.asarray([max(row) for row in channel_bits.values()])
-    return Proposal(bits, np.ones(len(problem.table), np.float32), channel_bits)
+    layout = steps.channel_layout(table, channel_bits)
+    return Proposal(bits, layout.widths, channel_bits)

@@ -252,10 +252,13 @@ class Problem:
 
     def cost(self, bits, widths, channel_bits: Mapping[str, Sequence[int]] | None = None) -> cost_model.Cost:
         """The cost model at per-layer ``bits`` and ``widths``; with ``channel_bits`` (``{layer: one weight
-        bit-width per channel at width 1}``), the channel-wise cost (`mpqjax.cost.channel_cost`)."""
+        bit-width per channel at width 1, 0 for a pruned channel}``), the channel-wise cost
+        (`mpqjax.cost.channel_cost`; the widths are then those of the pruning, `mpqjax.search.steps.channel_layout`).
+        """
         if channel_bits:
-            rows = [channel_bits.get(name) for name in self.table.names]
-            return cost_model.channel_cost(self.table, np.asarray(bits), np.asarray(widths), rows, self.target)
+            layout = steps.channel_layout(self.table, channel_bits)
+            rows = [layout.kept_bits.get(name) for name in self.table.names]
+            return cost_model.channel_cost(self.table, np.asarray(bits), layout.widths, rows, self.target)
         return _jitted_cost(self.table)(jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32),
                                         self.target)
 

@@ -140,8 +140,8 @@ def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: lis
         with clock("evaluations"):
             fields = problem.evaluate(jax.random.fold_in(keys.trial, index), proposal.bits, proposal.widths,
                                       proposal.channel_bits)
-        record = {"trial": index, "phase": problem.config.method,
-                  "config": problem.layer_space.to_config(proposal.bits, proposal.widths), **fields}
+        record = {"trial": index, "phase": problem.config.method, "config": _proposal_config(problem, proposal),
+                  **fields}
         with clock("io"):
             folder.append_trials([record], None, timings=clock.to_dict())
         records.append(store.to_json_value(record))
@@ -150,6 +150,19 @@ def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: lis
                 "best": run_folder.best_trial(records, resolution=1 / len(problem.dataset.validation)),
                 "elapsed": clock.to_dict()["total"], "eta": time_left.estimate(len(proposals) - index - 1)})
     return records
+
+
+def _proposal_config(problem: Problem, proposal) -> dict:
+    """A proposal as a point of the space's names; a channel-wise one that prunes has the widths of its pruning
+    (kept / channels), which are no choices of the space."""
+    layer_space = problem.layer_space
+    if proposal.channel_bits is None:
+        return layer_space.to_config(proposal.bits, proposal.widths)
+    config = layer_space.to_config(proposal.bits, np.ones_like(proposal.widths))
+    for index, dimension in enumerate(layer_space.width_index):
+        if dimension >= 0:
+            config[layer_space.space.names[dimension]] = float(proposal.widths[index])
+    return config
 
 
 class _TimeLeft:

@@ -324,13 +324,14 @@ def calibrate_with(stats_fn, model: Model, variables, x, bits, widths, *, method
 
 def finetune(key, float_model: Model, float_variables, model: Model, data: Dataset, *, bits, widths=None,
              epochs: int = 4, batch_size: int = 64, learning_rate: float = 1e-3, calibration: str = "mse",
-             weight_decay: float = 1e-4, weight_bits=None):
+             weight_decay: float = 1e-4, weight_bits=None, ranks=None):
     """Quantisation-aware fine-tune of a configuration starting from a trained width-1 float model.
 
     Transfers the float weights (`mpqjax.nn.models.transfer_variables`: narrowed layers keep their most important
     channels, widened ones get new channels with zero consumer weights), sets any per-channel weight bit-widths
-    (``weight_bits``, `mpqjax.nn.models.Model.with_weight_bits`), calibrates the activation clips, then trains at
-    ``bits`` and ``widths``.
+    (``weight_bits``, `mpqjax.nn.models.Model.with_weight_bits`) and channel ranks (``ranks``: ``{first layer of a
+    width group: ranks}``, which channels a narrower width keeps, in place of the float weights' importance),
+    calibrates the activation clips, then trains at ``bits`` and ``widths``.
 
     Returns:
         ``(variables, losses)`` as `train`; the variables carry ``weight_bits``.
@@ -339,6 +340,8 @@ def finetune(key, float_model: Model, float_variables, model: Model, data: Datas
     variables = transfer_variables(transfer_key, model, float_model, float_variables, input_shape=data.input_shape)
     if weight_bits:
         variables = model.with_weight_bits(variables, weight_bits, data.input_shape)
+    if ranks:
+        variables = model.with_quant_variables(variables, data.input_shape, ranks=ranks)
     variables = calibrate(model, variables, data.train.x, bits=bits, widths=widths, method=calibration)
     return train(train_key, model, variables, data, epochs=epochs, batch_size=batch_size,
                  learning_rate=learning_rate, weight_decay=weight_decay, bits=bits, widths=widths)

@@ -76,8 +76,10 @@ def test_a_channel_wise_result_is_costed_trained_and_exported_per_channel(runs, 
     for layer, layer_bits in zip(table, bits, strict=True):
         row = best["channel_bits"][layer.name]
         assert len(row) == layer.out_channels and max(row) == layer_bits  # activations at the widest channel's
-    rows = [best["channel_bits"][name] for name in table.names]
-    size = cost.channel_cost(table, bits, [1.0] * 4, rows, cost.load_target("fpga")).size_bytes
+    rows = [[b for b in best["channel_bits"][name] if b] for name in table.names]  # 0: pruned
+    widths = [row["width"] for row in best["layers"]]
+    assert widths == pytest.approx([len(row) / layer.out_channels for row, layer in zip(rows, table, strict=True)])
+    size = cost.channel_cost(table, bits, widths, rows, cost.load_target("fpga")).size_bytes
     assert best["size_bytes"] == pytest.approx(float(size)) and best["size_reduction_vs_fip16"] >= 6.0
     assert export.load_program(folder / "model.npz").metadata["channel_bits"] == best["channel_bits"]
     # the integer model holds each channel at its own bit-width and predicts as the trained model does
@@ -86,7 +88,7 @@ def test_a_channel_wise_result_is_costed_trained_and_exported_per_channel(runs, 
     for layer in layers:
         held = best["channel_bits"][layer["name"]]
         assert {bits: len(channels) for bits, channels in layer["weight_groups"]} == {
-            bits: held.count(bits) for bits in set(held)}
+            bits: held.count(bits) for bits in set(held) - {0}}  # a pruned channel is not stored
     capsys.readouterr()
     assert cli.main(["export", str(folder), "--format", "qwix", "--out", str(tmp_path / "rules.py")]) == 2
     assert "Qwix rules give one bit-width per layer" in capsys.readouterr().err

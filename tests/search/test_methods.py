@@ -170,7 +170,7 @@ def test_rd_channels_gives_each_channel_a_bit_width_within_the_size_limit(proble
     assert list(proposal.channel_bits) == list(problem.table.names)
     for layer, bits in zip(problem.table, proposal.bits, strict=True):
         row = proposal.channel_bits[layer.name]
-        assert len(row) == layer.out_channels and set(row) <= {2, 4, 8} and max(row) == bits
+        assert len(row) == layer.out_channels and set(row) <= {0, 2, 4, 8} and max(row) == bits
     assert float(problem.cost(proposal.bits, proposal.widths, proposal.channel_bits).size_bytes) \
         <= problem.limits.size_bytes
     # channel-wise, the size is spent where a channel distorts the output most: some layer mixes bit-widths
@@ -181,3 +181,21 @@ def test_rd_channels_needs_a_size_limit(problem):
     no_size = dataclasses.replace(problem, limits=problem.limits._replace(size_bytes=np.inf))
     with pytest.raises(ValueError, match="rd_channels allocates under a size limit"):
         methods.propose("rd_channels", no_size, jax.random.key(0))
+
+
+def test_pruning_distortion_is_the_output_change_of_a_switched_off_channel(problem):
+    assert methods.prunable_layers(problem.table) == [0, 1]  # the MLP's hidden layers; the head is fixed
+    distortions = methods.pruning_distortions(problem, jax.random.key(0), examples=64)
+    assert sorted(distortions) == [0, 1] and distortions[0].shape == (32,)
+    # hidden channel 3 of the first layer switched off: the second layer reads 0 from it (batch norm's offset
+    # included), as if its input row 3 were zero
+    params = problem.float_variables["params"]
+    second = problem.table[1].weight_path.split("/")[0]
+    off = jax.tree.map(np.asarray, params)
+    off[second] = {**off[second], "kernel": off[second]["kernel"].copy()}
+    off[second]["kernel"][3, :] = 0.0
+    x = methods.calibration_inputs(problem, 64)
+    others = {k: v for k, v in problem.float_variables.items() if k != "params"}
+    apply = lambda p: np.asarray(problem.float_model.apply({"params": p, **others}, x, None, None))  # noqa: E731
+    expected = float(np.mean((apply(off) - apply(params)) ** 2))
+    assert distortions[0][3] == pytest.approx(expected, rel=1e-4, abs=1e-9)

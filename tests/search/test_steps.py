@@ -85,3 +85,44 @@ def test_the_dataset_of_a_search_refuses_batches_larger_than_its_training_split(
         steps.load_dataset(SearchConfig(hessian_batch_size=2000))
     # without pruning there is no Hessian: its batch size does not matter
     assert len(steps.load_dataset(SearchConfig(hessian_batch_size=2000, prune=False)).train) == 1257
+
+
+# -- channel-wise configurations -------------------------------------------------------------------------------------
+
+
+def test_a_channel_wise_configuration_prunes_with_widths_and_ranks():
+    from mpqjax.nn import models
+
+    table = models.layer_table("digits_cnn")  # conv1 32, conv2 64, conv3 64 channels, head 10; each its own group
+    channel_bits = {"conv1": [4] * 30 + [0, 0], "conv2": [2, 8] * 32, "head": [8] * 10}
+    layout = steps.channel_layout(table, channel_bits)
+    assert layout.widths.tolist() == [30 / 32, 1.0, 1.0, 1.0]
+    assert layout.kept_bits == {"conv1": [4] * 30, "conv2": [2, 8] * 32, "head": [8] * 10}
+    assert layout.ranks["conv1"].tolist() == list(range(32))  # the kept channels first, here already in front
+    middle = steps.channel_layout(table, {"conv1": [0] + [4] * 31})
+    assert middle.ranks["conv1"].tolist() == [31, *range(31)]
+    assert middle.widths[0] * 32 == pytest.approx(31)
+
+
+@pytest.mark.parametrize("channel_bits, message", [
+    ({"conv9": [4]}, r"unknown layers \['conv9'\]"),
+    ({"conv1": [4] * 31}, "must be 32 bit-widths, each 0 \\(pruned\\) or 2 to 8"),
+    ({"conv1": [1] * 32}, "each 0 \\(pruned\\) or 2 to 8, got \\[1, 1"),
+    ({"conv1": [0] * 32}, "prunes every channel of layer 'conv1'"),
+    ({"head": [0] + [8] * 9}, "layer 'head' cannot prune a channel"),
+])
+def test_a_bad_channel_wise_configuration_is_refused(channel_bits, message):
+    from mpqjax.nn import models
+
+    with pytest.raises(ValueError, match=message):
+        steps.channel_layout(models.layer_table("digits_cnn"), channel_bits)
+
+
+def test_channels_of_a_residual_stream_cannot_be_pruned():
+    from mpqjax.nn import models
+
+    table = models.layer_table("resnet20")
+    shared = next(table[group[0]].name for group in table.width_groups() if len(group) > 1)
+    width = table[table.names.index(shared)].out_channels
+    with pytest.raises(ValueError, match=f"layer '{shared}' cannot prune a channel: its channels are shared"):
+        steps.channel_layout(table, {shared: [0] + [4] * (width - 1)})
