@@ -61,7 +61,7 @@ def run_method(base: search.SearchConfig, method: str, reduction: float, root: s
         "validation_accuracy": best["validation_accuracy"], "size_bytes": best["size_bytes"],
         "size_reduction_vs_fip16": best["size_reduction_vs_fip16"], "latency_seconds": best["latency_seconds"],
         "speedup_vs_fip16": best["speedup_vs_fip16"], "bits": [row["bits"] for row in best["layers"]],
-        "widths": [row["width"] for row in best["layers"]], "search_cost": best["search_cost"],
+        "widths": [row["width"] for row in best["layers"]], "search_cost": result.search_cost,
         "float_test_accuracy": best["float_test_accuracy"], "wall_seconds": time.perf_counter() - start,
     }
 

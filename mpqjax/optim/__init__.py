@@ -12,7 +12,9 @@ public name of the modules is re-exported here:
 - `mpqjax.optim.acquisition`: the pure steps of a k-means TPE proposal (`split`, `log_ratio`, `select`, ...);
 - `mpqjax.optim.bucket`: spaces padded to shared shapes (`pad_space`, `Bucket`), so programs serve many spaces;
 - `mpqjax.optim.program`: the compiled programs of k-means TPE (`Program`), its state (`TPEState`, `TPEParams`);
-- `mpqjax.optim.tpe`: `KMeansTPE`, the paper's preset (`PAPER_SETTINGS`) and the `run` loop.
+- `mpqjax.optim.tpe`: `KMeansTPE`, the paper's preset (`PAPER_SETTINGS`) and the `run` loop;
+- `mpqjax.optim.allocation`: one option per item under additive budgets, the one-shot peers' solvers (`solve_ilp`,
+  `lagrangian_choice`, `bisect_multiplier`).
 """
 
 from mpqjax._lazy import attach
@@ -34,6 +36,7 @@ _MODULES = {
     "program": ["Feasibility", "Program", "TPEParams", "TPEState", "device_data", "traces"],
     "tpe": ["AUTO_JOINT_MAX_DIMS", "BATCH_STRATEGIES", "PAPER_SETTINGS", "KMeansTPE", "auto_batch", "auto_joint",
             "run"],
+    "allocation": ["bisect_multiplier", "lagrangian_choice", "solve_ilp"],
 }
 
 __getattr__, __dir__, __all__ = attach(

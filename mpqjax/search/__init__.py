@@ -3,8 +3,9 @@
 Modules: `config` (`SearchConfig`: settings, defaults, help and validation), `inputs` (the model and dataset a
 search reads, by name or given as objects), `objective` (limits and the
 Lagrangian objective), `problem` (`Problem`: one configuration's trial, the limits in absolute units), `steps` (the
-float model, the sensitivity analysis, the final training and export, shared with the command line) and `loop`
-(`run`: the trials, resume, the population choice, the baseline). Every public name is re-exported here.
+float model, the sensitivity analysis, the final training and export, shared with the command line), `methods` (the
+search methods of the harness: k-means TPE and its peers) and `loop` (`run`: the trials, resume, the population
+choice, the baseline). Every public name is re-exported here.
 
 Example:
     >>> from mpqjax import search
@@ -15,10 +16,10 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["config", "inputs", "loop", "objective", "problem", "steps", "trials"],
+    submodules=["config", "inputs", "loop", "methods", "objective", "problem", "steps", "trials"],
     names={
         **{name: "config" for name in (
-            "DEFAULT_SIZE_REDUCTION", "GROUPS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
+            "DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
         **{name: "inputs" for name in (
             "PYTHON_PREFIX", "Given", "check_dataset_name", "check_model_name", "check_resumable", "dataset_named",
             "given",
@@ -28,12 +29,17 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "problem" for name in (
             "COST_FIELDS", "Problem", "cheapest_pruning", "check_attainable", "check_limits", "config_limits",
             "full_space")},
-        "Clock": "trials", "run_trials": "trials",
+        "Clock": "trials", "run_proposals": "trials", "run_trials": "trials",
+        **{name: "methods" for name in (
+            "CALIBRATION_EXAMPLES", "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
+            "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
+            "pruning_distortions", "resource_tables", "uniform_proposals")},
         **{name: "steps" for name in (
-            "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
+            "ChannelLayout", "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "channel_layout",
+            "default_cache_dir",
             "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
             "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
-            "sensitivity_of")},
+            "sensitivity_of", "weight_bits_of")},
         **{name: "loop" for name in ("FILES", "SearchResult", "choose_population", "default_out_dir", "run")},
     },
 )

@@ -323,9 +323,11 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] 
      lambda config: not _method(config).iterative, "with a one-shot {method} (uniform, hawq_ilp, rd_layers, "
      "rd_channels): it fine-tunes the configurations it computes, from every bit-width of {bits}"),
     (("n_initial",), lambda config: config.method == "random", "with {method} random: every trial is random"),
+    (("hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
+     lambda config: not _method(config).iterative and not _method(config).uses_hessian,
+     "with {method} uniform, rd_layers or rd_channels: it reads no Hessian"),
     (("bit_sets", "log_scale", "hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
-     lambda config: not _runs_hessian(config), "with {prune}, or a method without it: there is no Hessian and no "
-     "pruning"),
+     lambda config: not _runs_hessian(config), "with {prune}: there is no Hessian and no pruning"),
     (("baseline_bits",), lambda config: not config.baseline, "without {baseline}"),
     (("strategy",), lambda config: config.population == 1 and config.strategy not in ("auto", "sequential"),
      "with a population of 1: one configuration at a time trains sequentially; give {population} N or auto"),

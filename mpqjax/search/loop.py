@@ -51,13 +51,15 @@ Progress = Callable[[dict], None]
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
     """What `run` returns: the output folder, the best configuration (``best_config.json``), every trial record,
-    the uniform baseline's records (empty without ``baseline``) and the time split in seconds."""
+    the uniform baseline's records (empty without ``baseline``), the time split in seconds and the search cost
+    (``search.json``'s ``search_cost``: the method's seconds and fine-tunes)."""
 
     out_dir: str
     best: dict
     trials: list
     baseline: list
     timings: dict
+    search_cost: dict
 
 
 def default_out_dir(config: SearchConfig) -> str:
@@ -114,7 +116,8 @@ def _start_event(config: SearchConfig, folder: run_folder.RunFolder, previous: d
 def _result(out_dir: str) -> SearchResult:
     written = run_folder.load_run(out_dir)
     return SearchResult(out_dir=written.out_dir, best=written.best_config, trials=written.trials,
-                        baseline=written.baseline, timings=written.search.get("timings", {}))
+                        baseline=written.baseline, timings=written.search.get("timings", {}),
+                        search_cost=written.search.get("search_cost", {}))
 
 
 def run(config: SearchConfig | None = None, out_dir: str | None = None, *, resume: bool = False,
@@ -438,7 +441,6 @@ def _final_phase(problem: Problem, folder: run_folder.RunFolder, float_net: step
         "export": FILES["model"],
         "selection": {**selection, "explanation": store.selection.explain_choice(
             records, resolution=selection["resolution"])},
-        "search_cost": folder.meta.get("search_cost"),
     }
     with clock("io"):
         steps.export_trained(folder.path("model"), config, problem.dataset, problem.quant_model, trained, bits,

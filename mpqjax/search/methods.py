@@ -42,9 +42,9 @@ from mpqjax.search.problem import Problem
 from mpqjax.sensitivity.leaves import leaf_paths
 from mpqjax.training import train
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs", "channel_distortions",
-           "layer_distortions", "layer_sensitivities", "propose", "prunable_layers", "pruning_distortions",
-           "resource_tables", "uniform_proposals"]
+__all__ = ["CALIBRATION_EXAMPLES", "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
+           "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
+           "pruning_distortions", "resource_tables", "uniform_proposals"]
 
 DEFAULT_METHOD = "kmeans_tpe"
 # Examples of the training split whose outputs measure a layer's distortion (rate-distortion methods).

@@ -36,10 +36,10 @@ from mpqjax.sensitivity import hessian
 from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation_cache
 from mpqjax.training import train
 
-__all__ = ["FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
-           "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
-           "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
-           "sensitivity_of"]
+__all__ = ["ChannelLayout", "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "channel_layout",
+           "default_cache_dir", "enable_compilation_cache", "export_trained", "final_training",
+           "finetune_configuration", "float_model", "float_model_of", "layer_space_from_summary", "load_dataset",
+           "quantized_model", "search_keys", "sensitivity_of", "weight_bits_of"]
 
 
 class SearchKeys(NamedTuple):
