@@ -30,7 +30,7 @@ __getattr__, __dir__, __all__ = attach(
         "target_from_dict": "targets", "target_to_dict": "targets",
         "Cost": "model", "array_cycles": "model", "cost": "model", "fip16_size_bytes": "model", "layer_counts": "model",
         "products_per_dsp": "model",
-        "MAX_CHANNEL_BITS": "channels", "channel_cost": "channels", "channel_groups": "channels",
+        "channel_cost": "channels", "channel_groups": "channels",
         "cost_report": "report",
     },
 )

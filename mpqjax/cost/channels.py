@@ -3,8 +3,8 @@
 A channel-wise configuration adds to ``bits[L]`` and ``widths[L]`` (`mpqjax.cost.model`) a sequence ``channel_bits``
 of length L. Entry ``l`` is None (layer ``l``'s weights at ``bits[l]``, as in `cost`) or a 1-D array with the weight
 bit-width of each output channel that layer ``l`` produces at ``widths`` (``layer_counts(...)["produced"][l]`` of
-them), integers in [2, `MAX_CHANNEL_BITS`]; pruning is the widths' business, not a zero bit-width. ``bits[l]`` is
-always the bit-width of layer ``l``'s input activations.
+them), integers in [2, 8] (`mpqjax.nn.config.check_channel_bits`); pruning is the widths' business, not a zero
+bit-width. ``bits[l]`` is always the bit-width of layer ``l``'s input activations.
 
 Counting rules, on top of the model's:
 
@@ -39,13 +39,11 @@ import numpy as np
 
 from mpqjax.cost.model import Cost, array_cycles, layer_counts, products_per_dsp
 from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
-from mpqjax.nn.config import MIN_BITS, check_config
+from mpqjax.nn.config import check_channel_bits, check_config
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["MAX_CHANNEL_BITS", "channel_cost", "channel_groups"]
+__all__ = ["channel_cost", "channel_groups"]
 
-#: The widest weight bit-width of a channel (narrower than a layer's 16: channel-wise search spaces stop at 8).
-MAX_CHANNEL_BITS = 8
 
 
 def channel_groups(channel_bits_row) -> list[tuple[int, int]]:
@@ -65,25 +63,6 @@ def channel_groups(channel_bits_row) -> list[tuple[int, int]]:
     return [(int(bits), int(count)) for bits, count in zip(values, counts, strict=True)]
 
 
-def _checked_row(name: str, row, channels: int) -> np.ndarray:
-    """One layer's channel bit-widths as int64, or a ValueError naming the layer."""
-    try:
-        array = np.asarray(row)
-    except (TypeError, ValueError):  # ragged nesting
-        array = np.asarray(None)
-    if array.ndim != 1 or array.dtype.kind not in "iuf":  # bools and objects are not bit-widths
-        raise ValueError(f"layer {name!r}: channel bits must be None or a 1-D array of numbers, got {row!r}")
-    if array.size != channels:
-        raise ValueError(f"layer {name!r}: got {array.size} channel bit-widths for the {channels} channels it "
-                         "produces at these widths")
-    valid = np.isfinite(array) & (array == np.round(array)) & (array >= MIN_BITS) & (array <= MAX_CHANNEL_BITS)
-    if not valid.all():
-        channel = int(np.argmin(valid))
-        raise ValueError(f"layer {name!r}: channel {channel}'s bit-width must be an integer in [{MIN_BITS}, "
-                         f"{MAX_CHANNEL_BITS}], got {float(array[channel]):g}")
-    return array.astype(np.int64)
-
-
 def _weight_groups(table: LayerTable, bits: np.ndarray, produced: np.ndarray, channel_bits):
     """``(group_bits, group_channels)``, both (L, G): layer l's groups of equal weight bit-width, padded with empty
     groups (0 channels at the layer's bits, which cost nothing)."""
@@ -95,7 +74,7 @@ def _weight_groups(table: LayerTable, bits: np.ndarray, produced: np.ndarray, ch
     for index, (name, row) in enumerate(zip(table.names, channel_bits, strict=True)):
         channels = int(produced[index])
         rows.append([(int(bits[index]), channels)] if row is None
-                    else channel_groups(_checked_row(name, row, channels)))
+                    else channel_groups(check_channel_bits(name, row, channels, " it produces at these widths")))
     width = max(len(groups) for groups in rows)
     group_bits = np.repeat(bits[:, None], width, axis=1).astype(np.float64)
     group_channels = np.zeros((len(table), width))
@@ -141,7 +120,7 @@ def channel_cost(table: LayerTable, bits, widths, channel_bits, target: Target |
             integers in [2, 16] (a scalar applies to every layer).
         widths: width multiplier per layer (a scalar applies to every layer).
         channel_bits: one entry per layer: None, or the weight bit-width of each channel the layer produces at
-            ``widths`` (integers in [2, `MAX_CHANNEL_BITS`]).
+            ``widths`` (integers in [2, `mpqjax.nn.config.MAX_CHANNEL_BITS`]).
         target: `FPGATarget` (default) or `GenericTarget`.
 
     Returns:
@@ -149,7 +128,7 @@ def channel_cost(table: LayerTable, bits, widths, channel_bits, target: Target |
 
     Raises:
         ValueError: a bad configuration (`mpqjax.nn.config.check_config`), or ``channel_bits`` of the wrong length,
-            or a layer's entry with the wrong channel count or a bit-width outside [2, `MAX_CHANNEL_BITS`].
+            or a layer's entry with the wrong channel count or a bit-width outside [2, 8].
 
     Example:
         >>> channel_cost(table, [8, 8], [0.5, 1.0], [[2, 2, 4, 8], None]).size_bytes  # doctest: +SKIP

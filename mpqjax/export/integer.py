@@ -72,7 +72,7 @@ def integer_weights(kernel, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         kernel: float weights ``(..., out_channels)``.
-        bits: an integer in [2, 16].
+        bits: an integer in [2, 16], or one per output channel (a channel-wise configuration).
 
     Returns:
         ``(weight, scale)``: int8/int16 codes of the kernel's shape in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, and
@@ -86,11 +86,17 @@ def integer_weights(kernel, bits: int) -> tuple[np.ndarray, np.ndarray]:
         >>> weight.ravel().tolist(), scale.tolist()
         ([1, 0, -1], [1.0])
     """
-    dtype = weight_dtype(bits)
     kernel = np.asarray(kernel, np.float32)
     if kernel.ndim < 1:
         raise ValueError("a kernel needs an output-channel axis (its last axis)")
-    levels = _weight_levels(bits)
+    if np.ndim(bits):  # one bit-width per output channel: each channel has its own scale and levels
+        per_channel = np.asarray(bits)
+        if per_channel.shape != kernel.shape[-1:]:
+            raise ValueError(f"per-channel bits of shape {per_channel.shape} for {kernel.shape[-1]} output channels")
+        dtype = max((weight_dtype(value) for value in np.unique(per_channel)), key=lambda d: d.itemsize)
+        levels = np.asarray([_weight_levels(value) for value in per_channel], np.float32)
+    else:
+        dtype, levels = weight_dtype(bits), _weight_levels(bits)
     max_abs = np.max(np.abs(kernel), axis=tuple(range(kernel.ndim - 1))) if kernel.ndim > 1 else np.abs(kernel)
     scale = (np.maximum(max_abs, _SCALE_FLOOR) / levels).astype(np.float32)
     units = np.clip(kernel / scale, -levels, levels)

@@ -287,7 +287,7 @@ class _Spec:
                 weight = weight * np.asarray(intercept.along(in_mask, weight.ndim, in_axes, weight.shape))
         moved = np.moveaxis(weight, channel_axes[0], -1)
         weight_bits = self.weight_bits.get(index)
-        codes, weight_scale = _channel_codes(moved, bits if weight_bits is None else weight_bits)
+        codes, weight_scale = integer_weights(moved, bits if weight_bits is None else weight_bits)
         kept = []
         if in_mask is not None and not grouped:
             kept.append((in_axes[0], np.flatnonzero(in_mask)))
@@ -360,33 +360,9 @@ def _model_spec(model, variables, bits, widths, input_shape):
                  widths=np.broadcast_to(np.asarray(widths, np.float32), (len(table),)),
                  clips=np.asarray(clips, np.float32), ranks={k: np.asarray(v) for k, v in ranks.items()},
                  groups=groups, scalable=tuple(layer.scalable for layer in table),
-                 weight_bits=_weight_bits(variables, table.names))
+                 weight_bits={table.names.index(name): np.asarray(bits).astype(int)
+                              for name, bits in model.weight_bits(variables).items()})
     return spec, jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, state)
-
-
-def _weight_bits(variables, names) -> dict[int, np.ndarray]:
-    """``{layer index: per-channel weight bit-widths}`` of the layers that have them
-    (`mpqjax.nn.models.Model.with_weight_bits`)."""
-    from flax import traverse_util
-
-    from mpqjax.nn.models.model import WEIGHT_BITS
-
-    quant = traverse_util.flatten_dict(dict(variables.get("quant", {})))
-    return {index: np.asarray(quant[(name, WEIGHT_BITS)]).astype(int) for index, name in enumerate(names)
-            if (name, WEIGHT_BITS) in quant}
-
-
-def _channel_codes(kernel: np.ndarray, bits) -> tuple[np.ndarray, np.ndarray]:
-    """`integer_weights` of a kernel (output channels last) at one bit-width, or at one per output channel (each
-    channel has its own scale, so channels of equal bit-width are quantised together)."""
-    if np.ndim(bits) == 0:
-        return integer_weights(kernel, int(bits))
-    bits = np.asarray(bits)
-    codes, scale = np.zeros(kernel.shape, np.int8), np.zeros(kernel.shape[-1], np.float32)
-    for width in np.unique(bits):
-        chosen = bits == width
-        codes[..., chosen], scale[chosen] = integer_weights(kernel[..., chosen], int(width))
-    return codes, scale
 
 
 def _input_entry(input_bound, normalisation, channels: int):

@@ -4,7 +4,8 @@ Every model, the zoo's and a user's linen or NNX model alike, goes through `mpqj
 its layers in its trace (with `spaces`: how channel axes flow through each operation) and `intercept` runs the trace
 with them quantised; `jaxprs` holds what both read in a trace.
 
-`mpqjax.nn.config` is the one validation of a user's bit-widths and widths (`check_config`, `check_bits`).
+`mpqjax.nn.config` is the one validation of a user's bit-widths and widths (`check_config`, `check_bits`,
+`check_channel_bits`).
 """
 
 from mpqjax._lazy import attach
@@ -13,7 +14,8 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     submodules=["config", "graph", "intercept", "jaxprs", "models", "quant", "spaces", "table"],
     names={
-        "MAX_BITS": "config", "MIN_BITS": "config", "check_bits": "config", "check_config": "config",
+        "MAX_BITS": "config", "MAX_CHANNEL_BITS": "config", "MIN_BITS": "config", "check_bits": "config",
+        "check_channel_bits": "config", "check_config": "config",
         **{name: "table" for name in ("LAYER_KINDS", "LayerSpec", "LayerTable", "scale_channels")},
         **{name: "graph" for name in ("Discovery", "discover")},
         **{name: "jaxprs" for name in ("CALL_PRIMITIVES", "COMPOSING", "FoundLayer", "bodies", "composes", "contracts",

@@ -27,10 +27,12 @@ import numpy as np
 
 from mpqjax.nn.table import LayerTable, scale_channels
 
-__all__ = ["MAX_BITS", "MIN_BITS", "check_bits", "check_config"]
+__all__ = ["MAX_BITS", "MAX_CHANNEL_BITS", "MIN_BITS", "check_bits", "check_channel_bits", "check_config"]
 
 MIN_BITS = 2
 MAX_BITS = 16
+# The widest weight bit-width of one output channel: channel-wise configurations hold int8 codes.
+MAX_CHANNEL_BITS = 8
 
 
 def _valid_bits(values):
@@ -86,6 +88,39 @@ def check_bits(values, names: str | Sequence[str]) -> np.ndarray:
         if not _is_number(value) or not _valid_bits(float(value)):
             raise _bits_error(label, value)
     return np.asarray([int(value) for value in flat], np.int32).reshape(array.shape)
+
+
+def check_channel_bits(layer: str, row, channels: int, where: str = "") -> np.ndarray:
+    """One layer's weight bit-widths per output channel, checked: ``channels`` whole numbers in [`MIN_BITS`,
+    `MAX_CHANNEL_BITS`] (a channel-wise configuration; the cost model and the quantised model share this check).
+
+    Args:
+        layer: the layer's name, for the message.
+        row: the bit-widths, one per output channel.
+        channels: how many the layer has.
+        where: what ``channels`` counts, appended to the message (e.g. ``" it produces at these widths"``).
+
+    Returns:
+        int64 array of shape ``(channels,)``.
+
+    Raises:
+        ValueError: naming the layer (and the channel): not a 1-D array of numbers, the wrong count, a bit-width
+            outside the range or not whole.
+    """
+    try:
+        array = np.asarray(row)
+    except (TypeError, ValueError):  # ragged nesting
+        array = np.asarray(None)
+    if array.ndim != 1 or array.dtype.kind not in "iuf":  # bools and objects are not bit-widths
+        raise ValueError(f"layer {layer!r}: channel bits must be a 1-D array of numbers, got {row!r}")
+    if array.size != channels:
+        raise ValueError(f"layer {layer!r}: got {array.size} channel bit-widths for the {channels} channels{where}")
+    valid = np.isfinite(array) & (array == np.round(array)) & (array >= MIN_BITS) & (array <= MAX_CHANNEL_BITS)
+    if not valid.all():
+        channel = int(np.argmin(valid))
+        raise ValueError(f"layer {layer!r}: channel {channel}'s bit-width must be an integer in [{MIN_BITS}, "
+                         f"{MAX_CHANNEL_BITS}], got {float(array[channel]):g}")
+    return array.astype(np.int64)
 
 
 def _per_layer(table: LayerTable, values, label: str) -> np.ndarray:

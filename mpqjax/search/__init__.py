@@ -16,7 +16,7 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["config", "inputs", "loop", "methods", "objective", "problem", "steps", "trials"],
+    submodules=["channels", "config", "inputs", "loop", "methods", "objective", "problem", "steps", "trials"],
     names={
         **{name: "config" for name in (
             "DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
@@ -33,13 +33,13 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "methods" for name in (
             "CALIBRATION_EXAMPLES", "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
             "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
-            "pruning_distortions", "resource_tables", "uniform_proposals")},
+            "prunes", "pruning_distortions", "resource_tables", "runs_hessian", "uniform_proposals")},
         **{name: "steps" for name in (
-            "ChannelLayout", "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "channel_layout",
-            "default_cache_dir",
+            "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
             "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
             "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
-            "sensitivity_of", "weight_bits_of")},
+            "sensitivity_of")},
+        **{name: "channels" for name in ("ChannelLayout", "channel_layout", "weight_bits_of")},
         **{name: "loop" for name in ("FILES", "SearchResult", "choose_population", "default_out_dir", "run")},
     },
 )

@@ -84,9 +84,9 @@ def _method(config: SearchConfig):
 
 
 def _runs_hessian(config: SearchConfig) -> bool:
-    """Whether a search computes Hessian traces: a method that reads them, or an iterative one that prunes."""
-    method = _method(config)
-    return method.uses_hessian or (method.iterative and config.prune)
+    from mpqjax.search.methods import runs_hessian
+
+    return runs_hessian(config)
 
 
 def _known_model(name: str, value: Any) -> None:

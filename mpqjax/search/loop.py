@@ -297,7 +297,7 @@ def _recorded_space(config: SearchConfig, setup: _Setup, out_dir: str) -> tuple[
     """``(pruned space, summary)`` that a resumed search recorded in ``hessian.json``, checked against the limits;
     None when there is none to read (not pruned, or killed before the Hessian)."""
     path = run_folder.file_path(out_dir, "hessian")
-    if not _runs_hessian(config) or not os.path.isfile(path):
+    if not methods.runs_hessian(config) or not os.path.isfile(path):
         return None
     summary = store.read_json(path)
     try:
@@ -307,19 +307,9 @@ def _recorded_space(config: SearchConfig, setup: _Setup, out_dir: str) -> tuple[
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path!r} is not the sensitivity analysis of this search ({type(error).__name__}: "
                          f"{error}); remove it to compute it again") from None
-    if _prunes(config):
+    if methods.prunes(config):
         check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")
     return layer_space, summary
-
-
-def _prunes(config: SearchConfig) -> bool:
-    """Whether the Hessian prunes the space: an iterative method with ``prune``."""
-    return methods.METHODS[config.method].iterative and config.prune
-
-
-def _runs_hessian(config: SearchConfig) -> bool:
-    """Whether the search computes Hessian traces: to prune, or for a method that reads them."""
-    return _prunes(config) or methods.METHODS[config.method].uses_hessian
 
 
 def _versions() -> dict[str, str]:
@@ -385,7 +375,7 @@ def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Set
     """The search space and the Hessian analysis (``hessian.json``; None when the search has none): the space
     pruned by Hessian sensitivity for an iterative method with ``prune`` (a resumed search passes the ``recorded``
     one, `_recorded_space`), else the full space."""
-    if not _runs_hessian(config):
+    if not methods.runs_hessian(config):
         size = setup.full_space.space.log10_size()
         folder.update(space=_space_fields(setup.full_space, False, size, size))
         return setup.full_space, None
@@ -396,11 +386,11 @@ def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Set
         with clock("hessian"):
             pruned, summary = steps.sensitivity_of(config, float_net, setup.dataset)
         layer_space = pruned.layer_space
-        if _prunes(config):
+        if methods.prunes(config):
             check_attainable(layer_space, setup.target, setup.limits, " after Hessian pruning")  # before writing
         with clock("io"):
             folder.write_hessian(summary)
-    if not _prunes(config):
+    if not methods.prunes(config):
         size = setup.full_space.space.log10_size()
         folder.update(space=_space_fields(setup.full_space, False, size, size))
         return setup.full_space, summary

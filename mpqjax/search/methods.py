@@ -37,14 +37,14 @@ import numpy as np
 from mpqjax import cost as cost_model
 from mpqjax.nn import models, quant
 from mpqjax.optim import allocation
-from mpqjax.search import objective, steps
+from mpqjax.search import channels, objective
 from mpqjax.search.problem import Problem
 from mpqjax.sensitivity.leaves import leaf_paths
 from mpqjax.training import train
 
 __all__ = ["CALIBRATION_EXAMPLES", "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
            "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
-           "pruning_distortions", "resource_tables", "uniform_proposals"]
+           "prunes", "pruning_distortions", "resource_tables", "runs_hessian", "uniform_proposals"]
 
 DEFAULT_METHOD = "kmeans_tpe"
 # Examples of the training split whose outputs measure a layer's distortion (rate-distortion methods).
@@ -85,6 +85,16 @@ METHODS = {method.name: method for method in (
     Method("rd_channels", "rate-distortion per output channel: a weight bit-width per channel, or pruned, under "
            "the size limit", iterative=False, searches_widths=False, uses_hessian=False),
 )}
+
+
+def prunes(config) -> bool:
+    """Whether a search's Hessian analysis prunes its space: an iterative method with ``prune``."""
+    return METHODS[config.method].iterative and config.prune
+
+
+def runs_hessian(config) -> bool:
+    """Whether a search computes Hessian traces: to prune, or for a method that reads them."""
+    return prunes(config) or METHODS[config.method].uses_hessian
 
 
 class Proposal:
@@ -315,7 +325,7 @@ def channel_distortions(problem: Problem, options: Sequence[int], examples: int 
 
 def prunable_layers(table) -> list[int]:
     """The layers whose output channels can be pruned one by one: scalable and alone in their width group
-    (`mpqjax.search.steps.channel_layout`)."""
+    (`mpqjax.search.channels.channel_layout`)."""
     sizes = {index: len(group) for group in table.width_groups() for index in group}
     return [index for index, layer in enumerate(table) if layer.scalable and sizes[index] == 1]
 
@@ -372,5 +382,5 @@ def _channel_proposal(problem: Problem, options: np.ndarray, allowed: np.ndarray
             row[int(np.argmax(loss[layer_of == index, 0]))] = options[allowed[index]].min()
         channel_bits[layer.name] = row.tolist()
     bits = np.asarray([max(row) for row in channel_bits.values()])
-    layout = steps.channel_layout(table, channel_bits)
+    layout = channels.channel_layout(table, channel_bits)
     return Proposal(bits, layout.widths, channel_bits)

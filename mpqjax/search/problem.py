@@ -29,7 +29,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import objective, steps
+from mpqjax.search import channels, objective, steps
 from mpqjax.search.config import SearchConfig
 from mpqjax.training import population, train
 
@@ -253,10 +253,10 @@ class Problem:
     def cost(self, bits, widths, channel_bits: Mapping[str, Sequence[int]] | None = None) -> cost_model.Cost:
         """The cost model at per-layer ``bits`` and ``widths``; with ``channel_bits`` (``{layer: one weight
         bit-width per channel at width 1, 0 for a pruned channel}``), the channel-wise cost
-        (`mpqjax.cost.channel_cost`; the widths are then those of the pruning, `mpqjax.search.steps.channel_layout`).
+        (`mpqjax.cost.channel_cost`; the widths are then those of the pruning, `mpqjax.search.channels`).
         """
         if channel_bits:
-            layout = steps.channel_layout(self.table, channel_bits)
+            layout = channels.channel_layout(self.table, channel_bits)
             rows = [layout.kept_bits.get(name) for name in self.table.names]
             return cost_model.channel_cost(self.table, np.asarray(bits), layout.widths, rows, self.target)
         return _jitted_cost(self.table)(jnp.asarray(bits, jnp.float32), jnp.asarray(widths, jnp.float32),

@@ -30,16 +30,16 @@ import optax
 
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
-from mpqjax.search import inputs
+from mpqjax.search import channels, inputs
 from mpqjax.search.config import SearchConfig
 from mpqjax.sensitivity import hessian
 from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation_cache
 from mpqjax.training import train
 
-__all__ = ["ChannelLayout", "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "channel_layout",
-           "default_cache_dir", "enable_compilation_cache", "export_trained", "final_training",
-           "finetune_configuration", "float_model", "float_model_of", "layer_space_from_summary", "load_dataset",
-           "quantized_model", "search_keys", "sensitivity_of", "weight_bits_of"]
+__all__ = ["FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
+           "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
+           "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
+           "sensitivity_of"]
 
 
 class SearchKeys(NamedTuple):
@@ -270,85 +270,18 @@ def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[flo
                               max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
 
 
-class ChannelLayout(NamedTuple):
-    """A channel-wise configuration as the cost model and the quantised model take it (`channel_layout`)."""
-
-    widths: np.ndarray  # per layer: kept channels / channels (1 where nothing is pruned)
-    kept_bits: dict  # {layer: the bit-widths of its kept channels, in order}
-    ranks: dict  # {pruned layer: channel ranks, the kept channels first (`mpqjax.nn.intercept.mask_of`)}
-
-
-def channel_layout(table: models.LayerTable, channel_bits: Mapping[str, Sequence[int]]) -> ChannelLayout:
-    """Check a channel-wise configuration and say how it prunes: ``channel_bits[layer][c]`` is output channel
-    ``c``'s weight bit-width (2 to 8) at width 1, or 0 to prune the channel.
-
-    A pruned channel is switched off as a narrower width switches channels off (its output is zero wherever it is
-    read, its bias and batch norm included): the layer's width becomes its kept fraction, and its channel ranks put
-    the kept channels first. So only a layer whose channels are its own can prune: scalable, alone in its width group
-    (a channel of a residual stream is the sum of several layers' outputs).
-
-    Raises:
-        ValueError: an unknown layer, a row of the wrong length, a bit-width not 0 or 2 to 8, a pruned channel in a
-            layer that cannot prune, every channel of a layer pruned.
-    """
-    groups = {index: len(group) for group in table.width_groups() for index in group}
-    unknown = sorted(set(channel_bits) - set(table.names))
-    if unknown:
-        raise ValueError(f"channel_bits names unknown layers {unknown}")
-    widths, kept_bits, ranks = np.ones(len(table), np.float32), {}, {}
-    for index, layer in enumerate(table):
-        if layer.name not in channel_bits:
-            continue
-        row = np.asarray(channel_bits[layer.name])
-        if row.shape != (layer.out_channels,) or not np.all((row == 0) | ((row >= 2) & (row <= 8))) \
-                or not np.all(row == np.round(row)):
-            raise ValueError(f"channel_bits of layer {layer.name!r} must be {layer.out_channels} bit-widths, each 0 "
-                             f"(pruned) or 2 to 8, got {row.tolist()}")
-        kept = np.flatnonzero(row)
-        if len(kept) == 0:
-            raise ValueError(f"channel_bits prunes every channel of layer {layer.name!r}")
-        if len(kept) < len(row):
-            if not layer.scalable or groups[index] > 1:
-                raise ValueError(f"layer {layer.name!r} cannot prune a channel: its channels are shared with other "
-                                 f"layers (a width group) or fixed")
-            widths[index] = len(kept) / len(row)
-            pruned = np.flatnonzero(row == 0)
-            rank = np.empty(len(row), np.int32)
-            rank[kept], rank[pruned] = np.arange(len(kept)), np.arange(len(kept), len(row))
-            ranks[layer.name] = rank
-        kept_bits[layer.name] = [int(b) for b in row[kept]]
-    return ChannelLayout(widths, kept_bits, ranks)
-
-
-def weight_bits_of(quant_model: models.Model, channel_bits: Mapping[str, Sequence[int]], bits,
-                   input_shape: Sequence[int]) -> dict[str, list[int]]:
-    """A channel-wise configuration's per-channel weight bit-widths as the quantised model holds them
-    (`mpqjax.nn.models.Model.with_weight_bits`).
-
-    ``channel_bits`` gives, per layer, one bit-width per channel at width 1 (0: pruned); a model that grows holds
-    more channels (its first ones are those of width 1): the others, and the pruned ones, switched off, take the
-    layer's ``bits``.
-    """
-    held = quant_model.weight_channels(input_shape)
-    index = {name: i for i, name in enumerate(models.layer_table(quant_model, input_shape=input_shape).names)}
-    padded = {}
-    for name, row in channel_bits.items():
-        fill = int(min(max(bits[index[name]], 2), 8))
-        padded[name] = [int(b) if b > 0 else fill for b in row] + [fill] * max(held[name] - len(row), 0)
-    return padded
-
-
 def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.Model,
                            float_variables, quant_model: models.Model, bits, widths, *, epochs: int,
                            learning_rate: float, channel_bits: Mapping[str, Sequence[int]] | None = None):
     """Train a configuration from the float model with the search's batch size, calibration and weight decay;
     returns ``(variables, losses)`` (`mpqjax.training.train.finetune`). A trial and the final training differ only
     in their key, epochs and learning rate. ``channel_bits``: a channel-wise configuration's per-channel weight
-    bit-widths at width 1 (`weight_bits_of`)."""
+    bit-widths at width 1, 0 for a pruned channel (`mpqjax.search.channels`)."""
     weight_bits = ranks = None
     if channel_bits:
-        weight_bits = weight_bits_of(quant_model, channel_bits, bits, dataset.input_shape)
-        ranks = channel_layout(models.layer_table(quant_model, input_shape=dataset.input_shape), channel_bits).ranks
+        weight_bits = channels.weight_bits_of(quant_model, channel_bits, bits, dataset.input_shape)
+        table = models.layer_table(quant_model, input_shape=dataset.input_shape)
+        ranks = channels.channel_layout(table, channel_bits).ranks
     return train.finetune(key, float_model, float_variables, quant_model, dataset, bits=bits, widths=widths,
                           epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate,
                           calibration=config.calibration, weight_decay=config.weight_decay, weight_bits=weight_bits,

@@ -12,7 +12,7 @@ import pytest
 
 from mpqjax import cost as cost_model
 from mpqjax.cost import channels
-from mpqjax.nn.config import MIN_BITS
+from mpqjax.nn.config import MAX_CHANNEL_BITS, MIN_BITS
 from mpqjax.nn.table import LayerSpec, LayerTable
 
 # A 3x3 conv 2->4 on a 2x2 output with batch-norm, then a dense head 4->3 with a bias (not scalable).
@@ -109,7 +109,7 @@ def _random_configs(table, count, seed):
     """Configurations whose layer bit-widths stay in the channel range [2, 8] and whose widths respect the groups."""
     rng = np.random.default_rng(seed)
     for _ in range(count):
-        bits = rng.integers(MIN_BITS, channels.MAX_CHANNEL_BITS + 1, size=len(table))
+        bits = rng.integers(MIN_BITS, MAX_CHANNEL_BITS + 1, size=len(table))
         group_widths = {group: rng.choice([0.5, 0.75, 1.0, 1.25]) for group in range(len(table))}
         yield bits, np.array([group_widths[layer.width_group] for layer in table])
 
@@ -172,10 +172,10 @@ def test_channel_bits_follow_the_widths():
         ([[2, 1, 8, 4], None], r"layer 'conv': channel 1's bit-width must be an integer in \[2, 8\], got 1"),
         ([None, [4, 4.5, 4]], r"layer 'head': channel 1's bit-width must be an integer in \[2, 8\], got 4.5"),
         ([None, [4, np.nan, 4]], "layer 'head': channel 1's bit-width"),
-        ([None, [True, True, True]], "layer 'head': channel bits must be None or a 1-D array of numbers"),
-        ([None, "448"], "layer 'head': channel bits must be None or a 1-D array of numbers"),
-        ([None, [[4, 4, 4]]], "layer 'head': channel bits must be None or a 1-D array of numbers"),
-        ([None, [[4], [4, 4]]], "layer 'head': channel bits must be None or a 1-D array of numbers"),
+        ([None, [True, True, True]], "layer 'head': channel bits must be a 1-D array of numbers"),
+        ([None, "448"], "layer 'head': channel bits must be a 1-D array of numbers"),
+        ([None, [[4, 4, 4]]], "layer 'head': channel bits must be a 1-D array of numbers"),
+        ([None, [[4], [4, 4]]], "layer 'head': channel bits must be a 1-D array of numbers"),
     ],
 )
 def test_bad_channel_bits_raise_a_value_error_naming_the_layer(channel_bits, message):

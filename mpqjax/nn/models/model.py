@@ -44,7 +44,7 @@ import numpy as np
 from flax import traverse_util
 
 from mpqjax.nn import intercept, quant
-from mpqjax.nn.config import check_config
+from mpqjax.nn.config import check_channel_bits, check_config
 from mpqjax.nn.models.analysis import Analysis, analyse
 from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths
 from mpqjax.nn.models.rules import Rules
@@ -57,7 +57,6 @@ RANKS = "channel_rank"
 # Where a layer's per-output-channel weight bit-widths live: ``variables["quant"][<layer>][WEIGHT_BITS]``.
 WEIGHT_BITS = "weight_bits"
 # The per-channel weight bit-widths `Model.with_weight_bits` accepts (pruning is by widths and ranks, not 0 bits).
-WEIGHT_BITS_RANGE = (2, 8)
 
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -226,7 +225,6 @@ class Model:
             raise ValueError(f"model {self.name!r} is not quantised: it takes no weight_bits")
         shape = tuple(input_shape) if input_shape is not None else self.input_shape()
         channels = self.weight_channels(shape)
-        low, high = WEIGHT_BITS_RANGE
         flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
         for name, values in dict(weight_bits).items():
             if name not in channels:
@@ -240,19 +238,7 @@ class Model:
             if values is None:
                 flat.pop((name, WEIGHT_BITS), None)
                 continue
-            try:
-                per_channel = np.asarray(values, np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"weight_bits: layer {name!r} needs one number per output channel") from None
-            if per_channel.shape != (channels[name],):
-                raise ValueError(f"weight_bits: layer {name!r} has {channels[name]} output channels, got bit-widths "
-                                 f"of shape {per_channel.shape}")
-            wrong = ~(np.isfinite(per_channel) & (per_channel == np.round(per_channel))
-                      & (per_channel >= low) & (per_channel <= high))
-            if wrong.any():
-                channel = int(np.argmax(wrong))
-                raise ValueError(f"weight_bits: layer {name!r} channel {channel} has {per_channel[channel]:g} bits; "
-                                 f"per-channel weight bit-widths are whole numbers in [{low}, {high}]")
+            per_channel = check_channel_bits(name, values, channels[name], " its weight holds")
             flat[(name, WEIGHT_BITS)] = jnp.asarray(per_channel, jnp.float32)
         if not flat and "quant" not in variables:
             return dict(variables)
@@ -293,12 +279,11 @@ class Model:
         return traverse_util.unflatten_dict(params), state, clip_array, ranks
 
     @staticmethod
-    def _weight_bits(variables, names: Sequence[str]) -> dict:
-        """``{layer index: per-channel weight bit-widths}`` of the layers of ``names`` that have them (`_split`'s
-        companion, kept apart so `_split`'s callers are unchanged)."""
+    def weight_bits(variables) -> dict:
+        """``{layer name: its per-channel weight bit-widths}`` of the layers whose ``variables`` carry them
+        (`with_weight_bits`); empty for a per-layer configuration."""
         calibrated = traverse_util.flatten_dict(dict(variables.get("quant", {})))
-        return {index: calibrated[(name, WEIGHT_BITS)] for index, name in enumerate(names)
-                if (name, WEIGHT_BITS) in calibrated}
+        return {key[0]: value for key, value in calibrated.items() if len(key) == 2 and key[1] == WEIGHT_BITS}
 
     # -- running -----------------------------------------------------------------------------------------------
     def init(self, key, x, bits=None, widths=None) -> dict:
@@ -360,7 +345,8 @@ def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, muta
     analysis = model.analysis(tuple(x.shape[1:]))
     names = analysis.table.names
     params, state, clips, ranks = model._split(variables, names)
-    weight_bits = model._weight_bits(variables, names)  # empty (nothing changes) unless a layer has them
+    # empty (nothing changes) unless a layer has them
+    weight_bits = {names.index(name): value for name, value in model.weight_bits(variables).items() if name in names}
     if rng is not None:
         state[RNG] = rng
     stats = {}
