@@ -14,8 +14,8 @@ Usage:
     python experiments/peers.py                       # digits_cnn on digits, 6x and 8x, every method
     python experiments/peers.py --quick               # 6 trials, 1-epoch fine-tunes: checks the script
     python experiments/peers.py --methods hawq_ilp,rd_layers --reductions 8
-    python experiments/peers.py --model resnet20 --cifar-shaped --reductions 6 --trials 20 --final-epochs 15 \
-        --hessian-max-probes 32                                                                 # ResNet-20
+    python experiments/peers.py --model resnet20 --cifar-shaped --reductions 6 --trials 16 --final-epochs 8 \
+        --hessian-max-probes 16 --rd-examples 32                                                # ResNet-20
 
 ``--cifar-shaped`` runs on digits made CIFAR-shaped (each 8x8 image enlarged 4x to 32x32, nearest neighbour, and
 repeated over 3 channels; the same splits): for machines without a local CIFAR-10 copy (`mpqjax.data.load_cifar10`
@@ -95,13 +95,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="trials of the iterative methods")
     parser.add_argument("--final-epochs", type=int, default=30)
     parser.add_argument("--hessian-max-probes", type=int, default=search.SearchConfig.hessian_max_probes)
+    parser.add_argument("--rd-examples", type=int, default=search.SearchConfig.rd_examples)
     parser.add_argument("--cifar-shaped", action="store_true", help="digits enlarged to 32x32x3 (see above)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     base = search.SearchConfig(model=args.model, dataset=args.dataset, trials=args.trials,
                                n_initial=min(10, args.trials), final_epochs=args.final_epochs,
-                               hessian_max_probes=args.hessian_max_probes)
+                               hessian_max_probes=args.hessian_max_probes, rd_examples=args.rd_examples)
     if args.quick:
         base = dataclasses.replace(base, trials=6, n_initial=3, finetune_epochs=1, final_epochs=2, float_epochs=3,
                                    hessian_max_probes=16)

@@ -31,7 +31,7 @@ __getattr__, __dir__, __all__ = attach(
             "full_space")},
         "Clock": "trials", "run_proposals": "trials", "run_trials": "trials",
         **{name: "methods" for name in (
-            "CALIBRATION_EXAMPLES", "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
+            "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
             "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
             "prunes", "pruning_distortions", "resource_tables", "runs_hessian", "uniform_proposals")},
         **{name: "steps" for name in (

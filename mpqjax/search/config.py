@@ -214,6 +214,8 @@ class SearchConfig:
     weight_decay: float = _setting(1e-4, "decoupled weight decay of every training", _TRAINING, _NON_NEGATIVE)
     calibration: str = _setting("mse", f"activation clip calibration: {', '.join(CALIBRATION_METHODS)}", _TRAINING,
                                 _CALIBRATION)
+    rd_examples: int = _setting(256, "training examples whose outputs measure the distortion curves of rd_layers and "
+                                "rd_channels", _SENSITIVITY, _POSITIVE_INT)
     hessian_batch_size: int = _setting(256, "training examples per Hessian batch", _SENSITIVITY, _POSITIVE_INT)
     hessian_batches: int = _setting(2, "training batches the Hessian traces average", _SENSITIVITY, _POSITIVE_INT)
     hessian_max_probes: int = _setting(256, "Hutchinson probe budget", _SENSITIVITY, _POSITIVE_INT)
@@ -323,6 +325,8 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] 
      lambda config: not _method(config).iterative, "with a one-shot {method} (uniform, hawq_ilp, rd_layers, "
      "rd_channels): it fine-tunes the configurations it computes, from every bit-width of {bits}"),
     (("n_initial",), lambda config: config.method == "random", "with {method} random: every trial is random"),
+    (("rd_examples",), lambda config: config.method not in ("rd_layers", "rd_channels"),
+     "without {method} rd_layers or rd_channels"),
     (("hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
      lambda config: not _method(config).iterative and not _method(config).uses_hessian,
      "with {method} uniform, rd_layers or rd_channels: it reads no Hessian"),

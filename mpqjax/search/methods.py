@@ -42,13 +42,11 @@ from mpqjax.search.problem import Problem
 from mpqjax.sensitivity.leaves import leaf_paths
 from mpqjax.training import train
 
-__all__ = ["CALIBRATION_EXAMPLES", "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
            "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
            "prunes", "pruning_distortions", "resource_tables", "runs_hessian", "uniform_proposals"]
 
 DEFAULT_METHOD = "kmeans_tpe"
-# Examples of the training split whose outputs measure a layer's distortion (rate-distortion methods).
-CALIBRATION_EXAMPLES = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,9 +242,10 @@ def layer_sensitivities(problem: Problem, options: Sequence[int], traces_per_wei
     return np.asarray(traces_per_weight, np.float64)[:, None] * errors
 
 
-def calibration_inputs(problem: Problem, examples: int = CALIBRATION_EXAMPLES) -> np.ndarray:
-    """The first ``examples`` training inputs: the rate-distortion methods' calibration set."""
-    return np.asarray(problem.dataset.train.x[:examples])
+def calibration_inputs(problem: Problem, examples: int | None = None) -> np.ndarray:
+    """The rate-distortion methods' calibration set: the first ``examples`` training inputs (default the search's
+    ``rd_examples``)."""
+    return np.asarray(problem.dataset.train.x[: examples or problem.config.rd_examples])
 
 
 def layer_distortions(problem: Problem, options: Sequence[int], key) -> np.ndarray:
@@ -288,8 +287,7 @@ def _kernel_leaves(problem: Problem):
     return leaves, treedef, where
 
 
-def channel_distortions(problem: Problem, options: Sequence[int], examples: int = CALIBRATION_EXAMPLES
-                        ) -> list[np.ndarray]:
+def channel_distortions(problem: Problem, options: Sequence[int], examples: int | None = None) -> list[np.ndarray]:
     """Per layer, ``D[c, b]``: the mean squared change of the output logits when only output channel ``c`` of the
     layer's weight is quantised at ``b`` bits (its own scale, as the search's quantiser), the rest of the float
     model unchanged, on the calibration set. One float forward pass per channel and bit-width, compiled once.
@@ -330,7 +328,7 @@ def prunable_layers(table) -> list[int]:
     return [index for index, layer in enumerate(table) if layer.scalable and sizes[index] == 1]
 
 
-def pruning_distortions(problem: Problem, key, examples: int = CALIBRATION_EXAMPLES) -> dict[int, np.ndarray]:
+def pruning_distortions(problem: Problem, key, examples: int | None = None) -> dict[int, np.ndarray]:
     """Per prunable layer (`prunable_layers`), ``D0[c]``: the mean squared change of the output logits when output
     channel ``c`` alone is switched off (as a pruned channel is: its output reads as zero, bias and batch norm
     included), every layer in float, on the calibration set."""
