@@ -95,18 +95,29 @@ def test_the_command_line_refuses_what_it_was_given_two_ways_or_in_vain():
     names = {"max_size_bytes": "--max-size", "min_size_reduction": "--min-size-reduction", "n_initial": "--n-initial",
              "float_checkpoint": "--params", "float_epochs": "--float-epochs", "prune": "--no-prune",
              "hessian_tol": "--hessian-tol", "bit_sets": "--bit-sets", "baseline": "--baseline",
-             "baseline_bits": "--baseline-bits", "strategy": "--strategy", "population": "--population"}
+             "baseline_bits": "--baseline-bits", "strategy": "--strategy", "population": "--population",
+             "method": "--method", "trials": "--trials", "rd_examples": "--rd-examples",
+             "hessian_max_probes": "--hessian-max-probes"}
     cases = [
         # given explicitly, even at the default value: refused
         (dict(max_size_bytes=16e3), {"max_size_bytes", "min_size_reduction"},
          "--max-size and --min-size-reduction both set the size limit: give one"),
-        (dict(trials=10, n_initial=20), {"trials", "n_initial"}, "--n-initial 20 exceeds trials=10"),
+        (dict(trials=10, n_initial=20), {"trials", "n_initial"}, "--n-initial 20 exceeds --trials=10"),
         (dict(float_checkpoint="float.msgpack", float_epochs=3), {"float_checkpoint", "float_epochs"},
          "--float-epochs has no effect with --params: the float model is read from it, not trained"),
         (dict(prune=False, hessian_tol=0.1, bit_sets=((8,), (2,))), {"prune", "hessian_tol", "bit_sets"},
          "--bit-sets and --hessian-tol have no effect with --no-prune: there is no Hessian and no pruning"),
         (dict(baseline_bits=(8, 4)), {"baseline_bits"}, "--baseline-bits has no effect without --baseline"),
         (dict(strategy="vmap"), {"strategy"}, "--strategy has no effect with a population of 1"),
+        # what a search method does not use
+        (dict(method="hawq_ilp", trials=10), {"method", "trials"},
+         "--trials has no effect with a one-shot --method (uniform, hawq_ilp, rd_layers, rd_channels)"),
+        (dict(method="random", n_initial=5), {"method", "n_initial"},
+         "--n-initial has no effect with --method random: every trial is random"),
+        (dict(method="rd_layers", hessian_max_probes=8), {"method", "hessian_max_probes"},
+         "--hessian-max-probes has no effect with --method uniform, rd_layers or rd_channels: it reads no Hessian"),
+        (dict(rd_examples=64), {"rd_examples"}, "--rd-examples has no effect without --method rd_layers or "
+                                                "rd_channels"),
     ]
     for settings, given, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -117,6 +128,8 @@ def test_the_command_line_refuses_what_it_was_given_two_ways_or_in_vain():
     SearchConfig(baseline=True, baseline_bits=(8, 4)).validate(given={"baseline", "baseline_bits"})
     SearchConfig(population=4, strategy="vmap").validate(given={"population", "strategy"})
     SearchConfig(strategy="sequential").validate(given={"strategy"})
+    SearchConfig(method="hawq_ilp", hessian_max_probes=8).validate(given={"method", "hessian_max_probes"})
+    SearchConfig(method="rd_channels", rd_examples=64).validate(given={"method", "rd_examples"})
 
 
 def test_model_and_dataset_help_list_their_choices():
