@@ -9,13 +9,15 @@ and export. Two kinds:
 - *one-shot* methods compute their configurations once from the float model, then fine-tune each (their trials):
   ``uniform`` (every layer at one bit-width: each bit-width of ``bits`` that meets the limits, at width 1),
   ``hawq_ilp`` (HAWQ-V3: per-layer sensitivity ``Omega(b) = trace(H) / n * ||Q_b(W) - W||^2`` from the Hessian
-  traces, minimised under every limit by an exact integer linear programme) and ``rd_layers`` (rate-distortion
+  traces, minimised under every limit by an exact integer linear programme), ``rd_layers`` (rate-distortion
   allocation, per layer: the distortion of the network's output when one layer alone is quantised, assumed
-  additive; a Lagrange multiplier found by bisection trades it against the limited resource).
+  additive; a Lagrange multiplier found by bisection trades it against the limited resource) and ``rd_channels``
+  (the same per output channel, under the size limit, a channel of a layer that owns its channels possibly pruned:
+  a channel-wise configuration, `mpqjax.search.channels`).
 
-The one-shot peers choose bit-widths only: their widths are 1. HAWQ's sensitivity is the loss change of a weight
-perturbation of the trained model; a narrower layer is not a perturbation of its weights, so widths get no
-Omega term, and the rate-distortion curves have no width axis either.
+The one-shot peers choose bit-widths only: their widths are 1 (``rd_channels``'s pruning aside). HAWQ's sensitivity
+is the loss change of a weight perturbation of the trained model; a narrower layer is not a perturbation of its
+weights, so widths get no Omega term, and the rate-distortion curves have no width axis either.
 
 Example:
     >>> METHODS["hawq_ilp"].iterative, METHODS["hawq_ilp"].uses_hessian
@@ -122,7 +124,7 @@ def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[flo
     Args:
         name: ``"uniform"``, ``"hawq_ilp"``, ``"rd_layers"`` or ``"rd_channels"``.
         problem: the search's problem; its space gives each layer's candidate bit-widths.
-        key: PRNG key (the transfer of the float weights into the quantised model, for ``rd_layers``).
+        key: PRNG key (the transfer of the float weights into the quantised model: ``rd_layers``, ``rd_channels``).
         traces_per_weight: per layer, the Hessian trace divided by its weight count (``hawq_ilp``).
 
     Returns:
@@ -137,10 +139,10 @@ def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[flo
     if name == "uniform":
         return uniform_proposals(problem.config, problem.table, problem.target, problem.limits, problem.layer_space)
     options, allowed = _options(problem.layer_space)
-    ones = np.ones(len(problem.table), np.float32)
-    costs, budgets, names = resource_tables(problem, options)
     if name == "rd_channels":
         return [_channel_proposal(problem, options, allowed, key)]
+    ones = np.ones(len(problem.table), np.float32)
+    costs, budgets, names = resource_tables(problem, options)
     if name == "hawq_ilp":
         if traces_per_weight is None:
             raise ValueError("hawq_ilp needs the Hessian traces per weight")
