@@ -1,11 +1,18 @@
 """The search: its configuration, the objective with limits, the problem, the pipeline's steps and the run loop.
 
-Modules: `config` (`SearchConfig`: settings, defaults, help and validation), `inputs` (the model and dataset a
-search reads, by name or given as objects), `objective` (limits and the
-Lagrangian objective), `problem` (`Problem`: one configuration's trial, the limits in absolute units), `steps` (the
-float model, the sensitivity analysis, the final training and export, shared with the command line), `methods` (the
-search methods of the harness: k-means TPE and its peers) and `loop` (`run`: the trials, resume, the population
-choice, the baseline). Every public name is re-exported here.
+Modules:
+
+- `config`: `SearchConfig`, the settings with their defaults, help and validation;
+- `inputs`: the model and dataset a search reads, by name or given as objects;
+- `objective`: the limits and the Lagrangian objective;
+- `problem`: `Problem`, one configuration's trial, and the limits in absolute units;
+- `steps`: the float model, the sensitivity analysis, the final training and export (shared with the command line);
+- `methods`: the search methods of the harness, k-means TPE and its peers (`METHODS`);
+- `peers`: the one-shot methods' configurations (HAWQ-V3's ILP, rate-distortion, uniform precision);
+- `channels`: channel-wise configurations (a weight bit-width per output channel, 0 to prune);
+- `trials` and `loop`: `run`, the trials, resume, the population choice and the baseline.
+
+Every public name is re-exported here.
 
 Example:
     >>> from mpqjax import search
@@ -16,7 +23,7 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["channels", "config", "inputs", "loop", "methods", "objective", "problem", "steps", "trials"],
+    submodules=["channels", "config", "inputs", "loop", "methods", "objective", "peers", "problem", "steps", "trials"],
     names={
         **{name: "config" for name in (
             "DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
@@ -30,10 +37,10 @@ __getattr__, __dir__, __all__ = attach(
             "COST_FIELDS", "Problem", "cheapest_pruning", "check_attainable", "check_limits", "config_limits",
             "full_space")},
         "Clock": "trials", "run_proposals": "trials", "run_trials": "trials",
-        **{name: "methods" for name in (
-            "DEFAULT_METHOD", "METHODS", "Method", "Proposal", "calibration_inputs",
-            "channel_distortions", "layer_distortions", "layer_sensitivities", "propose", "prunable_layers",
-            "prunes", "pruning_distortions", "resource_tables", "runs_hessian", "uniform_proposals")},
+        **{name: "methods" for name in ("DEFAULT_METHOD", "METHODS", "Method", "prunes", "runs_hessian")},
+        **{name: "peers" for name in (
+            "Proposal", "calibration_inputs", "channel_distortions", "layer_distortions", "layer_sensitivities",
+            "propose", "prunable_layers", "pruning_distortions", "resource_tables", "uniform_proposals")},
         **{name: "steps" for name in (
             "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
             "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",

@@ -24,7 +24,7 @@ from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import check_bits
 from mpqjax.nn.quant import CALIBRATION_METHODS
-from mpqjax.search import inputs, objective
+from mpqjax.search import inputs, methods, objective
 from mpqjax.training.population import STRATEGIES
 
 __all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
@@ -71,22 +71,12 @@ _STRATEGY = _rule(f"auto or one of {', '.join(STRATEGIES)}", lambda v: v in ("au
 
 
 def _known_method(name: str, value: Any) -> None:
-    from mpqjax.search.methods import METHODS  # the methods import the problem, which imports this module
-
-    if value not in METHODS:
-        raise ValueError(f"{name} must be one of {', '.join(METHODS)}, got {value!r}")
+    if value not in methods.METHODS:
+        raise ValueError(f"{name} must be one of {', '.join(methods.METHODS)}, got {value!r}")
 
 
-def _method(config: SearchConfig):
-    from mpqjax.search.methods import METHODS
-
-    return METHODS[config.method]
-
-
-def _runs_hessian(config: SearchConfig) -> bool:
-    from mpqjax.search.methods import runs_hessian
-
-    return runs_hessian(config)
+def _method(config: SearchConfig) -> methods.Method:
+    return methods.METHODS[config.method]
 
 
 def _known_model(name: str, value: Any) -> None:
@@ -331,7 +321,7 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] 
      lambda config: not _method(config).iterative and not _method(config).uses_hessian,
      "with {method} uniform, rd_layers or rd_channels: it reads no Hessian"),
     (("bit_sets", "log_scale", "hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
-     lambda config: not _runs_hessian(config), "with {prune}: there is no Hessian and no pruning"),
+     lambda config: not methods.runs_hessian(config), "with {prune}: there is no Hessian and no pruning"),
     (("baseline_bits",), lambda config: not config.baseline, "without {baseline}"),
     (("strategy",), lambda config: config.population == 1 and config.strategy not in ("auto", "sequential"),
      "with a population of 1: one configuration at a time trains sequentially; give {population} N or auto"),

@@ -33,7 +33,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import inputs, methods, objective, steps, trials
+from mpqjax.search import inputs, methods, objective, peers, steps, trials
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config_limits, full_space
 from mpqjax.search.trials import choose_population
@@ -228,13 +228,13 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
     return best_config
 
 
-def _proposals(problem: Problem, summary: dict | None) -> list[methods.Proposal]:
+def _proposals(problem: Problem, summary: dict | None) -> list[peers.Proposal]:
     """A one-shot method's configurations (``summary``: the Hessian analysis, for the methods that read it)."""
     traces = None
     if summary is not None:
         by_name = {row["name"]: row["trace_per_weight"] for row in summary["layers"]}
         traces = [by_name[name] for name in problem.table.names]
-    return methods.propose(problem.config.method, problem, steps.search_keys(problem.config.seed).trial,
+    return peers.propose(problem.config.method, problem, steps.search_keys(problem.config.seed).trial,
                            traces_per_weight=traces)
 
 
@@ -272,7 +272,7 @@ def _prepare(config: SearchConfig, loaded: data.Dataset | None = None) -> _Setup
         raise ValueError(f"the space has only {round(10 ** space.space.log10_size())} configurations, fewer "
                          f"than trials={config.trials}")
     if config.method == "uniform":  # before any training: a uniform bit-width must meet the limits
-        methods.uniform_proposals(config, table, target, limits, space)
+        peers.uniform_proposals(config, table, target, limits, space)
     return _Setup(dataset, table, target, limits, space)
 
 

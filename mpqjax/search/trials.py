@@ -123,7 +123,7 @@ def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: lis
     Args:
         problem: the search's problem.
         folder: the run's folder.
-        proposals: the method's configurations (`mpqjax.search.methods.Proposal`).
+        proposals: the method's configurations (`mpqjax.search.peers.Proposal`).
         clock: the run's phase timer.
         notify: the progress callback.
 
