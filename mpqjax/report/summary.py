@@ -69,6 +69,11 @@ def _header_lines(run: Run) -> list[str]:
             ["dataset", search.get("dataset", MISSING)], ["target", _target_text(search.get("target") or {})],
             ["limits", _limits_text(search.get("limits") or {})], ["seed", search.get("seed", MISSING)],
             ["trials", trial_counts]]
+    cost = search.get("search_cost") or {}
+    if number(cost.get("seconds")) is not None:
+        finetunes = cost.get("finetunes", MISSING)
+        rows.append(["search method", f"{cost.get('method', MISSING)}: {cost['seconds']:.1f} s, {finetunes} "
+                                      f"fine-tune{'' if finetunes == 1 else 's'} ({cost.get('backend', MISSING)})"])
     if number(space.get("log10_size_before")) is not None:
         pruned = f", 10^{space['log10_size_after']:.2f} after pruning" if (
             space.get("pruned") and number(space.get("log10_size_after")) is not None) else " (not pruned)"

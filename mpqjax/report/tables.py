@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 
@@ -28,6 +29,8 @@ def _csv_cell(value):
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(map(_exact, value))
+    if isinstance(value, dict):  # a channel-wise configuration's channel_bits: one JSON cell
+        return json.dumps(value, separators=(",", ":"))
     if isinstance(value, float):
         return repr(value)
     return value
@@ -38,7 +41,8 @@ def write_trials_csv(path: str | os.PathLike, records: Sequence[dict], *, best: 
 
     Scalar fields keep their names (first-seen order); with ``best``, a column ``best`` (True on the best
     configuration's row) follows them; each ``config`` dimension becomes a column of its own (``bits/conv1``, ...);
-    lists (``bits``, ``widths``) are joined with spaces; null is an empty cell. Floats are written exactly (their
+    lists (``bits``, ``widths``) are joined with spaces; a dict (``channel_bits``) is one JSON cell; null is an empty
+    cell. Floats are written exactly (their
     shortest form that reads back as the same float), so the numbers read back unchanged.
 
     Args:

@@ -103,7 +103,11 @@ class Run:
 
     @property
     def planned_trials(self) -> int | None:
-        """The number of trials the search was asked for (``settings.trials``), or None when not recorded."""
+        """The number of trials the search was asked for (``settings.trials``; a one-shot method's: its proposals,
+        ``method.proposals``), or None when not recorded."""
+        proposals = (self.search.get("method") or {}).get("proposals")
+        if isinstance(proposals, int):
+            return proposals
         settings = self.search.get("settings") or {}
         for key in ("trials", "num_trials"):
             if isinstance(settings.get(key), int):

@@ -2,6 +2,7 @@
 end on the same float model, limits, fine-tune, final training and export, records its search cost, resumes, and
 refuses what it cannot honour before any training."""
 
+import csv
 import json
 
 import pytest
@@ -85,6 +86,12 @@ def test_a_channel_wise_result_is_costed_trained_and_exported_per_channel(runs, 
     size = cost.channel_cost(table, bits, widths, rows, cost.load_target("fpga")).size_bytes
     assert best["size_bytes"] == pytest.approx(float(size)) and best["size_reduction_vs_fip16"] >= 6.0
     assert export.load_program(folder / "model.npz").metadata["channel_bits"] == best["channel_bits"]
+    with open(folder / "trials.csv", newline="") as file:
+        (row,) = csv.DictReader(file)
+    assert json.loads(row["channel_bits"]) == best["channel_bits"]  # one JSON cell
+    report = (folder / "report.md").read_text()
+    assert "| trials | 1 of 1 planned (1 rd_channels)" in report
+    assert f"| search method | rd_channels: {result.search_cost['seconds']:.1f} s, 1 fine-tune (cpu) |" in report
     # the integer model holds each channel at its own bit-width and predicts as the trained model does
     assert cli.main(["export", str(folder), "--format", "integer", "--out", str(tmp_path / "int.npz")]) == 0
     layers = export.load_program(tmp_path / "int.npz").metadata["integer"]["layers"]
