@@ -32,7 +32,8 @@ def _limits_text(limits: dict) -> str:
     parts = []
     for key, label, fmt in (("size_bytes", "size", format_size), ("latency_seconds", "latency", format_seconds),
                             ("energy_joules", "energy", format_energy),
-                            ("throughput_per_second", "throughput", lambda v: f"{number(v):.4g} /s")):
+                            ("throughput_per_second", "throughput", lambda v: f"{number(v):.4g} /s"),
+                            ("bops", "bit-operations", lambda v: f"{number(v) / 1e6:.4g} M")):
         if number(limits.get(key)) is not None:
             parts.append(f"{label} {'>=' if key == 'throughput_per_second' else '<='} {fmt(limits[key])}")
     return ", ".join(parts) or "none"

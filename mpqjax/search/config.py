@@ -162,6 +162,8 @@ class SearchConfig:
                                                option="--max-energy")
     min_throughput: float | None = _setting(None, "throughput limit (pi) in inferences per second", _LIMITS,
                                             _OPTIONAL_POSITIVE)
+    max_bops: float | None = _setting(None, "bit-operations limit: MACs x weight bits x activation bits, summed over "
+                                      "layers (HAWQ-V3's budget)", _LIMITS, _OPTIONAL_POSITIVE)
     soft_limits: bool = _setting(False, "evaluate configurations over a limit and penalise them (default: the cost "
                                  "model masks them, they are never proposed)", _LIMITS)
     penalty: float = _setting(objective.DEFAULT_MULTIPLIER, "Lagrangian multiplier per relative violation of a "
@@ -299,7 +301,8 @@ _DEFAULTS = {field.name: field.default for field in dataclasses.fields(SearchCon
 
 LIMIT_SETTINGS = {"the size limit": ("max_size_bytes", "min_size_reduction"),
                   "the latency limit": ("max_latency_seconds", "min_speedup"),
-                  "the energy limit": ("max_energy_joules",), "the throughput limit": ("min_throughput",)}
+                  "the energy limit": ("max_energy_joules",), "the throughput limit": ("min_throughput",),
+                  "the bit-operations limit": ("max_bops",)}
 """The settings that give each limit."""
 
 TWO_WAYS = (("max_size_bytes", "min_size_reduction", "the size limit"),

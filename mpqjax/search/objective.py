@@ -1,7 +1,8 @@
 """The search objective: accuracy under hardware limits, with Lagrangian penalties (Section III.C of the paper).
 
 The paper's problem is ``max accuracy s.t. size <= mu, latency <= tau, energy <= epsilon, throughput >= pi``, solved
-through its Lagrangian with large multipliers. Here each limit's violation is measured relative to the limit,
+through its Lagrangian with large multipliers; mpqjax adds a bit-operations limit (HAWQ-V3's budget). Here each
+limit's violation is measured relative to the limit,
 
     violation_size = max(0, size / mu - 1),   ...,   violation_throughput = max(0, 1 - throughput / pi),
 
@@ -27,12 +28,12 @@ import numpy as np
 
 __all__ = ["DEFAULT_MULTIPLIER", "LIMIT_NAMES", "Limits", "is_feasible", "make_limits", "objective", "violations"]
 
-LIMIT_NAMES = ("size_bytes", "latency_seconds", "energy_joules", "throughput_per_second")
+LIMIT_NAMES = ("size_bytes", "latency_seconds", "energy_joules", "throughput_per_second", "bops")
 DEFAULT_MULTIPLIER = 10.0  # "large": a 1% excess costs 0.1 of accuracy
 
 
 class Limits(NamedTuple):
-    """Upper limits on size, latency and energy and a lower limit on throughput (a PyTree of floats).
+    """Upper limits on size, latency, energy and bit-operations and a lower limit on throughput (a PyTree of floats).
 
     Unset limits are ``inf`` (``0`` for throughput). Build with `make_limits`, which validates.
     """
@@ -41,6 +42,7 @@ class Limits(NamedTuple):
     latency_seconds: float = math.inf
     energy_joules: float = math.inf
     throughput_per_second: float = 0.0
+    bops: float = math.inf
 
     def is_set(self) -> dict[str, bool]:
         """Which limits constrain anything."""
@@ -53,14 +55,15 @@ class Limits(NamedTuple):
 
 
 def make_limits(*, size_bytes: float | None = None, latency_seconds: float | None = None,
-                energy_joules: float | None = None, throughput_per_second: float | None = None) -> Limits:
+                energy_joules: float | None = None, throughput_per_second: float | None = None,
+                bops: float | None = None) -> Limits:
     """Validated `Limits`; None leaves a limit unset.
 
     Raises:
         ValueError: a limit that is not a positive finite number.
     """
     given = dict(size_bytes=size_bytes, latency_seconds=latency_seconds, energy_joules=energy_joules,
-                 throughput_per_second=throughput_per_second)
+                 throughput_per_second=throughput_per_second, bops=bops)
     for name, value in given.items():
         if value is None:
             continue
@@ -73,11 +76,11 @@ def make_limits(*, size_bytes: float | None = None, latency_seconds: float | Non
 
 
 def violations(cost, limits: Limits) -> jnp.ndarray:
-    """Relative violation of each limit, ``[..., 4]`` in `LIMIT_NAMES` order (0 where met or unset).
+    """Relative violation of each limit, ``[..., 5]`` in `LIMIT_NAMES` order (0 where met or unset).
 
     Args:
-        cost: a `mpqjax.cost.Cost` (or anything with its ``size_bytes``, ``latency_seconds``, ``energy_joules``
-            and ``throughput_per_second`` fields), possibly batched.
+        cost: a `mpqjax.cost.Cost` (or anything with its ``size_bytes``, ``latency_seconds``, ``energy_joules``,
+            ``throughput_per_second`` and ``bops`` fields), possibly batched.
         limits: the limits.
     """
     over = [
@@ -87,6 +90,7 @@ def violations(cost, limits: Limits) -> jnp.ndarray:
         jnp.where(limits.throughput_per_second > 0,
                   jnp.maximum(1.0 - jnp.asarray(cost.throughput_per_second)
                               / jnp.maximum(limits.throughput_per_second, 1e-30), 0.0), 0.0),
+        jnp.maximum(jnp.asarray(cost.bops) / limits.bops - 1.0, 0.0),
     ]
     return jnp.stack(over, axis=-1)
 
@@ -103,7 +107,7 @@ def objective(accuracy, cost, limits: Limits, multipliers=DEFAULT_MULTIPLIER) ->
         accuracy: validation accuracy in [0, 1] (NaN for a failed trial, which stays NaN).
         cost: the configuration's `mpqjax.cost.Cost`.
         limits: the limits.
-        multipliers: one multiplier for all limits, or four in `LIMIT_NAMES` order.
+        multipliers: one multiplier for all limits, or one per limit in `LIMIT_NAMES` order.
     """
     weights = jnp.broadcast_to(jnp.asarray(multipliers, jnp.float32), (len(LIMIT_NAMES),))
     return jnp.asarray(accuracy, jnp.float32) - jnp.sum(weights * violations(cost, limits), axis=-1)

@@ -139,15 +139,16 @@ def uniform_proposals(config, table, target, limits, layer_space) -> list[Propos
 def resource_tables(problem: Problem, options: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Each set limit as an additive resource over layers: ``(costs [R, L, B], budgets [R], names)``.
 
-    Every cost of the model is a sum over layers (size, cycles, energy), so at width 1 the total of a configuration
-    is that of a reference configuration (every layer at the smallest option) plus each layer's change from it:
+    Every cost of the model is a sum over layers (size, cycles, energy, bit-operations), so at width 1 the total of a
+    configuration is that of a reference configuration (every layer at the smallest option) plus each layer's change
+    from it:
     ``costs[r, l, b]`` is that change when layer ``l`` alone takes option ``b``, and the budget is the limit minus
     the reference's total. A throughput limit is the latency limit ``1 / throughput``.
     """
     limits, table = problem.limits, problem.table
     length, options = len(table), np.asarray(options)
     is_set = limits.is_set()
-    budgets = {name: float(getattr(limits, name)) for name in ("size_bytes", "latency_seconds", "energy_joules")
+    budgets = {name: float(getattr(limits, name)) for name in ("size_bytes", "latency_seconds", "energy_joules", "bops")
                if is_set[name]}
     if is_set["throughput_per_second"]:
         budgets["latency_seconds"] = min(budgets.get("latency_seconds", math.inf),

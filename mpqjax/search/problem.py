@@ -65,7 +65,7 @@ def config_limits(config: SearchConfig, table: models.LayerTable, target) -> obj
     smallest = lambda values: min((v for v in values if v is not None), default=None)  # noqa: E731
     limits = objective.make_limits(size_bytes=smallest(sizes), latency_seconds=smallest(latencies),
                                    energy_joules=config.max_energy_joules,
-                                   throughput_per_second=config.min_throughput)
+                                   throughput_per_second=config.min_throughput, bops=config.max_bops)
     check_limits(config, table, target, limits)
     return limits
 
@@ -90,6 +90,8 @@ def _describe(name: str, value: float) -> str:
         return f"{value / 1e6:.4g} MB" if value >= 1e5 else f"{value / 1e3:.4g} kB"
     if name == "latency_seconds":
         return f"{value * 1e3:.4g} ms" if value >= 1e-3 else f"{value * 1e6:.4g} us"
+    if name == "bops":
+        return f"{value / 1e6:.4g} M bit-operations"
     if name == "energy_joules":
         return f"{value * 1e3:.4g} mJ" if value >= 1e-3 else f"{value * 1e6:.4g} uJ"
     return f"{value:.4g} inferences/s"
@@ -111,7 +113,8 @@ def _broken(cost: cost_model.Cost, limits: objective.Limits) -> list[tuple[str, 
         if over[index] > 0:
             value, limit = float(getattr(cost, name)), float(getattr(limits, name))
             relation, adjective = ("below", "highest") if name == "throughput_per_second" else ("above", "smallest")
-            broken.append((name, f"the {adjective} possible {name.split('_')[0]}{{where}} is {_describe(name, value)}, "
+            what = "bit-operations" if name == "bops" else name.split("_")[0]
+            broken.append((name, f"the {adjective} possible {what}{{where}} is {_describe(name, value)}, "
                                  f"{relation} the limit {_describe(name, limit)}"))
     return broken
 
@@ -157,13 +160,14 @@ def check_attainable(layer_space: sensitivity.LayerSpace, target, limits: object
 
 # The quantity whose smallest value decides whether each limit can be met.
 _DECIDING = {"size_bytes": "size_bytes", "latency_seconds": "latency_seconds", "energy_joules": "energy_joules",
-             "throughput_per_second": "latency_seconds"}
+             "throughput_per_second": "latency_seconds", "bops": "bops"}
 
 
 def cheapest_pruning(config: SearchConfig, table: models.LayerTable, target, quantity: str
                      ) -> sensitivity.LayerSpace | None:
     """Of every space Hessian pruning could leave, the one whose cheapest configuration has the smallest
-    ``quantity`` (``"size_bytes"``, ``"latency_seconds"`` or ``"energy_joules"``), found before any training.
+    ``quantity`` (``"size_bytes"``, ``"latency_seconds"``, ``"energy_joules"`` or ``"bops"``), found before any
+    training.
 
     Pruning (`mpqjax.sensitivity.prune_space`) clusters the free layers (those not in ``fixed_bits``) into
     ``min(len(bit_sets), free layers)`` clusters, none empty, and gives cluster ``j`` the bits ``bit_sets[j]``. Which

@@ -134,6 +134,7 @@ def test_a_finished_one_shot_search_resumes_to_the_same_result(runs):
     (dict(method="hawq_ilp", widths=(0.5, 1.0)), "method hawq_ilp chooses bit-widths only .*widths cannot apply"),
     (dict(method="rd_layers", max_latency_seconds=1e-3),
      "method rd_layers allocates under one limit, got the size limit and the latency limit"),
+    (dict(method="rd_layers", max_bops=1e8), "got the size limit and the bit-operations limit"),
     (dict(method="rd_channels", min_size_reduction=None, max_latency_seconds=1e-3),
      "method rd_channels allocates under the size limit alone, got the latency limit"),
     (dict(method="rd_channels", min_size_reduction=None), "rd_channels allocates under the size limit alone, got no "

@@ -13,8 +13,9 @@ from mpqjax.search import objective
 
 
 class FakeCost:
-    def __init__(self, size, latency, energy=1.0, throughput=None):
+    def __init__(self, size, latency, energy=1.0, throughput=None, bops=1.0):
         self.size_bytes = jnp.asarray(size, jnp.float32)
+        self.bops = jnp.asarray(bops, jnp.float32)
         self.latency_seconds = jnp.asarray(latency, jnp.float32)
         self.energy_joules = jnp.asarray(energy, jnp.float32)
         self.throughput_per_second = 1.0 / self.latency_seconds if throughput is None else jnp.asarray(throughput)
@@ -30,13 +31,16 @@ def test_unset_limits_never_bind():
 
 
 def test_violations_are_relative_excesses_in_limit_order():
-    limits = objective.make_limits(size_bytes=100, latency_seconds=2.0, energy_joules=4.0, throughput_per_second=1.0)
-    cost = FakeCost(size=150, latency=4.0, energy=2.0)  # size 50% over, latency 100% over, throughput 0.25 < 1
-    np.testing.assert_allclose(np.asarray(objective.violations(cost, limits)), [0.5, 1.0, 0.0, 0.75], rtol=1e-6)
+    limits = objective.make_limits(size_bytes=100, latency_seconds=2.0, energy_joules=4.0, throughput_per_second=1.0,
+                                   bops=1e6)
+    cost = FakeCost(size=150, latency=4.0, energy=2.0, bops=1.1e6)  # size 50% over, latency 100% over,
+    # throughput 0.25 < 1, bit-operations 10% over
+    np.testing.assert_allclose(np.asarray(objective.violations(cost, limits)), [0.5, 1.0, 0.0, 0.75, 0.1], rtol=1e-6)
     assert not bool(objective.is_feasible(cost, limits))
     # accuracy - multiplier * sum of violations; per-limit multipliers weigh each one
-    assert float(objective.objective(0.9, cost, limits, 2.0)) == pytest.approx(0.9 - 2.0 * 2.25)
-    assert float(objective.objective(0.9, cost, limits, [1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.4)
+    assert float(objective.objective(0.9, cost, limits, 2.0)) == pytest.approx(0.9 - 2.0 * 2.35)
+    assert float(objective.objective(0.9, cost, limits, [1.0, 0.0, 0.0, 0.0, 0.0])) == pytest.approx(0.4)
+    assert float(objective.objective(0.9, cost, limits, [0.0, 0.0, 0.0, 0.0, 1.0])) == pytest.approx(0.8)
 
 
 def test_a_configuration_on_the_limit_is_feasible_and_unpenalised():

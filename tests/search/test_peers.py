@@ -64,6 +64,27 @@ def test_a_throughput_limit_is_a_latency_budget(problem):
     assert budgets[1] == pytest.approx(1e-3 - float(reference.latency_seconds))
 
 
+def test_hawq_ilp_meets_a_bit_operations_limit_with_the_least_sensitivity(problem):
+    ones = np.ones(3, np.float32)
+    eights = float(problem.cost(np.full(3, 8), ones).bops)
+    limits = problem.limits._replace(size_bytes=np.inf, bops=0.3 * eights)
+    bounded = dataclasses.replace(problem, limits=limits)
+    costs, budgets, names = peers.resource_tables(bounded, [2, 4, 8])
+    assert names == ["bops"]
+    traces = [1.0, 4.0, 0.5]
+    (proposal,) = peers.propose("hawq_ilp", bounded, jax.random.key(0), traces_per_weight=traces)
+    assert float(problem.cost(proposal.bits, ones).bops) <= 0.3 * eights
+    omega = peers.layer_sensitivities(problem, [2, 4, 8], traces)
+    best = None
+    for choice in itertools.product(range(3), repeat=3):
+        bits = np.asarray([[2, 4, 8][c] for c in choice])
+        if float(problem.cost(bits, ones).bops) <= 0.3 * eights:
+            value = omega[np.arange(3), list(choice)].sum()
+            best = value if best is None or value < best else best
+    chosen = omega[np.arange(3), [[2, 4, 8].index(b) for b in proposal.bits]].sum()
+    assert chosen == pytest.approx(best)
+
+
 def test_hawq_sensitivity_is_the_trace_per_weight_times_the_squared_quantisation_error(problem):
     traces = np.array([2.0, 3.0, 5.0])
     omega = peers.layer_sensitivities(problem, [2, 8], traces)

@@ -11,6 +11,7 @@ import pytest
 from mpqjax import cost as cost_model
 from mpqjax import sensitivity
 from mpqjax.nn import models
+from mpqjax.search import objective
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, cheapest_pruning, check_attainable, config_limits, full_space
 
@@ -44,6 +45,15 @@ def test_a_speedup_limit_is_a_latency_limit_against_fip16(table, target):
     assert limits.energy_joules == pytest.approx(1e-3) and limits.throughput_per_second == pytest.approx(50.0)
 
 
+def test_a_bit_operations_limit_counts_macs_times_both_bit_widths(table, target):
+    limits = config_limits(SearchConfig(min_size_reduction=None, max_bops=5e6), table, target)
+    assert limits.bops == 5e6 and limits.to_dict()["bops"] == 5e6
+    bits, widths = np.full(len(table), 2), np.ones(len(table), np.float32)
+    cost = cost_model.cost(table, bits, widths, target)
+    assert float(cost.bops) == pytest.approx(float(np.sum(cost.layer_macs)) * 4)
+    assert bool(objective.is_feasible(cost, limits)) == (float(cost.bops) <= 5e6)
+
+
 def test_the_full_space_takes_every_bit_width_except_the_fixed_layers(table):
     space = full_space(SearchConfig(bits=(8, 4, 2), fixed_bits=(("conv1", 8),)), table).space
     choices = {dimension.name: set(dimension.choices) for dimension in space.dimensions}
@@ -60,6 +70,7 @@ def test_the_full_space_takes_every_bit_width_except_the_fixed_layers(table):
     (dict(min_speedup=1000.0), "the smallest possible latency is .*, above the limit"),
     (dict(min_throughput=1e12), "the highest possible throughput is .* inferences/s, below the limit"),
     (dict(max_energy_joules=1e-9), "the smallest possible energy is .* uJ, above the limit 0.001 uJ"),
+    (dict(max_bops=1e3), "the smallest possible bit-operations is .* M bit-operations, above the limit 0.001 M"),
     (dict(max_size_bytes=10e3, fixed_bits=(("conv3", 8),)), r"the smallest possible size is 24 kB, above the limit "
      r"10 kB, with conv3 at least 8 bits \(\{8\}\): relax the limit or allow those layers fewer bits"),
 ])
