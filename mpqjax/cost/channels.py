@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mpqjax.cost.model import Cost, array_cycles, layer_counts, products_per_dsp
+from mpqjax.cost.model import Cost, array_cycles, cost_of_layers, layer_counts, products_per_dsp
 from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import check_channel_bits, check_config
 from mpqjax.nn.table import LayerTable
@@ -146,22 +146,5 @@ def channel_cost(table: LayerTable, bits, widths, channel_bits, target: Target |
 
     fip16_size_bits, fip16_cycles, _, _, _ = _uniform_costs(table, 16, target)
     fp32_size_bits = _uniform_costs(table, 32, GenericTarget())[0]
-    total_cycles = cycles.sum()
-    latency_seconds = total_cycles / target.clock_hz
-    size_bytes = size_bits.sum() / 8.0
-    return Cost(
-        size_bytes=size_bytes,
-        latency_cycles=total_cycles,
-        latency_seconds=latency_seconds,
-        throughput_per_second=1.0 / latency_seconds,
-        speedup_vs_fip16=fip16_cycles.sum() / total_cycles,
-        size_reduction_vs_fip16=fip16_size_bits.sum() / 8.0 / size_bytes,
-        size_reduction_vs_fp32=fp32_size_bits.sum() / 8.0 / size_bytes,
-        bops=bops.sum(),
-        energy_joules=energy_pj.sum() * 1e-12,
-        layer_size_bytes=size_bits / 8.0,
-        layer_cycles=cycles,
-        layer_macs=macs,
-        layer_bops=bops,
-        layer_weights=counts["weights"],
-    )
+    return cost_of_layers(size_bits, cycles, macs, bops, energy_pj, counts["weights"],
+                          (fip16_size_bits, fip16_cycles, fp32_size_bits), target.clock_hz)

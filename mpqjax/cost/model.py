@@ -65,7 +65,7 @@ from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import MAX_BITS, MIN_BITS
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["Cost", "array_cycles", "cost", "fip16_size_bytes", "layer_counts", "products_per_dsp"]
+__all__ = ["Cost", "array_cycles", "cost", "cost_of_layers", "fip16_size_bytes", "layer_counts", "products_per_dsp"]
 
 
 class Cost(NamedTuple):
@@ -229,8 +229,22 @@ def cost(table: LayerTable, bits, widths, target: Target | None = None) -> Cost:
     fip16_size_bits, fip16_cycles, _, _, _ = _layer_cost(table, base_bits, base_widths, target, 16.0)
     fp32_size_bits = _layer_cost(table, 2 * base_bits, base_widths, GenericTarget(), 32.0)[0]
 
+    return cost_of_layers(size_bits, cycles, macs, bops, energy_pj, layer_counts(table, widths)["weights"],
+                          (fip16_size_bits, fip16_cycles, fp32_size_bits), target.clock_hz)
+
+
+def cost_of_layers(size_bits, cycles, macs, bops, energy_pj, weights, baselines, clock_hz) -> Cost:
+    """A `Cost` from per-layer figures (last axis: layers), its totals summed over layers.
+
+    Args:
+        size_bits, cycles, macs, bops, energy_pj, weights: per-layer size in bits, cycles, MACs, BOPs, energy in
+            picojoules and weight count (`jax.numpy` or NumPy arrays).
+        baselines: ``(FiP16 size bits, FiP16 cycles, FP32 size bits)`` per layer.
+        clock_hz: the target's clock.
+    """
+    fip16_size_bits, fip16_cycles, fp32_size_bits = baselines
     total_cycles = cycles.sum(-1)
-    latency_seconds = total_cycles / target.clock_hz
+    latency_seconds = total_cycles / clock_hz
     size_bytes = size_bits.sum(-1) / 8.0
     return Cost(
         size_bytes=size_bytes,
@@ -246,7 +260,7 @@ def cost(table: LayerTable, bits, widths, target: Target | None = None) -> Cost:
         layer_cycles=cycles,
         layer_macs=macs,
         layer_bops=bops,
-        layer_weights=layer_counts(table, widths)["weights"],
+        layer_weights=weights,
     )
 
 

@@ -99,17 +99,23 @@ def packed_bytes(count: int, bits: int, *, layout: str = "bitstream") -> int:
     return -(-words * _PORT_BITS // 8)
 
 
-def unpack(data, count: int, bits: int, *, layout: str = "bitstream") -> np.ndarray:
-    """The ``count`` int8 codes that `pack` wrote into ``data`` (NumPy)."""
+def _unpack_with(read_fields, xp, unsigned, data, count: int, bits: int, layout: str):
+    """The codes of packed bytes, with ``read_fields(data, count, width)`` reading unsigned fields of a bitstream
+    in the array module ``xp`` (its ``unsigned`` type wide enough for a DSP word)."""
     bits = _check(bits, layout)
     if layout == "bitstream":
-        fields = _bytes_to_fields(data, count, bits)
+        fields = read_fields(data, count, bits)
     else:
         per_word, slice_bits = _word_layout(bits)
-        words = _bytes_to_fields(data, -(-count // per_word), _PORT_BITS)
-        shifts = (np.arange(per_word) * slice_bits).astype(np.uint64)
-        fields = ((words[:, None] >> shifts) & np.uint64((1 << bits) - 1)).reshape(-1)[:count]
-    return _sign_extend(fields, bits, np).astype(np.int8)
+        words = read_fields(data, -(-count // per_word), _PORT_BITS)
+        shifts = xp.arange(per_word, dtype=unsigned) * unsigned(slice_bits)
+        fields = ((words[:, None] >> shifts) & unsigned((1 << bits) - 1)).reshape(-1)[:count]
+    return _sign_extend(fields, bits, xp).astype(xp.int8)
+
+
+def unpack(data, count: int, bits: int, *, layout: str = "bitstream") -> np.ndarray:
+    """The ``count`` int8 codes that `pack` wrote into ``data`` (NumPy)."""
+    return _unpack_with(_bytes_to_fields, np, np.uint64, data, count, bits, layout)
 
 
 def _fields_jax(data, count: int, width: int):
@@ -123,12 +129,4 @@ def _fields_jax(data, count: int, width: int):
 
 def unpack_jax(data, count: int, bits: int, *, layout: str = "bitstream"):
     """`unpack` in JAX: the int8 codes of packed bytes (``count`` and ``bits`` are static)."""
-    bits = _check(bits, layout)
-    if layout == "bitstream":
-        fields = _fields_jax(data, count, bits)
-    else:
-        per_word, slice_bits = _word_layout(bits)
-        words = _fields_jax(data, -(-count // per_word), _PORT_BITS)
-        shifts = jnp.arange(per_word, dtype=jnp.uint32) * slice_bits
-        fields = ((words[:, None] >> shifts) & jnp.uint32((1 << bits) - 1)).reshape(-1)[:count]
-    return _sign_extend(fields, bits, jnp).astype(jnp.int8)
+    return _unpack_with(_fields_jax, jnp, jnp.uint32, data, count, bits, layout)

@@ -7,7 +7,7 @@ from mpqjax import cost as cost_model
 
 
 def test_every_public_name_of_the_modules_is_reachable_from_the_package():
-    for module_name in ("packing", "targets", "model", "report"):
+    for module_name in ("packing", "targets", "model", "channels", "report"):
         module = getattr(cost_model, module_name)
         for name in module.__all__:
             assert getattr(cost_model, name) is getattr(module, name), name
@@ -21,6 +21,7 @@ def test_importing_and_using_the_cost_model_imports_neither_flax_nor_optax():
         "from mpqjax.nn.table import LayerSpec, LayerTable\n"
         "table = LayerTable((LayerSpec('conv', 'conv', 3, 8, kernel=(3, 3), out_hw=(4, 4)),))\n"
         "cost_model.cost_report(table, 4, 1.0, 'fpga')\n"
+        "cost_model.channel_cost(table, [4], [1.0], [[2, 4, 4, 8, 8, 8, 8, 8]])\n"
         "print([name for name in ('flax', 'optax') if name in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
