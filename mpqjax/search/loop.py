@@ -235,7 +235,7 @@ def _proposals(problem: Problem, summary: dict | None) -> list[peers.Proposal]:
         by_name = {row["name"]: row["trace_per_weight"] for row in summary["layers"]}
         traces = [by_name[name] for name in problem.table.names]
     return peers.propose(problem.config.method, problem, steps.search_keys(problem.config.seed).trial,
-                           traces_per_weight=traces)
+                         traces_per_weight=traces)
 
 
 def _search_cost(config: SearchConfig, clock: _Clock, records: list[dict]) -> dict:
@@ -376,9 +376,7 @@ def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Set
     pruned by Hessian sensitivity for an iterative method with ``prune`` (a resumed search passes the ``recorded``
     one, `_recorded_space`), else the full space."""
     if not methods.runs_hessian(config):
-        size = setup.full_space.space.log10_size()
-        folder.update(space=_space_fields(setup.full_space, False, size, size))
-        return setup.full_space, None
+        return _full_space(folder, setup), None
     if recorded is not None:
         layer_space, summary = recorded
     else:
@@ -391,11 +389,16 @@ def _space_phase(config: SearchConfig, folder: run_folder.RunFolder, setup: _Set
         with clock("io"):
             folder.write_hessian(summary)
     if not methods.prunes(config):
-        size = setup.full_space.space.log10_size()
-        folder.update(space=_space_fields(setup.full_space, False, size, size))
-        return setup.full_space, summary
+        return _full_space(folder, setup), summary
     folder.update(space=_space_fields(layer_space, True, summary["log10_size_before"], summary["log10_size_after"]))
     return layer_space, summary
+
+
+def _full_space(folder: run_folder.RunFolder, setup: _Setup) -> sensitivity.LayerSpace:
+    """The unpruned space, recorded in ``search.json``."""
+    size = setup.full_space.space.log10_size()
+    folder.update(space=_space_fields(setup.full_space, False, size, size))
+    return setup.full_space
 
 
 def _space_fields(layer_space: sensitivity.LayerSpace, pruned: bool, size_before: float, size_after: float) -> dict:

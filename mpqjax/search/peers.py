@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -141,9 +140,8 @@ def resource_tables(problem: Problem, options: Sequence[int]) -> tuple[np.ndarra
 
     Every cost of the model is a sum over layers (size, cycles, energy, bit-operations), so at width 1 the total of a
     configuration is that of a reference configuration (every layer at the smallest option) plus each layer's change
-    from it:
-    ``costs[r, l, b]`` is that change when layer ``l`` alone takes option ``b``, and the budget is the limit minus
-    the reference's total. A throughput limit is the latency limit ``1 / throughput``.
+    from it: ``costs[r, l, b]`` is that change when layer ``l`` alone takes option ``b``, and the budget is the limit
+    minus the reference's total. A throughput limit is the latency limit ``1 / throughput``.
     """
     limits, table = problem.limits, problem.table
     length, options = len(table), np.asarray(options)
@@ -158,8 +156,7 @@ def resource_tables(problem: Problem, options: Sequence[int]) -> tuple[np.ndarra
     configurations = np.tile(reference, (length * len(options), 1))
     for index in range(length):
         configurations[index * len(options):(index + 1) * len(options), index] = options
-    costs = _batched_cost(table)(jnp.asarray(np.vstack([reference, configurations])),
-                                 jnp.ones((len(configurations) + 1, length), jnp.float32), problem.target)
+    costs = problem.cost(np.vstack([reference, configurations]), np.ones((len(configurations) + 1, length)))
     tables, limits_left = [], []
     for name in names:
         totals = np.asarray(getattr(costs, name), np.float64)
@@ -168,23 +165,11 @@ def resource_tables(problem: Problem, options: Sequence[int]) -> tuple[np.ndarra
     return np.asarray(tables).reshape(len(names), length, len(options)), np.asarray(limits_left), names
 
 
-@functools.lru_cache(maxsize=16)
-def _batched_cost(table):
-    return jax.jit(jax.vmap(lambda bits, widths, target: cost_model.cost(table, bits, widths, target),
-                            in_axes=(0, 0, None)))
-
-
-def _float_kernels(problem: Problem) -> list[np.ndarray]:
-    """Each layer's float weight, by its path in the float model's parameters."""
-    params = problem.float_variables["params"]
-    by_path = dict(zip(leaf_paths(params), jax.tree.leaves(params), strict=True))
-    return [np.asarray(by_path[layer.weight_path], np.float32) for layer in problem.table]
-
-
 def layer_sensitivities(problem: Problem, options: Sequence[int], traces_per_weight: Sequence[float]) -> np.ndarray:
     """HAWQ-V3's ``Omega[l, b] = trace(H_l) / n_l * ||Q_b(W_l) - W_l||^2`` (``[L, B]``), Q_b the search's weight
     quantiser (symmetric, per output channel)."""
-    kernels = _float_kernels(problem)
+    leaves, _, where = _kernel_leaves(problem)
+    kernels = [np.asarray(leaves[where[layer.name][0]], np.float32) for layer in problem.table]
     errors = np.asarray([[float(jnp.sum((quant.quantize_weights(kernel, bits) - kernel) ** 2)) for bits in options]
                          for kernel in kernels])
     return np.asarray(traces_per_weight, np.float64)[:, None] * errors
