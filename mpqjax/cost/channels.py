@@ -45,7 +45,6 @@ from mpqjax.nn.table import LayerTable
 __all__ = ["channel_cost", "channel_groups"]
 
 
-
 def channel_groups(channel_bits_row) -> list[tuple[int, int]]:
     """The groups of equal weight bit-width of one layer's channels, as the FPGA deployment runs them.
 
