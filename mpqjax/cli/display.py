@@ -156,7 +156,9 @@ def print_summary(result, stream: TextIO | None = None) -> None:
     total = max(timings.get("total", 0.0), 1e-9)
     split = ", ".join(f"{name} {seconds:.1f}s ({100 * seconds / total:.1f}%)" for name, seconds in timings.items()
                       if name != "total" and seconds > 0)
-    print(f"time {total:.1f}s: {split}", file=out)
+    share = (getattr(result, "search_cost", None) or {}).get("training_share")
+    in_steps = f"; trials {100 * share:.1f}% in training steps" if share is not None else ""
+    print(f"time {total:.1f}s: {split}{in_steps}", file=out)
     written = [FILES[name] for name in RESULT_FILES if os.path.isfile(file_path(result.out_dir, name))]
     print(f"results in {result.out_dir}: {', '.join(written)}", file=out)
 

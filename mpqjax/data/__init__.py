@@ -31,6 +31,7 @@ __getattr__, __dir__, __all__ = attach(
     names={
         "from_arrays": "arrays",
         "AUGMENTATIONS": "augmentation", "augment": "augmentation", "augmenter": "augmentation",
+        "check_augmentation": "augmentation",
         "batches": "batching",
         "CIFAR_ARCHIVES": "cifar", "CifarArchive": "cifar", "load_cifar10": "cifar", "load_cifar100": "cifar",
         "load_cifar_folder": "cifar",

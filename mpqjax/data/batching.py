@@ -59,4 +59,4 @@ def batches(key, split: Split, batch_size: int, *, shuffle: bool = True, drop_re
         raise ValueError(f"batch_size {batch_size} exceeds the {count} examples of the split")
     for start in range(0, stop, batch_size):
         index = order[start : start + batch_size]
-        yield augment_batch(split.x[index]), split.y[index]
+        yield np.asarray(augment_batch(split.x[index])), np.asarray(split.y[index])

@@ -24,7 +24,7 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "intercept" for name in ("Plan", "along", "mask_of", "quantized_call")},
         **{name: "quant" for name in (
             "CALIBRATION_METHODS", "CLIPPING_MODES", "DEFAULT_ACT_CLIP", "FLOAT_BITS", "PASS_THROUGH_BITS",
-            "calibration_stats",
+            "PRECISIONS", "calibration_stats",
             "is_pass_through", "quantize_activations", "quantize_weights", "round_ste", "signed_levels",
             "unsigned_levels")},
     },

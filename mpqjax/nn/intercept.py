@@ -128,6 +128,7 @@ class _Context:
     widths: jax.Array
     ranks: dict
     weight_bits: dict = dataclasses.field(default_factory=dict)
+    operand_dtype: object = None
     stats: dict = dataclasses.field(default_factory=dict)
     seen: dict = dataclasses.field(default_factory=dict)
     compositions: int = 0
@@ -175,7 +176,11 @@ class _Context:
         weight = _quantize_weight(weight, self.weight_bits.get(index, bits), channel_axes, index)
         quantized = [None, None]
         quantized[weight_position], quantized[1 - weight_position] = weight, x
-        return _bind(eqn, quantized)
+        if self.operand_dtype is None:
+            return _bind(eqn, quantized)
+        # mixed precision: the quantised operands in the narrower dtype, the products accumulated as before
+        narrow = [operand.astype(self.operand_dtype) for operand in quantized]
+        return _bind(eqn, narrow, preferred_element_type=eqn.outvars[0].aval.dtype)
 
 
 def _mask_size(description) -> int:
@@ -185,9 +190,9 @@ def _mask_size(description) -> int:
     return int(sum(sizes)) if description[0] == "concat" else int(np.prod(sizes))
 
 
-def _bind(eqn, operands):
+def _bind(eqn, operands, **changed_params):
     with eqn.ctx.manager:
-        return eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
+        return eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params({**eqn.params, **changed_params}))
 
 
 def _evaluate(jaxpr, consts, args, infos, context: _Context):
@@ -231,7 +236,8 @@ def _evaluate(jaxpr, consts, args, infos, context: _Context):
 
 
 def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_leaves: int, plan: Plan,
-                   main_leaf: dict, bits, widths, clips, ranks=None, weight_bits=None, calibrate: bool = False):
+                   main_leaf: dict, bits, widths, clips, ranks=None, weight_bits=None, calibrate: bool = False,
+                   precision: str = "float32"):
     """Evaluate a traced ``forward(params, state, x)`` with its layers quantised and masked.
 
     Args:
@@ -246,6 +252,8 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
         weight_bits: ``{layer index: float32 [output channels]}``: per-channel bit-widths of the layer's weight (its
             output-channel axes flattened in order); a layer without an entry quantises its weight at ``bits``.
         calibrate: also return each layer's input statistics (`mpqjax.nn.quant.calibration_stats`).
+        precision: the dtype of the layers' quantised operands (`mpqjax.nn.quant.PRECISIONS`; the products
+            accumulate in the layer's own output dtype).
 
     Returns:
         ``(outputs, stats)``: the jaxpr's outputs and ``{layer index: stats}`` (empty unless ``calibrate``).
@@ -253,7 +261,10 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
     jaxpr = closed_jaxpr.jaxpr
     ranks = dict(ranks or {})
     masks = [mask_of(description, widths, plan.base_channels, ranks) for description in plan.in_masks]
-    context = _Context(plan, bits, masks, clips, calibrate, main_leaf, widths, ranks, dict(weight_bits or {}))
+    if precision not in quant.PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(quant.PRECISIONS)}, got {precision!r}")
+    context = _Context(plan, bits, masks, clips, calibrate, main_leaf, widths, ranks, dict(weight_bits or {}),
+                       None if precision == "float32" else jnp.dtype(precision))
     kinds = input_kinds(len(jaxpr.invars), num_param_leaves, num_state_leaves)
     infos = [(frozenset({position}) if kind == "param" else frozenset(), kind == "input")
              for position, kind in enumerate(kinds)]

@@ -73,8 +73,11 @@ def _header_lines(run: Run) -> list[str]:
     cost = search.get("search_cost") or {}
     if number(cost.get("seconds")) is not None:
         finetunes = cost.get("finetunes", MISSING)
+        share = number(cost.get("training_share"))
+        in_steps = f", {100 * share:.1f} % of the trials' time in training steps" if share is not None else ""
         rows.append(["search method", f"{cost.get('method', MISSING)}: {cost['seconds']:.1f} s, {finetunes} "
-                                      f"fine-tune{'' if finetunes == 1 else 's'} ({cost.get('backend', MISSING)})"])
+                                      f"fine-tune{'' if finetunes == 1 else 's'} ({cost.get('backend', MISSING)})"
+                                      f"{in_steps}"])
     if number(space.get("log10_size_before")) is not None:
         pruned = f", 10^{space['log10_size_after']:.2f} after pruning" if (
             space.get("pruned") and number(space.get("log10_size_after")) is not None) else " (not pruned)"

@@ -34,8 +34,8 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "objective" for name in (
             "DEFAULT_MULTIPLIER", "LIMIT_NAMES", "Limits", "is_feasible", "make_limits", "violations")},
         **{name: "problem" for name in (
-            "COST_FIELDS", "Problem", "cheapest_pruning", "check_attainable", "check_limits", "config_limits",
-            "full_space")},
+            "COST_FIELDS", "TIME_FIELDS", "Problem", "cheapest_pruning", "check_attainable", "check_limits",
+            "config_limits", "full_space")},
         "Clock": "trials", "run_proposals": "trials", "run_trials": "trials",
         **{name: "methods" for name in ("DEFAULT_METHOD", "METHODS", "Method", "prunes", "runs_hessian")},
         **{name: "peers" for name in (
@@ -43,9 +43,9 @@ __getattr__, __dir__, __all__ = attach(
             "propose", "prunable_layers", "pruning_distortions", "resource_tables", "uniform_proposals")},
         **{name: "steps" for name in (
             "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
-            "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
-            "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
-            "sensitivity_of")},
+            "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration",
+            "finetune_start", "float_model", "float_model_of", "layer_space_from_summary", "load_dataset",
+            "quantized_model", "search_keys", "sensitivity_of", "train_configuration")},
         **{name: "channels" for name in ("ChannelLayout", "channel_layout", "weight_bits_of")},
         **{name: "loop" for name in ("FILES", "SearchResult", "choose_population", "default_out_dir", "run")},
     },

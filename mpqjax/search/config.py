@@ -23,9 +23,10 @@ import numpy as np
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import check_bits
-from mpqjax.nn.quant import CALIBRATION_METHODS
+from mpqjax.nn.quant import CALIBRATION_METHODS, PRECISIONS
 from mpqjax.search import inputs, methods, objective
 from mpqjax.training.population import STRATEGIES
+from mpqjax.training.train import LEARNING_RATE_SCALINGS
 
 __all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
 
@@ -67,6 +68,8 @@ _NON_NEGATIVE = _rule("a non-negative number", lambda v: isinstance(v, (int, flo
 _CALIBRATION = _rule(f"one of {', '.join(CALIBRATION_METHODS)}", lambda v: v in CALIBRATION_METHODS)
 _POPULATION = _rule("a positive integer or 'auto'", lambda v: v == "auto" or _is_positive_int(v))
 _SEED = _rule("an integer in [0, 2**32 - 1]", _is_seed)
+_SCALING = _rule(f"one of {', '.join(LEARNING_RATE_SCALINGS)}", lambda v: v in LEARNING_RATE_SCALINGS)
+_PRECISION = _rule(f"one of {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS)
 _STRATEGY = _rule(f"auto or one of {', '.join(STRATEGIES)}", lambda v: v in ("auto", *STRATEGIES))
 
 
@@ -195,6 +198,13 @@ class SearchConfig:
     float_learning_rate: float = _setting(3e-3, "peak one-cycle learning rate of the float training", _TRAINING,
                                           _POSITIVE, option="--float-lr")
     batch_size: int = _setting(64, "examples per training step", _TRAINING, _POSITIVE_INT)
+    learning_rate_scaling: str = _setting(
+        "none", "how the learning rates (given for batches of 64) follow the batch size: none, linear (x batch/64) "
+        "or sqrt", _TRAINING, _SCALING, option="--lr-scaling")
+    precision: str = _setting(
+        "float32", "operands of the quantised layers' convolutions and products in trials and the final training: "
+        "float32, or bfloat16 (mixed precision: faster on a GPU; the test accuracy and the export stay float32)",
+        _TRAINING, _PRECISION)
     finetune_epochs: int = _setting(4, "quantisation-aware fine-tune epochs per trial (the paper's CIFAR value)",
                                     _TRAINING, _POSITIVE_INT)
     finetune_learning_rate: float = _setting(1e-3, "peak one-cycle learning rate of a trial's fine-tune", _TRAINING,

@@ -209,7 +209,7 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
     float_net = _float_phase(config, folder, setup.dataset, float_net, clock, notify, cache_dir)
     layer_space, summary = _space_phase(config, folder, setup, float_net, clock, notify, recorded)
     quant_model = steps.quantized_model(config, setup.dataset.num_classes)
-    problem = Problem(config, setup.dataset, setup.table, setup.target, setup.limits, float_net.model,
+    problem = Problem(config, setup.dataset.on_device(), setup.table, setup.target, setup.limits, float_net.model,
                       float_net.variables, quant_model, layer_space)
     if methods.METHODS[config.method].iterative:
         records = trials.run_trials(problem, folder, clock, notify)
@@ -240,11 +240,17 @@ def _proposals(problem: Problem, summary: dict | None) -> list[peers.Proposal]:
 
 def _search_cost(config: SearchConfig, clock: _Clock, records: list[dict]) -> dict:
     """What the method spent to choose its configuration: seconds (Hessian, the method's own analysis, the
-    trials' fine-tunes and the optimiser) and fine-tunes, on this backend."""
+    trials' fine-tunes and the optimiser), fine-tunes, and the trials' seconds in training steps with their share of
+    the trials' time (the rest: weight transfer, calibration, validation), on this backend."""
     spent = clock.to_dict()
     phases = ("hessian", "method", "evaluations", "optimiser")
+    timed = [record for record in records if record.get("training_seconds") is not None]
+    training = sum(record["training_seconds"] for record in timed)
+    trial_seconds = sum(record["seconds"] for record in timed)
     return {"method": config.method, "seconds": sum(spent[phase] for phase in phases),
             **{f"{phase}_seconds": spent[phase] for phase in phases}, "finetunes": len(records),
+            "training_steps_seconds": training,
+            "training_share": training / trial_seconds if trial_seconds > 0 else None,
             "backend": jax.default_backend()}
 
 
@@ -459,7 +465,7 @@ def _uniform_baseline(problem: Problem, log: store.TrialLog) -> None:
             variables, losses = problem.finetune(jax.random.fold_in(keys.final, 1_000_000 + index), bits, widths,
                                                  epochs=config.final_epochs, learning_rate=config.final_learning_rate)
             if np.all(np.isfinite(losses)):
-                test_accuracy = train.evaluate(problem.quant_model, variables, problem.dataset.test, bits=bits,
-                                               widths=widths)
+                test_accuracy = train.evaluate(problem.quant_model.clone(precision="float32"), variables,
+                                               problem.dataset.test, bits=bits, widths=widths)
         log.append({"trial": index, "phase": "uniform", "uniform_bits": int(uniform_bits),
                     "config": {"bits": int(uniform_bits), "width": 1.0}, **record, "test_accuracy": test_accuracy})

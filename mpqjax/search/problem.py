@@ -33,9 +33,11 @@ from mpqjax.search import channels, objective, steps
 from mpqjax.search.config import SearchConfig
 from mpqjax.training import population, train
 
-__all__ = ["COST_FIELDS", "Problem", "check_attainable", "check_limits", "cheapest_pruning", "config_limits",
-           "full_space"]
+__all__ = ["COST_FIELDS", "TIME_FIELDS", "Problem", "check_attainable", "check_limits", "cheapest_pruning",
+           "config_limits", "full_space"]
 
+# The fields of a trial record that are times: they differ between runs of the same search.
+TIME_FIELDS = ("seconds", "training_seconds")
 # The cost fields of a trial record (and of best_config.json).
 COST_FIELDS = ("size_bytes", "latency_seconds", "latency_cycles", "energy_joules", "throughput_per_second",
                "speedup_vs_fip16", "size_reduction_vs_fip16", "size_reduction_vs_fp32")
@@ -287,30 +289,42 @@ class Problem:
         """Short fine-tune, validation accuracy, cost and objective of one configuration (a trial record's fields);
         ``channel_bits`` makes it channel-wise (see `cost`).
 
-        A run whose loss becomes NaN or infinite is a failed trial (objective None), never an error.
+        The record's ``seconds`` is the whole trial's time, ``training_seconds`` its training steps' (the rest:
+        weight transfer, calibration, validation). A run whose loss becomes NaN or infinite is a failed trial
+        (objective None), never an error.
         """
         start = time.perf_counter()
-        variables, losses = self.finetune(key, bits, widths, epochs=self.config.finetune_epochs,
-                                          learning_rate=self.config.finetune_learning_rate, channel_bits=channel_bits)
+        variables, train_key = steps.finetune_start(key, self.config, self.dataset, self.float_model,
+                                                    self.float_variables, self.quant_model, bits, widths,
+                                                    channel_bits=channel_bits)
+        training_start = time.perf_counter()
+        variables, losses = steps.train_configuration(train_key, self.config, self.dataset, self.quant_model,
+                                                      variables, bits, widths, epochs=self.config.finetune_epochs,
+                                                      learning_rate=self.config.finetune_learning_rate)
+        training_seconds = time.perf_counter() - training_start  # the losses are on the host: the steps are done
         accuracy = math.nan
         if np.all(np.isfinite(losses)):
             accuracy = train.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits, widths=widths)
-        return self._trial_fields(bits, widths, losses, accuracy, time.perf_counter() - start, channel_bits)
+        record = self._trial_fields(bits, widths, losses, accuracy, time.perf_counter() - start, channel_bits)
+        return {**record, "training_seconds": training_seconds}
 
     def evaluate_population(self, key, bits, widths, *, strategy: str = "vmap", mesh=None) -> list[dict]:
         """`evaluate` of P configurations (``bits``, ``widths``: ``[P, L]``) fine-tuned together with one key
-        (`mpqjax.training.population.finetune`): one record each, its ``seconds`` the population's time over P."""
+        (`mpqjax.training.population.finetune`): one record each, its ``seconds`` the population's time over P
+        (its ``training_seconds`` likewise)."""
         start = time.perf_counter()
-        variables, losses = population.finetune(
+        rate = train.scaled_learning_rate(self.config.finetune_learning_rate, self.config.batch_size,
+                                          self.config.learning_rate_scaling)
+        variables, losses, training_seconds = population.finetune(
             key, self.float_model, self.float_variables, self.quant_model, self.dataset, bits=bits, widths=widths,
-            epochs=self.config.finetune_epochs, batch_size=self.config.batch_size,
-            learning_rate=self.config.finetune_learning_rate, calibration=self.config.calibration,
-            weight_decay=self.config.weight_decay, strategy=strategy, mesh=mesh)
+            epochs=self.config.finetune_epochs, batch_size=self.config.batch_size, learning_rate=rate,
+            calibration=self.config.calibration, weight_decay=self.config.weight_decay, strategy=strategy,
+            mesh=mesh, timed=True)
         accuracies = population.evaluate(self.quant_model, variables, self.dataset.validation, bits=bits,
                                          widths=widths, mesh=mesh)
         seconds = (time.perf_counter() - start) / len(bits)
-        return [self._trial_fields(bits[i], widths[i], losses[i], float(accuracies[i]), seconds)
-                for i in range(len(bits))]
+        return [{**self._trial_fields(bits[i], widths[i], losses[i], float(accuracies[i]), seconds),
+                 "training_seconds": training_seconds / len(bits)} for i in range(len(bits))]
 
     def _trial_fields(self, bits, widths, losses, accuracy: float, seconds: float, channel_bits=None) -> dict:
         """A trial's record from its fine-tune losses and validation accuracy (failed when either is not finite)."""

@@ -37,9 +37,9 @@ from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation
 from mpqjax.training import train
 
 __all__ = ["FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
-           "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "float_model",
-           "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model", "search_keys",
-           "sensitivity_of"]
+           "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "finetune_start",
+           "float_model", "float_model_of", "layer_space_from_summary", "load_dataset", "quantized_model",
+           "search_keys", "sensitivity_of", "train_configuration"]
 
 
 class SearchKeys(NamedTuple):
@@ -169,8 +169,9 @@ def float_model_of(config: SearchConfig, dataset: data.Dataset, *, checkpoint: s
     """
     return float_model(search_keys(config.seed).float, config.model, dataset,
                        checkpoint=checkpoint or config.float_checkpoint, epochs=config.float_epochs,
-                       learning_rate=config.float_learning_rate, batch_size=config.batch_size,
-                       weight_decay=config.weight_decay, cache_dir=cache_dir)
+                       learning_rate=train.scaled_learning_rate(config.float_learning_rate, config.batch_size,
+                                                                config.learning_rate_scaling),
+                       batch_size=config.batch_size, weight_decay=config.weight_decay, cache_dir=cache_dir)
 
 
 # -- the sensitivity analysis --------------------------------------------------------------------------------------
@@ -265,9 +266,11 @@ def layer_space_from_summary(table: models.LayerTable, summary: dict, widths: Se
 
 def quantized_model(config: SearchConfig, num_classes: int, widths: Sequence[float] = ()) -> models.Model:
     """The masked quantised model of a search: wide enough for every width multiplier of ``config.widths`` (and
-    of ``widths``), so all its configurations share one compiled training step."""
-    return inputs.model_named(config.model, num_classes=num_classes,
-                              max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
+    of ``widths``), so all its configurations share one compiled training step; its layers compute in
+    ``config.precision``."""
+    model = inputs.model_named(config.model, num_classes=num_classes,
+                               max_width=max(models.DEFAULT_MAX_WIDTH, *config.widths, *widths))
+    return model if config.precision == model.precision else model.clone(precision=config.precision)
 
 
 def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, float_model: models.Model,
@@ -277,15 +280,34 @@ def finetune_configuration(key, config: SearchConfig, dataset: data.Dataset, flo
     returns ``(variables, losses)`` (`mpqjax.training.train.finetune`). A trial and the final training differ only
     in their key, epochs and learning rate. ``channel_bits``: a channel-wise configuration's per-channel weight
     bit-widths at width 1, 0 for a pruned channel (`mpqjax.search.channels`)."""
+    variables, train_key = finetune_start(key, config, dataset, float_model, float_variables, quant_model, bits,
+                                          widths, channel_bits=channel_bits)
+    return train_configuration(train_key, config, dataset, quant_model, variables, bits, widths, epochs=epochs,
+                               learning_rate=learning_rate)
+
+
+def finetune_start(key, config: SearchConfig, dataset: data.Dataset, float_model: models.Model, float_variables,
+                   quant_model: models.Model, bits, widths, *,
+                   channel_bits: Mapping[str, Sequence[int]] | None = None):
+    """`finetune_configuration` up to its training steps: ``(variables, train_key)``, the float weights transferred,
+    any channel-wise bit-widths set and the clips calibrated (`mpqjax.training.train.finetune_start`)."""
     weight_bits = ranks = None
     if channel_bits:
         weight_bits = channels.weight_bits_of(quant_model, channel_bits, bits, dataset.input_shape)
         table = models.layer_table(quant_model, input_shape=dataset.input_shape)
         ranks = channels.channel_layout(table, channel_bits).ranks
-    return train.finetune(key, float_model, float_variables, quant_model, dataset, bits=bits, widths=widths,
-                          epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate,
-                          calibration=config.calibration, weight_decay=config.weight_decay, weight_bits=weight_bits,
-                          ranks=ranks)
+    return train.finetune_start(key, float_model, float_variables, quant_model, dataset, bits=bits, widths=widths,
+                                calibration=config.calibration, weight_bits=weight_bits, ranks=ranks)
+
+
+def train_configuration(key, config: SearchConfig, dataset: data.Dataset, quant_model: models.Model, variables,
+                        bits, widths, *, epochs: int, learning_rate: float):
+    """`finetune_configuration`'s training steps from `finetune_start`'s variables: ``(variables, losses)``, at the
+    search's batch size (the learning rate scaled to it as ``config.learning_rate_scaling`` says) and weight
+    decay."""
+    rate = train.scaled_learning_rate(learning_rate, config.batch_size, config.learning_rate_scaling)
+    return train.train(key, quant_model, variables, dataset, epochs=epochs, batch_size=config.batch_size,
+                       learning_rate=rate, weight_decay=config.weight_decay, bits=bits, widths=widths)
 
 
 class Trained(NamedTuple):
@@ -318,8 +340,9 @@ def final_training(config: SearchConfig, dataset: data.Dataset, float_net: Float
                                                channel_bits=channel_bits)
     if not np.all(np.isfinite(losses)):
         raise ValueError(f"the final training of {what} diverged (non-finite loss); lower final_learning_rate")
-    validation = train.evaluate(quant_model, variables, dataset.validation, bits=bits, widths=widths)
-    test = train.evaluate(quant_model, variables, dataset.test, bits=bits, widths=widths)
+    exact = quant_model.clone(precision="float32")  # the accuracies of what is exported
+    validation = train.evaluate(exact, variables, dataset.validation, bits=bits, widths=widths)
+    test = train.evaluate(exact, variables, dataset.test, bits=bits, widths=widths)
     return Trained(variables, validation, test)
 
 
@@ -330,6 +353,7 @@ def export_trained(path: str, config: SearchConfig, dataset: data.Dataset, quant
     accuracies."""
     from mpqjax import export  # the top of the house: imported when used, so the steps stay light
 
+    quant_model = quant_model.clone(precision="float32")  # a mixed-precision search exports the exact model
     table = models.layer_table(quant_model, input_shape=dataset.input_shape)
     bits_array, widths_array = train.config_arrays(quant_model, bits, widths, dataset.input_shape)
     export.export_program(

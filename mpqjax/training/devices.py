@@ -125,8 +125,13 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def place(value, sharding: NamedSharding) -> jax.Array:
-    """A host value as a global array with ``sharding`` (every process holds the whole value: multi-host safe)."""
-    value = np.asarray(value)
+    """A value as a global array with ``sharding`` (every process holds the whole value: multi-host safe).
+
+    A device array in a single process moves between devices without a trip through the host.
+    """
+    if isinstance(value, jax.Array) and jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    value = to_host(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import numpy as np
@@ -31,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mpqjax.data import Dataset, Split
 from mpqjax.nn.models import Model, layer_table, transfer_variables
-from mpqjax.training import train
+from mpqjax.training import feed, train
 from mpqjax.training.devices import (
     AXIS,
     member_sharding,
@@ -56,7 +57,7 @@ __all__ = [
     "scanned_steps",
     "stack",
     "train_population",
-    "vmapped_step",
+    "vmapped_fed_step",
 ]
 
 STRATEGIES = ("sequential", "vmap", "scan")
@@ -134,37 +135,48 @@ def init_state(variables, mesh: Mesh) -> train.TrainState:
 # -- compiled programs (one per model, mesh and shape) ------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
-def vmapped_step(model: Model, mesh: Mesh):
-    """The jitted step of a population: `mpqjax.training.train.step_function` vmapped over the members.
+def _members_step(model: Model):
+    """`mpqjax.training.train.step_function` vmapped over the members (state and configurations), the batch shared."""
+    return jax.vmap(train.step_function(model), in_axes=(0, None, None, 0, 0, None, None))
 
-    ``(state, x, y, bits, widths, learning_rate, weight_decay) -> (state, losses[P])``, the state and the ``[P, L]``
-    configurations sharded over ``mesh``'s population axis, the batch replicated; the state is donated.
+
+@functools.lru_cache(maxsize=32)
+def vmapped_fed_step(model: Model, mesh: Mesh, augmentation: str | None = None):
+    """The jitted step of a population that gathers its own batch (`mpqjax.training.train.fed_step_function`,
+    vmapped over the members): ``(state, feed, bits, widths, weight_decay) -> (state, losses[P])``.
+
+    The batch of the members' common step is gathered once, outside the members' vmap, so they share it. The state
+    and the ``[P, L]`` configurations are sharded over ``mesh``'s population axis, the feed replicated; the state is
+    donated.
     """
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
-    step = jax.vmap(train.step_function(model), in_axes=(0, None, None, 0, 0, None, None))
-    return jax.jit(step, in_shardings=(members, replicated, replicated, members, members, replicated, replicated),
+    step = _members_step(model)
+
+    def fed_step(state, run, bits, widths, weight_decay):
+        x, y, rate = feed.batch(run, state.step[0], augmentation)
+        return step(state, x, y, bits, widths, rate, weight_decay)
+
+    return jax.jit(fed_step, in_shardings=(members, replicated, members, members, replicated),
                    out_shardings=(members, members), donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)
-def scanned_steps(model: Model, mesh: Mesh):
-    """The jitted ``lax.scan`` of S population steps (`vmapped_step`'s computation), for the ``"scan"`` strategy.
-
-    ``(state, xs[S, B...], ys[S, B], bits, widths, rates[S], weight_decay) -> (state, losses[S, P])``.
+def scanned_steps(model: Model, mesh: Mesh, augmentation: str | None = None, chunk: int = 1):
+    """The jitted ``lax.scan`` of ``chunk`` population steps (`vmapped_fed_step`'s computation), for the ``"scan"``
+    strategy: ``(state, feed, bits, widths, weight_decay) -> (state, losses[chunk, P])``.
     """
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
-    step = jax.vmap(train.step_function(model), in_axes=(0, None, None, 0, 0, None, None))
+    step = _members_step(model)
 
-    def steps(state, xs, ys, bits, widths, rates, weight_decay):
-        def body(carry, inputs):
-            x, y, rate = inputs
+    def steps(state, run, bits, widths, weight_decay):
+        def body(carry, _):
+            x, y, rate = feed.batch(run, carry.step[0], augmentation)
             return step(carry, x, y, bits, widths, rate, weight_decay)
 
-        return jax.lax.scan(body, state, (xs, ys, rates))
+        return jax.lax.scan(body, state, length=chunk)
 
     losses = NamedSharding(mesh, PartitionSpec(None, AXIS))
-    return jax.jit(steps, in_shardings=(members, replicated, replicated, members, members, replicated, replicated),
+    return jax.jit(steps, in_shardings=(members, replicated, members, members, replicated),
                    out_shardings=(members, losses), donate_argnums=0)
 
 
@@ -176,9 +188,9 @@ def _vmapped_forward(model: Model, mesh: Mesh):
 
 
 @functools.lru_cache(maxsize=32)
-def _vmapped_calibration(model: Model, mesh: Mesh):
+def _vmapped_calibration(model: Model, mesh: Mesh, method: str):
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
-    stats = jax.vmap(train.calibration_function(model), in_axes=(0, None, 0, 0))
+    stats = jax.vmap(train.calibration_function(model, method), in_axes=(0, None, 0, 0))
     return jax.jit(stats, in_shardings=(members, replicated, members, members), out_shardings=members)
 
 
@@ -233,25 +245,24 @@ def train_population(key, model: Model, variables, data: Dataset | Split, *, bit
     state = init_state(variables, mesh)
     # float32 whatever was given (int lists, int64): one compiled step for every form
     bits_placed, widths_placed = place(train.as_float32(bits), members), place(train.as_float32(widths), members)
-    steps = list(train.schedule(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate))
+    run = feed.plan(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    run = jax.tree.map(lambda leaf: place(leaf, replicated), run)  # the examples stay on the device
+    augmentation = data.augmentation if isinstance(data, Dataset) else None
+    decay = place(np.float32(weight_decay), replicated)
     losses = []
     if strategy == "vmap":
-        step_fn = vmapped_step(model, mesh)
-        for x, y, rate in steps:
-            state, loss = step_fn(state, place(x, replicated), place(y, replicated), bits_placed, widths_placed,
-                                  rate, weight_decay)
+        step_fn = vmapped_fed_step(model, mesh, augmentation)
+        for _ in range(run.steps):
+            state, loss = step_fn(state, run, bits_placed, widths_placed, decay)
             losses.append(loss)
-        losses = np.stack([to_host(loss) for loss in losses], axis=1)
+        losses = to_host(jax.numpy.stack(losses, axis=1))
     else:
-        split = data.train if isinstance(data, Dataset) else data
-        chunk = scan_chunk(len(split) // batch_size)
-        scan_fn = scanned_steps(model, mesh)
-        for start in range(0, len(steps), chunk):
-            xs, ys, rates = (np.stack(column) for column in zip(*steps[start : start + chunk], strict=True))
-            state, loss = scan_fn(state, place(xs, replicated), place(ys, replicated), bits_placed, widths_placed,
-                                  place(rates.astype(np.float32), replicated), weight_decay)
+        chunk = scan_chunk(run.steps // epochs)
+        scan_fn = scanned_steps(model, mesh, augmentation, chunk)
+        for _ in range(0, run.steps, chunk):
+            state, loss = scan_fn(state, run, bits_placed, widths_placed, decay)
             losses.append(loss)
-        losses = np.concatenate([to_host(loss) for loss in losses], axis=0).T
+        losses = to_host(jax.numpy.concatenate(losses, axis=0)).T
     return train.state_variables(state), np.asarray(losses, np.float32)
 
 
@@ -276,16 +287,16 @@ def calibrate(model: Model, variables, x, *, bits, widths, method: str = "mse", 
         return variables
     mesh = population_mesh() if mesh is None else mesh
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
-    stats_fn = _vmapped_calibration(model, mesh)
+    clips_fn = _vmapped_calibration(model, mesh, method)
     return train.calibrate_with(
-        lambda v, batch, b, w: stats_fn(v, place(batch, replicated), b, w), model, variables, x,
-        place(train.as_float32(bits), members), place(train.as_float32(widths), members), method=method,
-        batch_size=batch_size, num_batches=num_batches, to_host=to_host, to_device=lambda clips: place(clips, members))
+        lambda v, batch, b, w: clips_fn(v, place(batch, replicated), b, w), model, variables, x,
+        place(train.as_float32(bits), members), place(train.as_float32(widths), members), batch_size=batch_size,
+        num_batches=num_batches, to_device=lambda clips: place(clips, members))
 
 
 def finetune(key, float_model: Model, float_variables, model: Model, data: Dataset, *, bits, widths,
              epochs: int = 4, batch_size: int = 64, learning_rate: float = 1e-3, calibration: str = "mse",
-             weight_decay: float = 1e-4, strategy: str = "vmap", mesh: Mesh | None = None):
+             weight_decay: float = 1e-4, strategy: str = "vmap", mesh: Mesh | None = None, timed: bool = False):
     """`mpqjax.training.train.finetune` of every configuration of a population, together.
 
     The float weights are transferred once (a masked model's transfer does not depend on the widths), every member
@@ -303,9 +314,11 @@ def finetune(key, float_model: Model, float_variables, model: Model, data: Datas
         epochs, batch_size, learning_rate, calibration, weight_decay: as `mpqjax.training.train.finetune`.
         strategy: ``"sequential"``, ``"vmap"`` or ``"scan"`` (see the module docstring).
         mesh: devices of the population axis (default: every device).
+        timed: also return the seconds spent in training steps (the rest is transfer and calibration).
 
     Returns:
-        ``(variables, losses)``: stacked variables of the P members (leading axis P, NumPy) and losses ``[P, steps]``.
+        ``(variables, losses)``: stacked variables of the P members (leading axis P, NumPy) and losses ``[P, steps]``;
+        ``(variables, losses, training_seconds)`` when ``timed``.
 
     Raises:
         ValueError: a bad strategy or calibration method, bits/widths that are not valid ``[P, L]`` configurations
@@ -317,20 +330,32 @@ def finetune(key, float_model: Model, float_variables, model: Model, data: Datas
     size = len(bits)
     padded = padded_size(size, mesh)
     bits, widths = _pad(bits, padded), _pad(widths, padded)
+    training_seconds = 0.0
     if strategy == "sequential":  # exactly the one-by-one path
-        runs = [train.finetune(key, float_model, float_variables, model, data, bits=b, widths=w, epochs=epochs,
-                               batch_size=batch_size, learning_rate=learning_rate, calibration=calibration,
-                               weight_decay=weight_decay) for b, w in zip(bits[:size], widths[:size], strict=True)]
+        runs = []
+        for member_bits, member_widths in zip(bits[:size], widths[:size], strict=True):
+            start, train_key = train.finetune_start(key, float_model, float_variables, model, data, bits=member_bits,
+                                                    widths=member_widths, calibration=calibration)
+            started = time.perf_counter()
+            runs.append(train.train(train_key, model, start, data, epochs=epochs, batch_size=batch_size,
+                                    learning_rate=learning_rate, weight_decay=weight_decay, bits=member_bits,
+                                    widths=member_widths))
+            training_seconds += time.perf_counter() - started
         stacked = jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *[v for v, _ in runs])
-        return stacked, np.stack([losses for _, losses in runs])
-    transfer_key, train_key = jax.random.split(key)
-    base = transfer_variables(transfer_key, model, float_model, float_variables, input_shape=data.input_shape)
-    variables = stack(base, padded, mesh)
-    variables = calibrate(model, variables, data.train.x, bits=bits, widths=widths, method=calibration, mesh=mesh)
-    variables, losses = train_population(train_key, model, variables, data, bits=bits, widths=widths, epochs=epochs,
-                                         batch_size=batch_size, learning_rate=learning_rate,
-                                         weight_decay=weight_decay, strategy=strategy, mesh=mesh)
-    return jax.tree.map(lambda leaf: to_host(leaf)[:size], variables), losses[:size]
+        losses = np.stack([member_losses for _, member_losses in runs])
+    else:
+        transfer_key, train_key = jax.random.split(key)
+        base = transfer_variables(transfer_key, model, float_model, float_variables, input_shape=data.input_shape)
+        variables = stack(base, padded, mesh)
+        variables = calibrate(model, variables, data.train.x, bits=bits, widths=widths, method=calibration,
+                              mesh=mesh)
+        started = time.perf_counter()
+        variables, losses = train_population(train_key, model, variables, data, bits=bits, widths=widths,
+                                             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                             weight_decay=weight_decay, strategy=strategy, mesh=mesh)
+        training_seconds = time.perf_counter() - started  # the losses are on the host: the steps are done
+        stacked, losses = jax.tree.map(lambda leaf: to_host(leaf)[:size], variables), losses[:size]
+    return (stacked, losses, training_seconds) if timed else (stacked, losses)
 
 
 def predict(model: Model, variables, x, *, bits, widths, batch_size: int = 512, mesh: Mesh | None = None):
@@ -352,4 +377,4 @@ def evaluate(model: Model, variables, split: Split, *, bits, widths, batch_size:
              mesh: Mesh | None = None) -> np.ndarray:
     """Top-1 accuracy ``[P]`` of every member of a population on ``split``."""
     logits = predict(model, variables, split.x, bits=bits, widths=widths, batch_size=batch_size, mesh=mesh)
-    return np.mean(np.argmax(logits, axis=-1) == split.y[None], axis=1)
+    return np.mean(np.argmax(logits, axis=-1) == np.asarray(split.y)[None], axis=1)

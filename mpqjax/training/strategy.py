@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from mpqjax.data import Dataset
 from mpqjax.nn.models import Model, init_variables, layer_table
-from mpqjax.training import population, train
+from mpqjax.training import feed, population, train
 from mpqjax.training.devices import (
     max_population,
     member_sharding,
@@ -97,8 +97,8 @@ def choose(model: Model, data: Dataset, *, batch_size: int, steps_per_configurat
         populations = sorted({min(size, cap) for size in (1, 4, 16)})
     populations = sorted({padded_size(size, mesh) for size in populations if size >= 1 and size <= max(cap, 1)})
     table = layer_table(model, input_shape=data.input_shape)
-    chunk = population.scan_chunk(len(data.train) // batch_size)
-    x, y = data.train.x[:batch_size], data.train.y[:batch_size]
+    run = feed.plan(jax.random.key(0), data, epochs=1, batch_size=batch_size, learning_rate=1e-4)
+    chunk = population.scan_chunk(run.steps)
     base = init_variables(jax.random.key(0), model, data.input_shape)  # values do not matter
     # sequential runs one member at a time on one device; vmap of a single member is the sequential program
     candidates = [(1, "sequential")] if "sequential" in strategies else []
@@ -108,8 +108,8 @@ def choose(model: Model, data: Dataset, *, batch_size: int, steps_per_configurat
     for size, strategy in candidates:
         bits = np.full((size, len(table)), 8.0, np.float32)
         widths = np.ones((size, len(table)), np.float32)
-        seconds = _step_seconds(model, base, x, y, bits, widths, strategy=strategy, chunk=chunk, mesh=mesh,
-                               repeats=repeats)
+        seconds = _step_seconds(model, base, run, data.augmentation, bits, widths, strategy=strategy, chunk=chunk,
+                                mesh=mesh, repeats=repeats)
         per_hour = 3600.0 * size / (seconds * steps_per_configuration)
         measurements.append({"population": size, "strategy": strategy, "seconds_per_step": seconds,
                              "configurations_per_hour": per_hour})
@@ -132,14 +132,15 @@ def _time_steps(call: Callable[[], object], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _step_seconds(model: Model, variables, x, y, bits, widths, *, strategy: str, chunk: int, mesh: Mesh,
-                 repeats: int) -> float:
+def _step_seconds(model: Model, variables, run: feed.Feed, augmentation: str | None, bits, widths, *,
+                  strategy: str, chunk: int, mesh: Mesh, repeats: int) -> float:
     """Median seconds of one training step of a whole population under ``strategy``.
 
     Args:
         model: the masked quantised model.
         variables: one member's variables (every member starts from them).
-        x, y: one batch.
+        run: the steps to take (a `mpqjax.training.feed.Feed`; the first ones are timed, as training runs them).
+        augmentation: the dataset's augmentation.
         bits, widths: ``[P, L]`` configurations (``"sequential"`` times the first one: its members run in turn).
         strategy: one of `mpqjax.training.population.STRATEGIES`.
         chunk: steps per ``lax.scan`` of the ``"scan"`` strategy (its time is divided by them).
@@ -149,35 +150,33 @@ def _step_seconds(model: Model, variables, x, y, bits, widths, *, strategy: str,
     Returns:
         Seconds per step.
     """
+    decay = np.float32(1e-4)
     if strategy == "sequential":
-        step_fn = train.train_step(model)
+        step_fn = train.training_step(model, augmentation)
         holder = {"state": train.init_state(variables)}
         b, w = jnp.asarray(bits[0]), jnp.asarray(widths[0])
 
         def run_steps():
-            holder["state"], loss = step_fn(holder["state"], x, y, b, w, 1e-4, 1e-4)
+            holder["state"], loss = step_fn(holder["state"], run, b, w, decay)
             jax.block_until_ready(loss)
 
         return _time_steps(run_steps, repeats)
     members, replicated = member_sharding(mesh), replicated_sharding(mesh)
     holder = {"state": population.init_state(population.stack(variables, len(bits), mesh), mesh)}
     b, w = place(bits, members), place(widths, members)
+    placed = jax.tree.map(lambda leaf: place(leaf, replicated), run)
     if strategy == "vmap":
-        step_fn = population.vmapped_step(model, mesh)
-        xp, yp = place(x, replicated), place(y, replicated)
+        step_fn = population.vmapped_fed_step(model, mesh, augmentation)
 
         def run_steps():
-            holder["state"], loss = step_fn(holder["state"], xp, yp, b, w, 1e-4, 1e-4)
+            holder["state"], loss = step_fn(holder["state"], placed, b, w, decay)
             jax.block_until_ready(loss)
 
         return _time_steps(run_steps, repeats)
-    scan_fn = population.scanned_steps(model, mesh)
-    xs = place(np.broadcast_to(x, (chunk, *x.shape)), replicated)
-    ys = place(np.broadcast_to(y, (chunk, *y.shape)), replicated)
-    rates = place(np.full(chunk, 1e-4, np.float32), replicated)
+    scan_fn = population.scanned_steps(model, mesh, augmentation, chunk)
 
     def run_chunk():
-        holder["state"], loss = scan_fn(holder["state"], xs, ys, b, w, rates, 1e-4)
+        holder["state"], loss = scan_fn(holder["state"], placed, b, w, decay)
         jax.block_until_ready(loss)
 
     return _time_steps(run_chunk, repeats) / chunk

@@ -2,10 +2,11 @@
 configuration, accuracy.
 
 Training is a Python loop over one jitted step (on CPU much faster than ``lax.scan`` over convolutions: measured in
-docs/results.md, section "Population training").
-Bits, widths and the learning rate are traced arguments of the step, so every configuration of one model reuses
-one compilation; compiled steps are cached per model. The optimiser is Adam with decoupled weight decay on kernels
-only, and a one-cycle learning-rate schedule computed on the host.
+docs/results.md, section "Population training"). The training examples stay on the device and each step gathers
+and augments its own batch there (`mpqjax.training.feed`), so the loop only dispatches: nothing waits for the device
+until the losses are read at the end. Bits, widths and the step number are traced arguments of the step, so every
+configuration of one model reuses one compilation; compiled steps are cached per model. The optimiser is Adam with
+decoupled weight decay on kernels only, with a one-cycle learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mpqjax.data import Dataset, Split, batches
+from mpqjax.data import Dataset, Split
 from mpqjax.nn import quant
 from mpqjax.nn.config import check_config
 from mpqjax.nn.models import Model, init_variables, layer_table, transfer_variables
+from mpqjax.training import feed
+from mpqjax.training.feed import one_cycle
 
 __all__ = [
     "CALIBRATION_COLUMNS",
+    "LEARNING_RATE_SCALINGS",
+    "REFERENCE_BATCH_SIZE",
     "TrainState",
     "as_float32",
     "calibrate",
@@ -33,19 +38,22 @@ __all__ = [
     "calibration_function",
     "config_arrays",
     "evaluate",
+    "fed_step_function",
     "finetune",
+    "finetune_start",
     "forward_function",
     "init_state",
     "logits_in_batches",
     "one_cycle",
     "optimizer",
     "predict",
-    "schedule",
+    "scaled_learning_rate",
     "state_variables",
     "step_function",
     "train",
     "train_float",
     "train_step",
+    "training_step",
 ]
 
 CALIBRATION_COLUMNS = {method: column for column, method in enumerate(quant.CALIBRATION_METHODS)}
@@ -73,6 +81,31 @@ def optimizer() -> optax.GradientTransformation:
     )
 
 
+LEARNING_RATE_SCALINGS = ("none", "linear", "sqrt")
+"""How a learning rate follows the batch size (`scaled_learning_rate`)."""
+REFERENCE_BATCH_SIZE = 64
+"""The batch size at which the settings' learning rates are given (the default batch size)."""
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, scaling: str = "none") -> float:
+    """``learning_rate`` (set for batches of `REFERENCE_BATCH_SIZE`) for batches of ``batch_size``.
+
+    ``"none"`` keeps it; ``"linear"`` multiplies it by ``batch_size / 64`` (Goyal et al.'s rule for SGD);
+    ``"sqrt"`` by the square root of that (the rule that keeps Adam's update noise).
+
+    Raises:
+        ValueError: an unknown ``scaling``.
+
+    Example:
+        >>> scaled_learning_rate(1e-3, 256, "linear"), scaled_learning_rate(1e-3, 256, "sqrt")
+        (0.004, 0.002)
+    """
+    if scaling not in LEARNING_RATE_SCALINGS:
+        raise ValueError(f"learning-rate scaling must be one of {', '.join(LEARNING_RATE_SCALINGS)}, got {scaling!r}")
+    ratio = batch_size / REFERENCE_BATCH_SIZE
+    return float(learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[scaling])
+
+
 def init_state(variables) -> TrainState:
     """A `TrainState` for ``variables`` (a dict with ``params`` and other collections)."""
     # Copies: the jitted step donates its input state, and the caller's arrays must survive.
@@ -85,15 +118,6 @@ def init_state(variables) -> TrainState:
 def state_variables(state: TrainState) -> dict:
     """The variables dict of a `TrainState`."""
     return {"params": state.params, **state.model_state}
-
-
-def one_cycle(step: int, total_steps: int, peak: float, *, warmup_fraction: float = 0.3) -> float:
-    """One-cycle learning rate at ``step``: cosine warm-up from peak/25 to peak, then cosine decay to peak/1e4."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-    if step < warmup:
-        return float(peak / 25 + (peak - peak / 25) * (1 - np.cos(np.pi * step / warmup)) / 2)
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return float(peak / 1e4 + (peak - peak / 1e4) * (1 + np.cos(np.pi * progress)) / 2)
 
 
 def as_float32(values):
@@ -178,19 +202,47 @@ def train_step(model: Model):
     return jax.jit(step_function(model), donate_argnums=0)
 
 
+def fed_step_function(model: Model, augmentation: str | None = None):
+    """The (unjitted) step that gathers its own batch: ``(state, feed, bits, widths, weight_decay) -> (state, loss)``,
+    ``feed`` a `mpqjax.training.feed.Feed` whose step ``state.step`` it takes.
+
+    The batch is gathered (and augmented as ``augmentation`` says, a structural switch) where the feed's examples
+    lie, then `step_function` runs at the feed's learning rate for that step. Every call of a run has the same
+    arguments, all on the device: the loop sends nothing to it.
+    """
+    step_fn = step_function(model)
+
+    def fed_step(state: TrainState, run: feed.Feed, bits, widths, weight_decay):
+        x, y, rate = feed.batch(run, state.step, augmentation)
+        return step_fn(state, x, y, bits, widths, rate, weight_decay)
+
+    return fed_step
+
+
+@functools.lru_cache(maxsize=64)
+def training_step(model: Model, augmentation: str | None = None):
+    """The jitted `fed_step_function` of a model: what `train` runs (the state is donated)."""
+    return jax.jit(fed_step_function(model, augmentation), donate_argnums=0)
+
+
 def forward_function(model: Model):
     """The (unjitted) inference forward pass ``(variables, x, bits, widths) -> logits``."""
     return lambda variables, x, bits, widths: model.apply(variables, x, bits, widths, train=False)
 
 
-def calibration_function(model: Model):
-    """The (unjitted) ``(variables, x, bits, widths) -> statistics`` of every layer's input (`calibrate`)."""
+def calibration_function(model: Model, method: str = "mse"):
+    """The (unjitted) ``(variables, x, bits, widths) -> {layer: {"input_stats": (clip,)}}``: every layer's clip of
+    its input for one batch by ``method`` (a column of `mpqjax.nn.quant.calibration_stats`; `calibrate`).
 
-    def stats(variables, x, bits, widths):
+    Only that statistic is returned, so a compiled program leaves out the others' work (the percentile's sort).
+    """
+    column = CALIBRATION_COLUMNS[method]
+
+    def clips(variables, x, bits, widths):
         _, collected = model.apply(variables, x, bits, widths, train=False, mutable=["calibration"])
-        return collected["calibration"]
+        return jax.tree.map(lambda stats: stats[..., column], collected["calibration"])
 
-    return stats
+    return clips
 
 
 @functools.lru_cache(maxsize=64)
@@ -199,26 +251,8 @@ def _predict(model: Model):
 
 
 @functools.lru_cache(maxsize=64)
-def _calibration_stats(model: Model):
-    return jax.jit(calibration_function(model))
-
-
-def schedule(key, data: Dataset | Split, *, epochs: int, batch_size: int, learning_rate: float):
-    """Every step of a training run: yields ``(x, y, learning_rate)`` in order (shuffle and augmentation from
-    ``key``, one-cycle learning rate with peak ``learning_rate``; the last incomplete batch of an epoch is dropped).
-
-    Example:
-        >>> steps = list(schedule(jax.random.key(0), load_digits_splits(0), epochs=1, batch_size=64,
-        ...                       learning_rate=1e-3))
-    """
-    split = data.train if isinstance(data, Dataset) else data
-    augmentation = data.augmentation if isinstance(data, Dataset) else None
-    total = epochs * (len(split) // batch_size)
-    step = 0
-    for epoch_key in jax.random.split(key, epochs):
-        for x, y in batches(epoch_key, split, batch_size, augment=augmentation):
-            yield x, y, one_cycle(step, total, learning_rate)
-            step += 1
+def _calibration_clips(model: Model, method: str):
+    return jax.jit(calibration_function(model, method))
 
 
 def train(key, model: Model, variables, data: Dataset | Split, *, epochs: int, batch_size: int = 64,
@@ -226,11 +260,11 @@ def train(key, model: Model, variables, data: Dataset | Split, *, epochs: int, b
     """Train ``model`` from ``variables`` at one configuration; returns ``(variables, losses)``.
 
     Args:
-        key: PRNG key for shuffling.
+        key: PRNG key for shuffling and augmentation (`mpqjax.training.feed.plan`).
         model: a model (float or quantised).
         variables: initial variables (`mpqjax.nn.models.init_variables`, `transfer_variables` or a previous run).
         data: a `Dataset` (its train split is used, augmented as its ``augmentation`` says) or a `Split` (used as
-            it is).
+            it is). Its examples are placed on the device unless they are there already (`Dataset.on_device`).
         epochs: passes over the training examples.
         batch_size: examples per step (the last incomplete batch of an epoch is dropped).
         learning_rate: peak of the one-cycle schedule.
@@ -243,13 +277,15 @@ def train(key, model: Model, variables, data: Dataset | Split, *, epochs: int, b
     """
     split = data.train if isinstance(data, Dataset) else data
     bits_array, widths_array = config_arrays(model, bits, widths, split.x.shape[1:])
-    step_fn = train_step(model)
+    run = feed.plan(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    step_fn = training_step(model, data.augmentation if isinstance(data, Dataset) else None)
     state = init_state(variables)
+    decay = jnp.asarray(weight_decay, jnp.float32)
     losses = []
-    for x, y, rate in schedule(key, data, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate):
-        state, loss = step_fn(state, x, y, bits_array, widths_array, rate, weight_decay)
+    for _ in range(run.steps):  # dispatched ahead: nothing here waits for the device or sends anything to it
+        state, loss = step_fn(state, run, bits_array, widths_array, decay)
         losses.append(loss)
-    return state_variables(state), np.asarray(jax.device_get(losses), np.float32)
+    return state_variables(state), np.asarray(jnp.stack(losses), np.float32)
 
 
 def predict(model: Model, variables, x, *, bits=None, widths=None, batch_size: int = 512) -> np.ndarray:
@@ -263,22 +299,24 @@ def logits_in_batches(forward, variables, x, bits, widths, *, batch_size: int = 
     """``forward(variables, batch, bits, widths)`` over ``x`` in batches of one shape (the last one padded).
 
     ``forward`` may return logits with leading axes before the batch axis (a population's ``[P, B, C]``): the
-    result is ``[..., len(x), C]``. ``to_host`` turns one output into a NumPy array.
+    result is ``[..., len(x), C]``. ``to_host`` turns one output into a NumPy array. ``x`` may be a NumPy or a
+    device array (a split placed with `mpqjax.data.Split.on_device`: its batches are cut there).
     """
     batch_size = min(batch_size, len(x))
     bits, widths = as_float32(bits), as_float32(widths)
+    xp = jnp if isinstance(x, jax.Array) else np
     outputs = []
-    for start in range(0, len(x), batch_size):
+    for start in range(0, len(x), batch_size):  # every batch dispatched before any is read
         chunk = x[start : start + batch_size]
-        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(to_host(forward(variables, padded, bits, widths))[..., : len(chunk), :])
-    return np.concatenate(outputs, axis=-2)
+        padded = xp.concatenate([chunk, xp.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        outputs.append((forward(variables, padded, bits, widths), len(chunk)))
+    return np.concatenate([to_host(output)[..., :count, :] for output, count in outputs], axis=-2)
 
 
 def evaluate(model: Model, variables, split: Split, *, bits=None, widths=None, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on ``split`` at a configuration (batch norm in inference mode)."""
     logits = predict(model, variables, split.x, bits=bits, widths=widths, batch_size=batch_size)
-    return float(np.mean(np.argmax(logits, axis=-1) == split.y))
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(split.y)))
 
 
 def calibrate(model: Model, variables, x, *, bits=None, widths=None, method: str = "mse", batch_size: int = 256,
@@ -296,29 +334,32 @@ def calibrate(model: Model, variables, x, *, bits=None, widths=None, method: str
     if not model.quantize:
         return variables
     bits_array, widths_array = config_arrays(model, bits, widths, x.shape[1:])
-    return calibrate_with(_calibration_stats(model), model, variables, x, bits_array, widths_array, method=method,
+    return calibrate_with(_calibration_clips(model, method), model, variables, x, bits_array, widths_array,
                           batch_size=batch_size, num_batches=num_batches)
 
 
-def calibrate_with(stats_fn, model: Model, variables, x, bits, widths, *, method: str, batch_size: int,
-                   num_batches: int, to_host=np.asarray, to_device=jnp.asarray):
-    """`calibrate` with a given compiled statistics function (`calibration_function`, jitted or vmapped).
+def calibrate_with(clips_fn, model: Model, variables, x, bits, widths, *, batch_size: int, num_batches: int,
+                   to_device=jnp.asarray):
+    """`calibrate` with a given compiled clips function (`calibration_function`, jitted or vmapped).
 
-    Statistics may carry leading axes (a population's ``[P, ...]``); every member then gets its own clips.
-    ``to_host`` / ``to_device`` move arrays (a population places its clips with its sharding).
+    The clips of the batches are averaged where they lie (no host round trip). They may carry leading axes (a
+    population's ``[P]``); every member then gets its own clips. ``to_device`` places the result (a population
+    places its clips with its sharding).
     """
     batch_size = min(batch_size, len(x))
     bits, widths = as_float32(bits), as_float32(widths)
     collected = []
     for start in range(0, min(len(x), batch_size * num_batches) - batch_size + 1, batch_size):
-        stats = stats_fn(variables, x[start : start + batch_size], bits, widths)
-        collected.append({key[:-1]: to_host(value[0]) for key, value in traverse_util.flatten_dict(stats).items()})
-    column = CALIBRATION_COLUMNS[method]
+        clips = clips_fn(variables, x[start : start + batch_size], bits, widths)
+        collected.append({key[:-1]: value[0] for key, value in traverse_util.flatten_dict(clips).items()})
     flat = traverse_util.flatten_dict(variables)
     collection = "quant" if model.act_clipping == "calibrated" else "params"
     for layer_path in collected[0]:
-        clip = np.mean([batch[layer_path][..., column] for batch in collected], axis=0)
-        flat[(collection, *layer_path, "act_clip")] = to_device(np.maximum(clip, 1e-3).astype(np.float32))
+        total = collected[0][layer_path]
+        for batch in collected[1:]:  # in order, as NumPy's mean of a few values adds them
+            total = total + batch[layer_path]
+        clip = total / np.float32(len(collected))
+        flat[(collection, *layer_path, "act_clip")] = to_device(jnp.maximum(clip, 1e-3).astype(jnp.float32))
     return traverse_util.unflatten_dict(flat)
 
 
@@ -336,15 +377,23 @@ def finetune(key, float_model: Model, float_variables, model: Model, data: Datas
     Returns:
         ``(variables, losses)`` as `train`; the variables carry ``weight_bits``.
     """
+    variables, train_key = finetune_start(key, float_model, float_variables, model, data, bits=bits, widths=widths,
+                                          calibration=calibration, weight_bits=weight_bits, ranks=ranks)
+    return train(train_key, model, variables, data, epochs=epochs, batch_size=batch_size,
+                 learning_rate=learning_rate, weight_decay=weight_decay, bits=bits, widths=widths)
+
+
+def finetune_start(key, float_model: Model, float_variables, model: Model, data: Dataset, *, bits, widths=None,
+                   calibration: str = "mse", weight_bits=None, ranks=None):
+    """What `finetune` does before training: ``(variables, train_key)``, the transferred, set and calibrated
+    variables and the key the training takes (a trial's time outside its training steps)."""
     transfer_key, train_key = jax.random.split(key)
     variables = transfer_variables(transfer_key, model, float_model, float_variables, input_shape=data.input_shape)
     if weight_bits:
         variables = model.with_weight_bits(variables, weight_bits, data.input_shape)
     if ranks:
         variables = model.with_quant_variables(variables, data.input_shape, ranks=ranks)
-    variables = calibrate(model, variables, data.train.x, bits=bits, widths=widths, method=calibration)
-    return train(train_key, model, variables, data, epochs=epochs, batch_size=batch_size,
-                 learning_rate=learning_rate, weight_decay=weight_decay, bits=bits, widths=widths)
+    return calibrate(model, variables, data.train.x, bits=bits, widths=widths, method=calibration), train_key
 
 
 def train_float(key, model: Model, data: Dataset, *, epochs: int = 20, batch_size: int = 64,

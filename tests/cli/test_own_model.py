@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import mpqjax
-from mpqjax import cli, data, export
+from mpqjax import cli, data, export, search
 from mpqjax import cost as cost_model
 from mpqjax.nn.models import wrap
 
@@ -48,7 +48,8 @@ def read_json(folder, name: str) -> dict:
 def read_trials(folder) -> list[dict]:
     """The trial records of a run folder, without their timing."""
     with open(os.path.join(folder, "trials.jsonl")) as handle:
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in handle if line.strip()]
+        return [{k: v for k, v in json.loads(line).items() if k not in search.TIME_FIELDS}
+                for line in handle if line.strip()]
 
 
 def contents(folder) -> dict[str, bytes]:

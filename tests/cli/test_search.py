@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from mpqjax import cli, export, store
+from mpqjax import cli, export, search, store
 
 SMALL = ["--trials", "4", "--n-initial", "2", "--float-epochs", "2", "--batch-size", "128", "--finetune-epochs", "1",
          "--final-epochs", "1", "--no-prune"]
@@ -156,7 +156,8 @@ def _arrays(path):
 
 
 def _without_seconds(folder):
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in store.read_jsonl(folder / "trials.jsonl")]
+    return [{k: v for k, v in record.items() if k not in search.TIME_FIELDS}
+            for record in store.read_jsonl(folder / "trials.jsonl")]
 
 
 @pytest.mark.slow
@@ -251,7 +252,7 @@ def test_a_search_over_two_processes_equals_one_process_with_as_many_devices(tmp
     assert [(d["count"], d["processes"]) for d in devices] == [(4, 2), (4, 2), (4, 1)]
 
     def trials(folder):  # every field but the wall-clock time
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+        return [{k: v for k, v in json.loads(line).items() if k not in search.TIME_FIELDS}
                 for line in (folder / "trials.jsonl").read_text().splitlines()]
 
     assert trials(folders[1]) == trials(folders[0]) == trials(folders[2])

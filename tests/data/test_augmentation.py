@@ -23,6 +23,12 @@ def test_flip_augmentation_flips_or_keeps(pictures):
     assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 10 < sum(flipped) < 54
 
 
+def test_augmentation_runs_inside_a_compiled_step(pictures):
+    compiled = jax.jit(lambda key, x: data.augment(key, x, "cifar"))
+    np.testing.assert_array_equal(compiled(jax.random.key(3), pictures.x),
+                                  data.augment(jax.random.key(3), pictures.x, "cifar"))
+
+
 def test_augmentation_is_determined_by_the_key(pictures):
     first = data.augment(jax.random.key(5), pictures.x, "cifar")
     np.testing.assert_array_equal(first, data.augment(jax.random.key(5), pictures.x, "cifar"))
@@ -37,7 +43,8 @@ def test_augmentation_is_determined_by_the_key(pictures):
 def test_augmenter_continues_one_stream_over_batches(pictures, crop_and_flip_of):
     apply = data.augmenter(jax.random.key(5), "cifar")
     first, second = apply(pictures.x), apply(pictures.x)
-    np.testing.assert_array_equal(first, data.augment(jax.random.key(5), pictures.x, "cifar"))
+    np.testing.assert_array_equal(first, data.augment(jax.random.fold_in(jax.random.key(5), 0), pictures.x, "cifar"))
+    np.testing.assert_array_equal(second, data.augment(jax.random.fold_in(jax.random.key(5), 1), pictures.x, "cifar"))
     assert not np.array_equal(first, second)
     assert all(crop_and_flip_of(original, image, 4) is not None
                for original, image in zip(pictures.x, second, strict=True))

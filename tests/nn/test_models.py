@@ -175,6 +175,25 @@ def test_changing_bits_and_widths_never_recompiles(digits_setup):
     assert len(traces) - before <= 1 and not np.allclose(first, second)
 
 
+def test_mixed_precision_takes_bfloat16_operands_and_keeps_float32_outputs(digits_setup):
+    model, x, variables, _, _ = digits_setup
+    mixed = model.clone(precision="bfloat16")
+    bits, widths = jnp.array([8, 8, 8, 8]), jnp.array([1.0, 0.75, 1.25, 1.0])
+    exact, narrow = model.apply(variables, x, bits, widths), mixed.apply(variables, x, bits, widths)
+    assert narrow.dtype == exact.dtype == jnp.float32
+    # at 8 bits the rounded operands move the outputs little (at 2-3 bits they can move codes across a level)
+    np.testing.assert_allclose(narrow, exact, atol=0.02 * float(jnp.abs(exact).max()))
+    assert not np.array_equal(narrow, exact)  # the operands really were rounded
+    traced = str(jax.make_jaxpr(lambda v: mixed.apply(v, x, bits, widths))(variables))
+    assert traced.count("conv_general_dilated[") == 3 and "preferred_element_type=float32" in traced
+    assert "bf16[4,8,8,1]" in traced  # the first layer's quantised input, in bfloat16
+    gradient = jax.grad(lambda params: mixed.apply({**variables, "params": params}, x, bits, widths).sum())(
+        variables["params"])
+    assert all(leaf.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(gradient))
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
+        model.clone(precision="float16")
+
+
 def test_configurations_vmap():
     model = models.get("mlp", hidden=(8, 8))
     x = jax.random.normal(jax.random.key(3), (4, 64))

@@ -42,6 +42,8 @@ def test_to_dict_is_json_with_lists_and_keeps_the_field_order():
     (dict(hessian_max_probes=2.5), "hessian_max_probes must be a positive integer, got 2.5"),
     (dict(weight_decay=-1e-4), "weight_decay must be a non-negative number"),
     (dict(calibration="median"), "calibration must be one of max, percentile, mse, got 'median'"),
+    (dict(precision="float16"), "precision must be one of float32, bfloat16, got 'float16'"),
+    (dict(learning_rate_scaling="cubic"), "learning_rate_scaling must be one of none, linear, sqrt, got 'cubic'"),
     (dict(bits=(8, 1)), "bits: bit-width must be an integer in [2, 16]"),
     (dict(baseline_bits=(17,)), "baseline_bits: bit-width must be an integer in [2, 16]"),
     (dict(bit_sets=((8, 6), (3, 1))), "bit_sets: bit-width must be an integer in [2, 16]"),

@@ -91,7 +91,9 @@ def test_a_channel_wise_result_is_costed_trained_and_exported_per_channel(runs, 
     assert json.loads(row["channel_bits"]) == best["channel_bits"]  # one JSON cell
     report = (folder / "report.md").read_text()
     assert "| trials | 1 of 1 planned (1 rd_channels)" in report
-    assert f"| search method | rd_channels: {result.search_cost['seconds']:.1f} s, 1 fine-tune (cpu) |" in report
+    share = result.search_cost["training_share"]
+    assert (f"| search method | rd_channels: {result.search_cost['seconds']:.1f} s, 1 fine-tune (cpu), "
+            f"{100 * share:.1f} % of the trials' time in training steps |") in report
     # the integer model holds each channel at its own bit-width and predicts as the trained model does
     assert cli.main(["export", str(folder), "--format", "integer", "--out", str(tmp_path / "int.npz")]) == 0
     layers = export.load_program(tmp_path / "int.npz").metadata["integer"]["layers"]
@@ -116,6 +118,11 @@ def test_the_search_cost_is_recorded_next_to_the_result(runs):
         parts = [cost[f"{phase}_seconds"] for phase in ("hessian", "method", "evaluations", "optimiser")]
         assert cost["seconds"] == pytest.approx(sum(parts)) and cost["evaluations_seconds"] > 0
         assert json.loads((folder / "search.json").read_text())["search_cost"] == cost
+        # each trial's training steps are part of its time; the run adds them up
+        assert all(0 < trial["training_seconds"] < trial["seconds"] for trial in result.trials)
+        assert cost["training_steps_seconds"] == pytest.approx(sum(t["training_seconds"] for t in result.trials))
+        assert cost["training_share"] == pytest.approx(
+            cost["training_steps_seconds"] / sum(t["seconds"] for t in result.trials))
     assert runs["rd_layers"][0].search_cost["method_seconds"] > 0
     assert runs["hawq_ilp"][0].search_cost["hessian_seconds"] > 0
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mpqjax import data, export, search, store
-from mpqjax.training import devices, strategy, train
+from mpqjax.search import steps
+from mpqjax.training import devices, strategy
 
 # Tiny but real: every phase runs (float training, Hessian pruning, random and model-based trials, final training,
 # export, report) in seconds once compiled.
@@ -100,7 +101,7 @@ def test_the_exported_model_reproduces_the_reported_test_accuracy(finished):
 
 
 def _comparable(records):
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+    return [{k: v for k, v in record.items() if k not in search.TIME_FIELDS} for record in records]
 
 
 @pytest.mark.slow
@@ -140,15 +141,15 @@ def test_resume_after_kill_9_ends_exactly_like_an_uninterrupted_run(finished, tm
 
 @pytest.mark.slow
 def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path, monkeypatch):
-    real_finetune = train.finetune
+    real_training = steps.train_configuration
     calls = []
 
     def diverge_on_second(*args, **kwargs):
-        variables, losses = real_finetune(*args, **kwargs)
+        variables, losses = real_training(*args, **kwargs)
         calls.append(1)
         return variables, (losses * np.nan if len(calls) == 2 else losses)
 
-    monkeypatch.setattr(train, "finetune", diverge_on_second)
+    monkeypatch.setattr(steps, "train_configuration", diverge_on_second)
     config = search.SearchConfig(**dict(SMALL, trials=4, prune=False))
     result = search.run(config, str(tmp_path / "run"))
     statuses = [t["status"] for t in result.trials]

@@ -22,7 +22,7 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import mpqjax
-from mpqjax import data, store
+from mpqjax import data, search, store
 from mpqjax.nn.models import wrap
 from mpqjax.training.train import train_float
 
@@ -73,7 +73,7 @@ def digits():
 
 def read_trials(folder) -> list[dict]:
     """The trial records of a run folder, without their timing (the only field that differs between runs)."""
-    return [{key: value for key, value in record.items() if key != "seconds"}
+    return [{key: value for key, value in record.items() if key not in search.TIME_FIELDS}
             for record in store.read_jsonl(os.path.join(folder, "trials.jsonl"))]
 
 

@@ -65,7 +65,7 @@ def test_the_quantised_model_is_wide_enough_for_every_width():
 
 
 def test_a_diverged_final_training_is_an_error(digits, monkeypatch):
-    monkeypatch.setattr(train, "finetune", lambda *args, **kwargs: (None, np.array([1.0, np.nan])))
+    monkeypatch.setattr(steps, "finetune_configuration", lambda *args, **kwargs: (None, np.array([1.0, np.nan])))
     float_net = steps.FloatModel(None, None, "test")
     with pytest.raises(ValueError, match="the final training of the best configuration diverged .* lower "
                                          "final_learning_rate"):

@@ -15,10 +15,13 @@ def float_mlp(trained_float_mlp):
     return trained_float_mlp(4)
 
 
-def test_one_cycle_schedule():
-    rates = [train.one_cycle(step, 100, 0.01) for step in range(101)]
-    assert rates[0] == pytest.approx(0.01 / 25) and max(rates) == pytest.approx(0.01)
-    assert int(np.argmax(rates)) == 30 and rates[-1] == pytest.approx(1e-6)
+def test_learning_rates_follow_the_batch_size_as_asked():
+    assert train.scaled_learning_rate(1e-3, 1024, "none") == 1e-3
+    assert train.scaled_learning_rate(1e-3, 1024, "linear") == pytest.approx(16e-3)
+    assert train.scaled_learning_rate(1e-3, 1024, "sqrt") == pytest.approx(4e-3)
+    assert train.scaled_learning_rate(1e-3, 16, "sqrt") == pytest.approx(0.5e-3)
+    with pytest.raises(ValueError, match="learning-rate scaling must be one of none, linear, sqrt, got 'cube'"):
+        train.scaled_learning_rate(1e-3, 64, "cube")
 
 
 def test_float_training_learns_digits(float_mlp, digits):
@@ -55,18 +58,20 @@ def test_calibration_sets_clips_from_the_inputs(float_mlp, digits):
         train.calibrate(model, variables, x, method="magic")
 
 
-def test_finetune_at_four_bits_recovers_and_reuses_one_compilation(float_mlp, masked_mlp, digits):
+def test_finetune_at_four_bits_recovers_and_reuses_one_compilation(float_mlp, masked_mlp, digits, compilations):
     float_model, float_variables, _ = float_mlp
     float_accuracy = train.evaluate(float_model, float_variables, digits.test)
     model = masked_mlp  # every configuration shares the step
-    results, compiled = {}, []
+    results, programs = {}, []
     for bits, widths in (((4, 4, 4), (1.0, 1.0, 1.0)), ((2, 3, 8), (1.25, 0.75, 1.0))):
-        variables, _ = train.finetune(jax.random.key(2), float_model, float_variables, model, digits, bits=bits,
-                                      widths=widths, epochs=2)
+        with compilations() as compiled:
+            variables, _ = train.finetune(jax.random.key(2), float_model, float_variables, model, digits, bits=bits,
+                                          widths=widths, epochs=2)
         results[bits] = train.evaluate(model, variables, digits.test, bits=bits, widths=widths)
-        compiled.append(train.train_step(model)._cache_size())  # (other tests may share the step at other shapes)
+        programs.append(compiled)
     assert results[(4, 4, 4)] > float_accuracy - 0.03
-    assert compiled[1] == compiled[0]  # the second configuration compiled nothing new
+    steps = [[name for name in names if "fed_step" in name] for names in programs]
+    assert steps[0] == ["jit(fed_step)"] and steps[1] == []  # the second configuration reused the first one's step
 
 
 @pytest.mark.slow

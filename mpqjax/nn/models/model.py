@@ -73,6 +73,8 @@ class Model:
         max_width: largest width multiplier (1: a plain module only narrows).
         num_classes: the number of outputs, when known.
         factory: the width factory the model came from (None: a plain module, which cannot grow).
+        precision: the dtype the quantised layers take their operands in (`mpqjax.nn.quant.PRECISIONS`:
+            ``"bfloat16"`` is mixed precision, the parameters and accumulations staying float32).
     """
 
     function: FlaxFunction
@@ -86,6 +88,11 @@ class Model:
     num_classes: int | None = None
     factory: WidthFactory | None = None
     widths: None = None  # always masked: widths are given at apply time
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in quant.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(quant.PRECISIONS)}, got {self.precision!r}")
 
     @property
     def zoo_name(self) -> str:
@@ -359,7 +366,8 @@ def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, muta
         outputs, stats = intercept.quantized_call(
             closed, [*flat_params, *flat_state, x], num_param_leaves=len(flat_params),
             num_state_leaves=len(flat_state), plan=analysis.plan, main_leaf=analysis.main_leaf, bits=bits,
-            widths=widths, clips=clips, ranks=ranks, weight_bits=weight_bits, calibrate="calibration" in mutable)
+            widths=widths, clips=clips, ranks=ranks, weight_bits=weight_bits, calibrate="calibration" in mutable,
+            precision=model.precision)
         out, new_state = jax.tree.unflatten(out_tree, outputs)
     updates = {name: new_state[name] for name in mutable if name in new_state and name != RNG}
     if "calibration" in mutable:
