@@ -9,7 +9,9 @@ Prints one JSON object and writes it to experiments/results/search_digits.json:
 * ``front``: the search's Pareto front of validation accuracy against size;
 * ``timings``: seconds per phase and the optimiser's share, for a cold run (empty float-model and compilation
   caches) and a warm one (both caches filled by the cold run);
-* ``optimiser_steps``: the optimiser's per-trial time (ask + tell) without its one-off compilation.
+* ``optimiser_steps``: the optimiser's per-trial time (ask + tell) without its one-off compilation;
+* ``trial_time_in_training_steps``: the share of the trials' time spent in training steps (the rest: weight
+  transfer, calibration, validation), cold and warm.
 
 Usage:
     python experiments/search_digits.py            # the default search (60 trials, 90 final epochs), twice
@@ -94,8 +96,8 @@ def main():
         runs[name + "_wall"] = time.perf_counter() - start
     result = runs["cold"]
     best = result.best
-    same = [{k: v for k, v in r.items() if k != "seconds"} for r in runs["warm"].trials] == \
-        [{k: v for k, v in r.items() if k != "seconds"} for r in result.trials]
+    same = [{k: v for k, v in r.items() if k not in search.TIME_FIELDS} for r in runs["warm"].trials] == \
+        [{k: v for k, v in r.items() if k not in search.TIME_FIELDS} for r in result.trials]
     trials = [t for t in result.trials if t["status"] == "ok"]
     front = [trials[i] for i in report.pareto_front([t["validation_accuracy"] for t in trials],
                                                      [t["size_bytes"] for t in trials])]
@@ -115,6 +117,7 @@ def main():
                   for t in front],
         "timings": {"cold": summarise(runs["cold"], runs["cold_wall"]),
                     "warm": summarise(runs["warm"], runs["warm_wall"])},
+        "trial_time_in_training_steps": {run: runs[run].search_cost["training_share"] for run in ("cold", "warm")},
         "warm_run_repeats_cold_run_trial_for_trial": same,
         "optimiser_step_median_ms": 1e3 * optimiser_step_seconds(os.path.join(work, "cold"), config),
         "device": jax.devices()[0].device_kind,

@@ -25,8 +25,8 @@ from mpqjax.nn import models
 from mpqjax.nn.config import check_bits
 from mpqjax.nn.quant import CALIBRATION_METHODS, PRECISIONS
 from mpqjax.search import inputs, methods, objective
+from mpqjax.training.feed import LEARNING_RATE_SCALINGS
 from mpqjax.training.population import STRATEGIES
-from mpqjax.training.train import LEARNING_RATE_SCALINGS
 
 __all__ = ["DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "TWO_WAYS", "UNUSED", "SearchConfig"]
 

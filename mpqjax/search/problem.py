@@ -31,7 +31,7 @@ from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
 from mpqjax.search import channels, objective, steps
 from mpqjax.search.config import SearchConfig
-from mpqjax.training import population, train
+from mpqjax.training import feed, population, train
 
 __all__ = ["COST_FIELDS", "TIME_FIELDS", "Problem", "check_attainable", "check_limits", "cheapest_pruning",
            "config_limits", "full_space"]
@@ -313,7 +313,7 @@ class Problem:
         (`mpqjax.training.population.finetune`): one record each, its ``seconds`` the population's time over P
         (its ``training_seconds`` likewise)."""
         start = time.perf_counter()
-        rate = train.scaled_learning_rate(self.config.finetune_learning_rate, self.config.batch_size,
+        rate = feed.scaled_learning_rate(self.config.finetune_learning_rate, self.config.batch_size,
                                           self.config.learning_rate_scaling)
         variables, losses, training_seconds = population.finetune(
             key, self.float_model, self.float_variables, self.quant_model, self.dataset, bits=bits, widths=widths,

@@ -34,7 +34,7 @@ from mpqjax.search import channels, inputs
 from mpqjax.search.config import SearchConfig
 from mpqjax.sensitivity import hessian
 from mpqjax.store.compilation_cache import default_cache_dir, enable_compilation_cache
-from mpqjax.training import train
+from mpqjax.training import feed, train
 
 __all__ = ["FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
            "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration", "finetune_start",
@@ -169,7 +169,7 @@ def float_model_of(config: SearchConfig, dataset: data.Dataset, *, checkpoint: s
     """
     return float_model(search_keys(config.seed).float, config.model, dataset,
                        checkpoint=checkpoint or config.float_checkpoint, epochs=config.float_epochs,
-                       learning_rate=train.scaled_learning_rate(config.float_learning_rate, config.batch_size,
+                       learning_rate=feed.scaled_learning_rate(config.float_learning_rate, config.batch_size,
                                                                 config.learning_rate_scaling),
                        batch_size=config.batch_size, weight_decay=config.weight_decay, cache_dir=cache_dir)
 
@@ -305,7 +305,7 @@ def train_configuration(key, config: SearchConfig, dataset: data.Dataset, quant_
     """`finetune_configuration`'s training steps from `finetune_start`'s variables: ``(variables, losses)``, at the
     search's batch size (the learning rate scaled to it as ``config.learning_rate_scaling`` says) and weight
     decay."""
-    rate = train.scaled_learning_rate(learning_rate, config.batch_size, config.learning_rate_scaling)
+    rate = feed.scaled_learning_rate(learning_rate, config.batch_size, config.learning_rate_scaling)
     return train.train(key, quant_model, variables, dataset, epochs=epochs, batch_size=config.batch_size,
                        learning_rate=rate, weight_decay=config.weight_decay, bits=bits, widths=widths)
 

@@ -3,9 +3,9 @@
 `plan` lays out every step of a run once, on the host: which examples each step takes (a permutation per epoch, the
 last incomplete batch dropped), its one-cycle learning rate and its augmentation key. The training step then
 gathers its batch from the examples already on the device and augments it there (`batch`, traced inside the
-compiled step), so a run sends nothing but a step number per step and the host never waits for the device: the
-whole run is dispatched ahead. The batches are those of `mpqjax.data.batches` with the same epoch keys, in the same
-order.
+compiled step, at the step number its state carries), so a run sends nothing to the device step after step and the
+host never waits for it: the whole run is dispatched ahead. The batches are those of `mpqjax.data.batches` with the
+same epoch keys, in the same order. `scaled_learning_rate` says how a learning rate follows the batch size.
 
 Example:
     >>> feed = plan(jax.random.key(0), dataset, epochs=4, batch_size=64, learning_rate=1e-3)
@@ -22,7 +22,8 @@ import numpy as np
 
 from mpqjax.data import Dataset, Split, augment, check_augmentation
 
-__all__ = ["Feed", "batch", "one_cycle", "plan", "resident"]
+__all__ = ["LEARNING_RATE_SCALINGS", "REFERENCE_BATCH_SIZE", "Feed", "batch", "one_cycle", "plan", "resident",
+           "scaled_learning_rate"]
 
 
 class Feed(NamedTuple):
@@ -57,6 +58,31 @@ def one_cycle(step: int, total_steps: int, peak: float, *, warmup_fraction: floa
     return float(peak / 1e4 + (peak - peak / 1e4) * (1 + np.cos(np.pi * progress)) / 2)
 
 
+LEARNING_RATE_SCALINGS = ("none", "linear", "sqrt")
+"""How a learning rate follows the batch size (`scaled_learning_rate`)."""
+REFERENCE_BATCH_SIZE = 64
+"""The batch size at which the settings' learning rates are given (the default batch size)."""
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, scaling: str = "none") -> float:
+    """``learning_rate`` (set for batches of `REFERENCE_BATCH_SIZE`) for batches of ``batch_size``.
+
+    ``"none"`` keeps it; ``"linear"`` multiplies it by ``batch_size / 64`` (Goyal et al.'s rule for SGD);
+    ``"sqrt"`` by the square root of that (the rule that keeps Adam's update noise).
+
+    Raises:
+        ValueError: an unknown ``scaling``.
+
+    Example:
+        >>> scaled_learning_rate(1e-3, 256, "linear"), scaled_learning_rate(1e-3, 256, "sqrt")
+        (0.004, 0.002)
+    """
+    if scaling not in LEARNING_RATE_SCALINGS:
+        raise ValueError(f"learning-rate scaling must be one of {', '.join(LEARNING_RATE_SCALINGS)}, got {scaling!r}")
+    ratio = batch_size / REFERENCE_BATCH_SIZE
+    return float(learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[scaling])
+
+
 def resident(split: Split) -> Split:
     """``split`` with its arrays on the device: as it is when they already are (`Split.on_device`), else placed."""
     if isinstance(split.x, jax.Array) and isinstance(split.y, jax.Array):
@@ -89,28 +115,25 @@ def plan(key, data: Dataset | Split, *, epochs: int, batch_size: int, learning_r
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     per_epoch = count // batch_size
-    orders, keys = _epochs(key, count, epochs, per_epoch * batch_size, per_epoch, augmentation is not None)
+    epochs_laid_out = [_epoch(epoch_key, count, per_epoch * batch_size, per_epoch, augmentation is not None)
+                       for epoch_key in jax.random.split(key, epochs)]
     total = epochs * per_epoch
     rates = np.array([one_cycle(step, total, learning_rate) for step in range(total)], np.float32)
-    keys = jax.random.key_data(keys)
-    return Feed(split.x, split.y, orders.reshape(total, batch_size), jax.device_put(rates),
-                keys.reshape(total, *keys.shape[2:]))
+    # joined on the host: a few kilobytes, and no program compiled per number of epochs
+    orders = np.concatenate([np.asarray(order) for order, _ in epochs_laid_out]).reshape(total, batch_size)
+    keys = np.concatenate([np.asarray(jax.random.key_data(step_keys)) for _, step_keys in epochs_laid_out])
+    return Feed(split.x, split.y, *jax.device_put((orders, rates, keys)))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
-def _epochs(key, count: int, epochs: int, used: int, per_epoch: int, augmented: bool):
-    """Every epoch's order ``[epochs, used]`` int32 and step keys ``[epochs, per_epoch]``, split from ``key`` as
-    `mpqjax.data.batches` splits them: one key per epoch, split again into order and augmentation for an augmented
-    epoch, step ``j``'s augmentation ``fold_in(augmentation key, j)``."""
-    epoch_keys = jax.random.split(key, epochs)
-    if augmented:
-        order_keys, augment_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(epoch_keys)
-    else:
-        order_keys = augment_keys = epoch_keys
-    orders = jax.vmap(lambda k: jax.random.permutation(k, count)[:used])(order_keys).astype(jax.numpy.int32)
-    steps = jax.numpy.arange(per_epoch)
-    keys = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(steps))(augment_keys)
-    return orders, keys
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _epoch(key, count: int, used: int, per_epoch: int, augmented: bool):
+    """One epoch's order (its first ``used`` examples, int32) and step keys ``[per_epoch]``, split from its key as
+    `mpqjax.data.batches` splits it: an augmented epoch's key gives an order key and an augmentation key, step ``j``
+    augments with ``fold_in(augmentation key, j)``. Compiled once per dataset size and batch size, whatever the
+    epochs of a run."""
+    order_key, augment_key = jax.random.split(key) if augmented else (key, key)
+    order = jax.random.permutation(order_key, count)[:used].astype(jax.numpy.int32)
+    return order, jax.vmap(lambda step: jax.random.fold_in(augment_key, step))(jax.numpy.arange(per_epoch))
 
 
 def batch(feed: Feed, step, augmentation: str | None):

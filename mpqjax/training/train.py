@@ -29,8 +29,6 @@ from mpqjax.training.feed import one_cycle
 
 __all__ = [
     "CALIBRATION_COLUMNS",
-    "LEARNING_RATE_SCALINGS",
-    "REFERENCE_BATCH_SIZE",
     "TrainState",
     "as_float32",
     "calibrate",
@@ -47,7 +45,6 @@ __all__ = [
     "one_cycle",
     "optimizer",
     "predict",
-    "scaled_learning_rate",
     "state_variables",
     "step_function",
     "train",
@@ -79,31 +76,6 @@ def optimizer() -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
         learning_rate=1e-3, weight_decay=1e-4, mask=_decay_mask
     )
-
-
-LEARNING_RATE_SCALINGS = ("none", "linear", "sqrt")
-"""How a learning rate follows the batch size (`scaled_learning_rate`)."""
-REFERENCE_BATCH_SIZE = 64
-"""The batch size at which the settings' learning rates are given (the default batch size)."""
-
-
-def scaled_learning_rate(learning_rate: float, batch_size: int, scaling: str = "none") -> float:
-    """``learning_rate`` (set for batches of `REFERENCE_BATCH_SIZE`) for batches of ``batch_size``.
-
-    ``"none"`` keeps it; ``"linear"`` multiplies it by ``batch_size / 64`` (Goyal et al.'s rule for SGD);
-    ``"sqrt"`` by the square root of that (the rule that keeps Adam's update noise).
-
-    Raises:
-        ValueError: an unknown ``scaling``.
-
-    Example:
-        >>> scaled_learning_rate(1e-3, 256, "linear"), scaled_learning_rate(1e-3, 256, "sqrt")
-        (0.004, 0.002)
-    """
-    if scaling not in LEARNING_RATE_SCALINGS:
-        raise ValueError(f"learning-rate scaling must be one of {', '.join(LEARNING_RATE_SCALINGS)}, got {scaling!r}")
-    ratio = batch_size / REFERENCE_BATCH_SIZE
-    return float(learning_rate * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[scaling])
 
 
 def init_state(variables) -> TrainState:

@@ -40,6 +40,15 @@ def test_one_cycle_rises_to_its_peak_then_decays():
     assert rates[-1] == pytest.approx(0.01 / 1e4) and int(np.argmax(rates)) == 30
 
 
+def test_learning_rates_follow_the_batch_size_as_asked():
+    assert feed.scaled_learning_rate(1e-3, 1024, "none") == 1e-3
+    assert feed.scaled_learning_rate(1e-3, 1024, "linear") == pytest.approx(16e-3)
+    assert feed.scaled_learning_rate(1e-3, 1024, "sqrt") == pytest.approx(4e-3)
+    assert feed.scaled_learning_rate(1e-3, 16, "sqrt") == pytest.approx(0.5e-3)
+    with pytest.raises(ValueError, match="learning-rate scaling must be one of none, linear, sqrt, got 'cube'"):
+        feed.scaled_learning_rate(1e-3, 64, "cube")
+
+
 def test_examples_already_on_the_device_are_used_in_place(pictures):
     placed = pictures.on_device()
     run = feed.plan(jax.random.key(0), placed, epochs=1, batch_size=10, learning_rate=1e-3)

@@ -15,15 +15,6 @@ def float_mlp(trained_float_mlp):
     return trained_float_mlp(4)
 
 
-def test_learning_rates_follow_the_batch_size_as_asked():
-    assert train.scaled_learning_rate(1e-3, 1024, "none") == 1e-3
-    assert train.scaled_learning_rate(1e-3, 1024, "linear") == pytest.approx(16e-3)
-    assert train.scaled_learning_rate(1e-3, 1024, "sqrt") == pytest.approx(4e-3)
-    assert train.scaled_learning_rate(1e-3, 16, "sqrt") == pytest.approx(0.5e-3)
-    with pytest.raises(ValueError, match="learning-rate scaling must be one of none, linear, sqrt, got 'cube'"):
-        train.scaled_learning_rate(1e-3, 64, "cube")
-
-
 def test_float_training_learns_digits(float_mlp, digits):
     model, variables, losses = float_mlp
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
