@@ -39,7 +39,7 @@ from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config
 from mpqjax.search.trials import choose_population
 from mpqjax.store import run_folder
 from mpqjax.store.run_folder import FILES, PHASES
-from mpqjax.training import train
+from mpqjax.training import devices, train
 
 # FILES is the run folder's (mpqjax.store.run_folder) and choose_population the trials', re-exported for the
 # search's users.
@@ -269,6 +269,7 @@ def _prepare(config: SearchConfig, loaded: data.Dataset | None = None) -> _Setup
     """Data, layer table, target, limits and the unpruned space; raises ValueError when no configuration can meet
     the limits or the space is smaller than the trials."""
     dataset = loaded if loaded is not None else steps.load_dataset(config)
+    devices.check_resident(dataset)  # the trials hold the splits on the device
     table = models.layer_table(inputs.model_named(config.model, input_shape=dataset.input_shape),
                                input_shape=dataset.input_shape)
     target = cost_model.load_target(config.target)

@@ -28,6 +28,7 @@ from mpqjax.training import train
 __all__ = [
     "AXIS",
     "MEMORY_FRACTION",
+    "check_resident",
     "free_memory_bytes",
     "host_available_bytes",
     "initialize_distributed",
@@ -196,6 +197,25 @@ def free_memory_bytes(mesh: Mesh | None = None) -> tuple[int, str]:
             return host_available_bytes(), "host memory (the device reports none)"
         total += stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     return total, f"memory of {len(devices)} {devices[0].platform.upper()} device(s)"
+
+
+def check_resident(dataset, *, fraction: float = 0.5) -> None:
+    """Raise ValueError when a dataset's splits would take more than ``fraction`` of the default device's free
+    memory: a search places them there once (`mpqjax.data.Dataset.on_device`). CPU devices share the host's memory,
+    where the splits already are, and are not checked.
+
+    Raises:
+        ValueError: naming the splits' size, the free memory and what to do.
+    """
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return
+    needed = sum(split.x.nbytes + split.y.nbytes for split in (dataset.train, dataset.validation, dataset.test))
+    free, where = free_memory_bytes(population_mesh([device]))
+    if needed > fraction * free:
+        raise ValueError(f"the dataset's splits take {needed / 2**30:.2f} GiB, more than {fraction:.0%} of the "
+                         f"{free / 2**30:.2f} GiB free in the {where} that holds them during a search; use fewer "
+                         f"examples (the dataset's size options) or smaller images")
 
 
 def max_population(model: Model, input_shape, *, batch_size: int, mesh: Mesh | None = None,

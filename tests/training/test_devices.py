@@ -46,6 +46,23 @@ def test_cpu_devices_plan_with_the_hosts_available_memory():
     assert devices.host_available_bytes() > 0
 
 
+def test_a_dataset_that_would_crowd_the_accelerator_is_refused(digits, monkeypatch):
+    devices.check_resident(digits)  # CPU devices share the host's memory, where the splits already are
+
+    class Accelerator:
+        platform = "gpu"
+
+    monkeypatch.setattr(jax, "devices", lambda *args: [Accelerator()])
+    needed = sum(split.x.nbytes + split.y.nbytes for split in (digits.train, digits.validation, digits.test))
+    monkeypatch.setattr(devices, "population_mesh", lambda device_list=None: None)
+    monkeypatch.setattr(devices, "free_memory_bytes", lambda mesh=None: (3 * needed, "memory of 1 GPU device(s)"))
+    devices.check_resident(digits)  # a third of the free memory: it fits
+    monkeypatch.setattr(devices, "free_memory_bytes", lambda mesh=None: (needed, "memory of 1 GPU device(s)"))
+    with pytest.raises(ValueError, match=r"the dataset's splits take 0\.00 GiB, more than 50% of the 0\.00 GiB free "
+                                         r"in the memory of 1 GPU device\(s\) that holds them during a search"):
+        devices.check_resident(digits)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (("localhost:1234", None, None), "needs all of"),
     ((None, 2, 0), "needs all of"),
