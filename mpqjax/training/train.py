@@ -4,7 +4,7 @@ configuration, accuracy.
 Training is a Python loop over one jitted step (on CPU much faster than ``lax.scan`` over convolutions: measured in
 docs/results.md, section "Population training"). The training examples stay on the device and each step gathers
 and augments its own batch there (`mpqjax.training.feed`), so the loop only dispatches: nothing waits for the device
-until the losses are read at the end. Bits, widths and the step number are traced arguments of the step, so every
+until the losses are read at the end. Bits and widths are traced arguments of the step, so every
 configuration of one model reuses one compilation; compiled steps are cached per model. The optimiser is Adam with
 decoupled weight decay on kernels only, with a one-cycle learning-rate schedule.
 """
@@ -25,7 +25,6 @@ from mpqjax.nn import quant
 from mpqjax.nn.config import check_config
 from mpqjax.nn.models import Model, init_variables, layer_table, transfer_variables
 from mpqjax.training import feed
-from mpqjax.training.feed import one_cycle
 
 __all__ = [
     "CALIBRATION_COLUMNS",
@@ -42,7 +41,6 @@ __all__ = [
     "forward_function",
     "init_state",
     "logits_in_batches",
-    "one_cycle",
     "optimizer",
     "predict",
     "state_variables",
