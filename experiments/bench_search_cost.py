@@ -78,9 +78,8 @@ def quant_and_float(name: str, classes: int, precision: str):
 
 def random_configuration(table, key) -> tuple[np.ndarray, np.ndarray]:
     layer_space = sensitivity.layer_space(table)
-    point = layer_space.space.decode_batch(np.asarray(layer_space.space.sample(key, 1)))[0]
-    bits, widths = layer_space.to_arrays(point)
-    return bits.astype(np.float32), widths.astype(np.float32)
+    bits, widths = layer_space.encoded_to_arrays(layer_space.space.sample(key, 1))
+    return np.asarray(bits[0], np.float32), np.asarray(widths[0], np.float32)
 
 
 def time_trial(dataset, float_model, float_variables, quant_model, bits, widths, *, batch_size: int, steps: int,

@@ -38,9 +38,10 @@ REFERENCE = "float32:64:none"
 
 
 def configurations(table, count: int, seed: int):
+    """``count`` random configurations of the unpruned space, as ``(bits, widths)`` NumPy rows."""
     layer_space = sensitivity.layer_space(table)
-    points = layer_space.space.decode_batch(np.asarray(layer_space.space.sample(jax.random.key(seed), count)))
-    return [layer_space.to_arrays(point) for point in points]
+    bits, widths = layer_space.encoded_to_arrays(layer_space.space.sample(jax.random.key(seed), count))
+    return list(zip(np.asarray(bits), np.asarray(widths), strict=True))
 
 
 def run_model(name: str, variants: list[str], count: int, seed: int) -> dict:

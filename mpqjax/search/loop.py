@@ -219,7 +219,7 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
             proposals = _proposals(problem, summary)
         folder.update(method={"name": config.method, "proposals": len(proposals)})
         records = trials.run_proposals(problem, folder, proposals, clock, notify)
-    folder.update(search_cost=_search_cost(config, clock, records))
+    folder.update(search_cost=trials.search_cost(config, clock, records))
     best_config = _final_phase(problem, folder, float_net, records, clock, notify)
     if config.baseline:
         _phase(notify, "baseline", "training the uniform-precision baseline")
@@ -236,22 +236,6 @@ def _proposals(problem: Problem, summary: dict | None) -> list[peers.Proposal]:
         traces = [by_name[name] for name in problem.table.names]
     return peers.propose(problem.config.method, problem, steps.search_keys(problem.config.seed).trial,
                          traces_per_weight=traces)
-
-
-def _search_cost(config: SearchConfig, clock: _Clock, records: list[dict]) -> dict:
-    """What the method spent to choose its configuration: seconds (Hessian, the method's own analysis, the
-    trials' fine-tunes and the optimiser), fine-tunes, and the trials' seconds in training steps with their share of
-    the trials' time (the rest: weight transfer, calibration, validation), on this backend."""
-    spent = clock.to_dict()
-    phases = ("hessian", "method", "evaluations", "optimiser")
-    timed = [record for record in records if record.get("training_seconds") is not None]
-    training = sum(record["training_seconds"] for record in timed)
-    trial_seconds = sum(record["seconds"] for record in timed)
-    return {"method": config.method, "seconds": sum(spent[phase] for phase in phases),
-            **{f"{phase}_seconds": spent[phase] for phase in phases}, "finetunes": len(records),
-            "training_steps_seconds": training,
-            "training_share": training / trial_seconds if trial_seconds > 0 else None,
-            "backend": jax.default_backend()}
 
 
 # -- before anything is written --------------------------------------------------------------------------------

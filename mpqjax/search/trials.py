@@ -30,7 +30,7 @@ from mpqjax.search.problem import Problem
 from mpqjax.store import run_folder
 from mpqjax.training import devices, population, strategy
 
-__all__ = ["Clock", "choose_population", "run_proposals", "run_trials"]
+__all__ = ["Clock", "choose_population", "run_proposals", "run_trials", "search_cost"]
 
 Progress = Callable[[dict], None]
 
@@ -42,6 +42,25 @@ class Clock(Protocol):
     def __call__(self, phase: str) -> contextlib.AbstractContextManager: ...
 
     def to_dict(self) -> dict[str, float]: ...
+
+
+def search_cost(config: SearchConfig, clock: Clock, records: list[dict]) -> dict:
+    """``search.json``'s ``search_cost``: what the method spent to choose its configuration.
+
+    Seconds (Hessian, the method's own analysis, the trials' fine-tunes and the optimiser), fine-tunes, and the
+    trials' seconds in training steps with their share of the trials' time (the rest: weight transfer, calibration,
+    validation), on this backend.
+    """
+    spent = clock.to_dict()
+    phases = ("hessian", "method", "evaluations", "optimiser")
+    timed = [record for record in records if record.get("training_seconds") is not None]
+    training = sum(record["training_seconds"] for record in timed)
+    trial_seconds = sum(record["seconds"] for record in timed)
+    return {"method": config.method, "seconds": sum(spent[phase] for phase in phases),
+            **{f"{phase}_seconds": spent[phase] for phase in phases}, "finetunes": len(records),
+            "training_steps_seconds": training,
+            "training_share": training / trial_seconds if trial_seconds > 0 else None,
+            "backend": jax.default_backend()}
 
 
 def choose_population(config: SearchConfig, quant_model: models.Model, dataset: data.Dataset) -> dict:

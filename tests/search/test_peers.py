@@ -10,11 +10,16 @@ import pytest
 
 from mpqjax import cost as cost_model
 from mpqjax.nn import models, quant
-from mpqjax.search import peers
+from mpqjax.search import objective, peers
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import Problem, config_limits, full_space
 from mpqjax.sensitivity.leaves import leaf_paths
 from mpqjax.training import train
+
+
+def limited(problem, **changes) -> Problem:
+    """``problem`` with some limits changed (None: unset)."""
+    return dataclasses.replace(problem, limits=objective.make_limits(**{**problem.limits.to_dict(), **changes}))
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +62,7 @@ def test_resource_tables_add_up_to_the_cost_model(problem):
 
 
 def test_a_throughput_limit_is_a_latency_budget(problem):
-    limits = problem.limits._replace(throughput_per_second=1e3)
-    costs, budgets, names = peers.resource_tables(dataclasses.replace(problem, limits=limits), [2, 4, 8])
+    costs, budgets, names = peers.resource_tables(limited(problem, throughput_per_second=1e3), [2, 4, 8])
     assert names == ["size_bytes", "latency_seconds"]
     reference = problem.cost(np.full(len(problem.table), 2), np.ones(len(problem.table), np.float32))
     assert budgets[1] == pytest.approx(1e-3 - float(reference.latency_seconds))
@@ -67,8 +71,7 @@ def test_a_throughput_limit_is_a_latency_budget(problem):
 def test_hawq_ilp_meets_a_bit_operations_limit_with_the_least_sensitivity(problem):
     ones = np.ones(3, np.float32)
     eights = float(problem.cost(np.full(3, 8), ones).bops)
-    limits = problem.limits._replace(size_bytes=np.inf, bops=0.3 * eights)
-    bounded = dataclasses.replace(problem, limits=limits)
+    bounded = limited(problem, size_bytes=None, bops=0.3 * eights)
     costs, budgets, names = peers.resource_tables(bounded, [2, 4, 8])
     assert names == ["bops"]
     traces = [1.0, 4.0, 0.5]
@@ -132,7 +135,7 @@ def test_rd_layers_spends_the_size_budget_on_the_most_distorting_layers(problem)
     chosen = distortion[np.arange(3), [[2, 4, 8].index(b) for b in proposal.bits]].sum()
     # a Lagrangian point: no configuration of at most its size has less total distortion
     size = float(problem.cost(proposal.bits, proposal.widths).size_bytes)
-    tight = dataclasses.replace(problem, limits=problem.limits._replace(size_bytes=size))
+    tight = limited(problem, size_bytes=size)
     assert chosen == pytest.approx(exhaustive(tight, distortion))
 
 
@@ -150,10 +153,10 @@ def test_one_shot_methods_refuse_what_they_cannot_do(problem):
         peers.propose("kmeans_tpe", problem, jax.random.key(0))
     with pytest.raises(ValueError, match="hawq_ilp needs the Hessian traces"):
         peers.propose("hawq_ilp", problem, jax.random.key(0))
-    two_limits = dataclasses.replace(problem, limits=problem.limits._replace(latency_seconds=1.0))
+    two_limits = limited(problem, latency_seconds=1.0)
     with pytest.raises(ValueError, match="rd_layers allocates under one limit, got 2"):
         peers.propose("rd_layers", two_limits, jax.random.key(0))
-    tiny = dataclasses.replace(problem, limits=problem.limits._replace(size_bytes=10.0))
+    tiny = limited(problem, size_bytes=10.0)
     with pytest.raises(ValueError, match="no uniform bit-width of \\[2, 4, 8\\] meets the limits"):
         peers.propose("uniform", tiny, jax.random.key(0))
 
@@ -191,7 +194,7 @@ def test_rd_channels_gives_each_channel_a_bit_width_within_the_size_limit(proble
 
 
 def test_rd_channels_needs_a_size_limit(problem):
-    no_size = dataclasses.replace(problem, limits=problem.limits._replace(size_bytes=np.inf))
+    no_size = limited(problem, size_bytes=None)
     with pytest.raises(ValueError, match="rd_channels allocates under a size limit"):
         peers.propose("rd_channels", no_size, jax.random.key(0))
 
