@@ -65,7 +65,8 @@ from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import MAX_BITS, MIN_BITS
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["Cost", "array_cycles", "cost", "cost_of_layers", "fip16_size_bytes", "layer_counts", "products_per_dsp"]
+__all__ = ["Cost", "array_cycles", "baselines", "cost", "cost_of_layers", "fip16_size_bytes", "layer_counts",
+           "products_per_dsp", "table_arrays"]
 
 
 class Cost(NamedTuple):
@@ -88,7 +89,10 @@ class Cost(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _static_arrays(table: LayerTable) -> dict[str, np.ndarray]:
+def table_arrays(table: LayerTable) -> dict[str, np.ndarray]:
+    """The table's per-layer arrays the counts start from (cached per table): its fields (`LayerTable.arrays`), each
+    layer's ``channel_source`` (the layer that sets its channel count: itself, a depthwise layer's producer, -1 for
+    the model input) and ``aux_per_channel`` (bias and batch-norm values per output channel)."""
     arrays = {key: np.asarray(value) for key, value in table.arrays().items()}
     # A depthwise layer produces what it consumes: follow its input chain to the layer that sets its channel count.
     channel_source = np.arange(len(table))
@@ -137,7 +141,7 @@ def layer_counts(table: LayerTable, widths, *, exact: bool = False) -> dict[str,
     xp, dtype = (np, np.float64) if exact else (jnp, jnp.float32)
     # One dtype whatever the caller passed (a list, an int64 or a float32 array): the same operations run for each.
     widths = np.asarray(widths, np.float64) if exact else jnp.asarray(widths, jnp.float32)
-    arrays = _static_arrays(table)
+    arrays = table_arrays(table)
     consumed, produced = _layer_channels(arrays, widths, xp, dtype)
     kernel = xp.asarray(arrays["kernel_h"] * arrays["kernel_w"], dtype)
     pixels = xp.asarray(arrays["out_h"] * arrays["out_w"], dtype)
@@ -163,11 +167,11 @@ def products_per_dsp(target: FPGATarget, bits, xp=jnp, dtype=jnp.float32):
     return packing[bits.astype(np.int32) - 1]
 
 
-def array_cycles(target: FPGATarget, pixels, patch, channels, products, xp=jnp):
+def array_cycles(target: FPGATarget, pixels, patch, channels, products, xp=jnp, *, ceil_div=None):
     """Cycles of the systolic array computing ``channels`` output channels at ``products`` multiplications per DSP.
 
     The FPGA formula of the module docstring; shared with `mpqjax.cost.channels`, which runs it (with ``xp=np``) once
-    per group of channels of equal bit-width.
+    per group of channels of equal bit-width, and with `mpqjax.cost.relaxed`, which rounds up its own way.
 
     Args:
         target: the FPGA.
@@ -175,10 +179,15 @@ def array_cycles(target: FPGATarget, pixels, patch, channels, products, xp=jnp):
             broadcast together).
         products: multiplications per DSP (`products_per_dsp`).
         xp: the array module.
+        ceil_div: ``ceil_div(numerator, denominator)``, the quotient rounded up; ``xp.ceil(numerator / denominator)``
+            when None.
     """
-    invocations = xp.ceil(channels / target.rows)
-    row_passes = pixels * xp.ceil(patch / target.cols)
-    return xp.ceil(row_passes / products) * invocations + target.overhead_cycles * invocations
+    if ceil_div is None:
+        def ceil_div(numerator, denominator):
+            return xp.ceil(numerator / denominator)
+    invocations = ceil_div(channels, target.rows)
+    row_passes = pixels * ceil_div(patch, target.cols)
+    return ceil_div(row_passes, products) * invocations + target.overhead_cycles * invocations
 
 
 def _layer_cost(table: LayerTable, bits, widths, target: Target, bias_bits):
@@ -223,14 +232,19 @@ def cost(table: LayerTable, bits, widths, target: Target | None = None) -> Cost:
     bits, widths = jnp.broadcast_arrays(bits, widths)
     size_bits, cycles, macs, bops, energy_pj = _layer_cost(table, bits, widths, target, target.bias_bits)
 
+    return cost_of_layers(size_bits, cycles, macs, bops, energy_pj, layer_counts(table, widths)["weights"],
+                          baselines(table, target), target.clock_hz)
+
+
+def baselines(table: LayerTable, target: Target):
+    """``(FiP16 size bits, FiP16 cycles, FP32 size bits)`` per layer (jax.numpy float32): the `cost_of_layers`
+    baselines of `cost` and of `mpqjax.cost.relaxed`."""
     # The baselines' fixed 16 and 32 bits are not configurations: they are not clipped.
     base_bits = jnp.full((len(table),), 16.0)
     base_widths = jnp.ones((len(table),), jnp.float32)
     fip16_size_bits, fip16_cycles, _, _, _ = _layer_cost(table, base_bits, base_widths, target, 16.0)
     fp32_size_bits = _layer_cost(table, 2 * base_bits, base_widths, GenericTarget(), 32.0)[0]
-
-    return cost_of_layers(size_bits, cycles, macs, bops, energy_pj, layer_counts(table, widths)["weights"],
-                          (fip16_size_bits, fip16_cycles, fp32_size_bits), target.clock_hz)
+    return fip16_size_bits, fip16_cycles, fp32_size_bits
 
 
 def cost_of_layers(size_bits, cycles, macs, bops, energy_pj, weights, baselines, clock_hz) -> Cost:
