@@ -21,11 +21,11 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "jaxprs" for name in ("CALL_PRIMITIVES", "COMPOSING", "FoundLayer", "bodies", "composes", "contracts",
                                        "describe_layer", "input_kinds", "layer_operands", "sub_jaxpr")},
         **{name: "spaces" for name in ("ELEMENTWISE", "SpaceRules", "Spaces")},
-        **{name: "intercept" for name in ("Plan", "along", "mask_of", "quantized_call")},
+        **{name: "intercept" for name in ("Plan", "Relaxation", "along", "mask_of", "quantized_call")},
         **{name: "quant" for name in (
             "CALIBRATION_METHODS", "CLIPPING_MODES", "DEFAULT_ACT_CLIP", "FLOAT_BITS", "PASS_THROUGH_BITS",
             "PRECISIONS", "calibration_stats",
-            "is_pass_through", "quantize_activations", "quantize_weights", "round_ste", "signed_levels",
-            "unsigned_levels")},
+            "is_pass_through", "mixed_activations", "mixed_weights", "quantize_activations", "quantize_weights",
+            "round_ste", "signed_levels", "unsigned_levels")},
     },
 )

@@ -9,6 +9,11 @@ instead; its input keeps the layer's bit-width. The concatenations and paddings 
 they form. Everything else runs as traced, custom derivative rules included (a call is entered only when a layer, a
 concatenation or a padding is inside it).
 
+A `Relaxation` runs the model on expected quantisation instead, for a gradient-based precision search: a layer's input
+is a probability-weighted mixture of its quantisations at several bit-widths (`mpqjax.nn.quant.mixed_activations`),
+its weight likewise, per layer or per output channel (`mpqjax.nn.quant.mixed_weights`), and a width group's channels
+are kept with a probability that multiplies their mask wherever it is applied (`mask_of`).
+
 Bit-widths, widths and clipping values are ordinary arrays here, never Python values: one compiled program serves
 every configuration and a population vmaps over them. Qwix takes its quantisation settings as static Python values
 when it rewrites a model, which would compile one program per configuration; hence this interceptor of our own.
@@ -17,7 +22,8 @@ when it rewrites a model, which would compile one program per configuration; hen
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +34,36 @@ from mpqjax.nn import quant
 from mpqjax.nn.jaxprs import CALL_PRIMITIVES, COMPOSING, composes, contracts, input_kinds, layer_operands, sub_jaxpr
 from mpqjax.nn.table import scale_channels
 
-__all__ = ["Plan", "along", "mask_of", "quantized_call"]
+__all__ = ["Plan", "Relaxation", "along", "mask_of", "quantized_call"]
+
+
+class Relaxation(NamedTuple):
+    """A relaxed ("mixture") configuration: every probability a traced array, so one compiled program serves every
+    value (a pytree: it vmaps, and gradients reach its probabilities).
+
+    `mpqjax.nn.models.Model.apply` takes it keyed by layer names; `quantized_call` by layer indices (table order).
+    What it leaves out, the configuration's ``bits`` decide: ``act_probs`` None quantises every input at ``bits[l]``,
+    a layer absent from ``weight_probs`` quantises its weight at ``bits[l]`` (or at its per-channel weight bit-widths,
+    `mpqjax.nn.models.Model.with_weight_bits`), a group absent from ``keep`` keeps its hard mask.
+
+    Attributes:
+        act_bits: ``[A]`` candidate bit-widths of the layers' input activations (None: no activation mixture).
+        act_probs: ``[L, A]``: layer ``l``'s input is ``sum_a act_probs[l, a] * Q_{act_bits[a]}(x, clip_l)``
+            (`mpqjax.nn.quant.mixed_activations`, the layer's clip and the model's clipping mode).
+        weight_bits: ``[P]`` candidate bit-widths of the weights; 0 is a pruned option (its term is zero).
+        weight_probs: ``{layer: [P] or [output channels, P]}``: the layer's weight is
+            ``sum_p probs[..., p] * Q_{weight_bits[p]}(W)``, one mixture for the layer or one per output channel
+            (flattened as per-channel weight bit-widths are; `mpqjax.nn.quant.mixed_weights`).
+        keep: ``{first layer of a width group: [held channels]}``: each channel's keep probability, multiplying the
+            group's channel mask wherever it is applied (its consumers' inputs, concatenations and paddings): keep 0
+            is the channel pruned (its bias and batch-norm shift included), keep 1 the hard mask unchanged.
+    """
+
+    act_bits: Any = None
+    act_probs: Any = None
+    weight_bits: Any = None
+    weight_probs: Mapping | None = None
+    keep: Mapping | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +93,21 @@ class Plan:
                      self.act_clipping, tuple(sorted(self.formations.items()))))
 
 
-def mask_of(description, widths, base_channels: Sequence[int], ranks=None):
+def mask_of(description, widths, base_channels: Sequence[int], ranks=None, keep=None):
     """The float32 channel mask a description gives at ``widths`` (None: every channel kept).
 
     A width group keeps its ``active`` channels of lowest rank: ``ranks[layer]`` (a group's channel ranks, keyed by
     its first layer: 0 for the most important channel) when given, else the channel's position (the first ones).
+    ``keep[layer]`` (keyed likewise: one probability per channel the group holds), when given, multiplies the group's
+    mask: a relaxation's soft channel keep (`Relaxation.keep`).
 
     Example:
         >>> mask_of(("group", 0, 4), jnp.array([0.5]), [4]).tolist()
         [1.0, 1.0, 0.0, 0.0]
         >>> mask_of(("group", 0, 4), jnp.array([0.5]), [4], {0: jnp.array([3, 0, 2, 1])}).tolist()
         [0.0, 1.0, 0.0, 1.0]
+        >>> mask_of(("group", 0, 4), jnp.array([0.5]), [4], keep={0: jnp.array([0.5, 0.25, 1.0, 1.0])}).tolist()
+        [0.5, 0.25, 0.0, 0.0]
     """
     if description is None:
         return None
@@ -79,8 +118,10 @@ def mask_of(description, widths, base_channels: Sequence[int], ranks=None):
         _, layer, size = description
         active = scale_channels(base_channels[layer], widths[layer])
         rank = (ranks or {}).get(layer)
-        return ((jnp.arange(size) if rank is None else rank) < active).astype(jnp.float32)
-    parts = [mask_of(part, widths, base_channels, ranks) for part in description[1]]
+        mask = ((jnp.arange(size) if rank is None else rank) < active).astype(jnp.float32)
+        soft = (keep or {}).get(layer)
+        return mask if soft is None else mask * jnp.asarray(soft, jnp.float32)
+    parts = [mask_of(part, widths, base_channels, ranks, keep) for part in description[1]]
     if kind == "concat":
         return jnp.concatenate(parts)
     mask = parts[0]
@@ -100,20 +141,28 @@ def along(vector, ndim: int, axes: Sequence[int], shape: Sequence[int]):
     return jnp.transpose(reshaped, order).reshape(full)
 
 
-def _quantize_weight(weight, bits, channel_axes: Sequence[int], layer: int):
+def _quantize_weight(weight, bits, channel_axes: Sequence[int], layer: int, options=None):
     """Per-channel fake-quantisation of ``weight`` with one scale per entry of its ``channel_axes``.
 
     ``bits`` is the layer's scalar bit-width, or one per channel: the ``channel_axes`` flattened in their order,
-    row-major (a single output axis: its channels in order).
+    row-major (a single output axis: its channels in order). Given ``options`` (``[P]`` candidate bit-widths), the
+    weight is a mixture instead (`mpqjax.nn.quant.mixed_weights`) and ``bits`` its probabilities: ``[P]`` for the
+    layer, or ``[channels, P]`` with the channels flattened likewise.
     """
     others = [axis for axis in range(weight.ndim) if axis not in channel_axes]
     order = others + list(channel_axes)
     moved = jnp.transpose(weight, order)
     flat = moved.reshape(*moved.shape[: len(others)], -1) if channel_axes else moved.reshape(*moved.shape, 1)
-    if jnp.ndim(bits) > 0 and jnp.shape(bits) != (flat.shape[-1],):
-        raise ValueError(f"layer {layer}: weight_bits has shape {tuple(jnp.shape(bits))} but the traced weight has "
-                         f"{flat.shape[-1]} output channels")
-    quantized = quant.quantize_weights(flat, bits).reshape(moved.shape)
+    if options is None:
+        if jnp.ndim(bits) > 0 and jnp.shape(bits) != (flat.shape[-1],):
+            raise ValueError(f"layer {layer}: weight_bits has shape {tuple(jnp.shape(bits))} but the traced weight "
+                             f"has {flat.shape[-1]} output channels")
+        quantized = quant.quantize_weights(flat, bits).reshape(moved.shape)
+    else:
+        if jnp.ndim(bits) > 1 and jnp.shape(bits)[0] != flat.shape[-1]:
+            raise ValueError(f"layer {layer}: weight_probs has shape {tuple(jnp.shape(bits))} but the traced weight "
+                             f"has {flat.shape[-1]} output channels")
+        quantized = quant.mixed_weights(flat, options, bits).reshape(moved.shape)
     return jnp.transpose(quantized, np.argsort(order))
 
 
@@ -129,6 +178,7 @@ class _Context:
     ranks: dict
     weight_bits: dict = dataclasses.field(default_factory=dict)
     operand_dtype: object = None
+    relaxation: Relaxation | None = None
     stats: dict = dataclasses.field(default_factory=dict)
     seen: dict = dataclasses.field(default_factory=dict)
     compositions: int = 0
@@ -142,9 +192,12 @@ class _Context:
             if not infos[operand][1] or value.shape[axis] != _mask_size(description):
                 raise ValueError(f"the traced model differs from the one analysed at concatenation or padding "
                                  f"number {number} ({eqn.primitive.name})")
-            mask = mask_of(description, self.widths, self.plan.base_channels, self.ranks)
+            mask = mask_of(description, self.widths, self.plan.base_channels, self.ranks, self._keep())
             operands[operand] = value * along(mask, value.ndim, [axis], value.shape).astype(value.dtype)
         return _bind(eqn, operands)
+
+    def _keep(self):
+        return None if self.relaxation is None else self.relaxation.keep
 
     def layer(self, eqn, operands, weight_position: int, leaf: int):
         occurrence = self.seen.get(leaf, 0) + 1
@@ -163,17 +216,33 @@ class _Context:
             x_axes, weight_in_axes = list(contracting[1 - weight_position]), list(contracting[weight_position])
             channel_axes = [axis for axis in range(weight.ndim) if axis not in weight_in_axes]
             grouped = False
+        relaxation = self.relaxation
+        act_probs = None if relaxation is None or relaxation.act_probs is None else relaxation.act_probs[index]
+        weight_probs = None if relaxation is None else (relaxation.weight_probs or {}).get(index)
+        # a soft keep scales a channel once, on the input; the weight (its scales) and the statistics see the
+        # channels kept with any probability, so that keep 0 is exactly the channel switched off
+        hard = mask if mask is None or not self._keep() else (mask != 0).astype(mask.dtype)
         if mask is not None:
             x = x * along(mask, x.ndim, x_axes, x.shape).astype(x.dtype)
             if not grouped:
-                weight = weight * along(mask, weight.ndim, weight_in_axes, weight.shape).astype(weight.dtype)
+                weight = weight * along(hard, weight.ndim, weight_in_axes, weight.shape).astype(weight.dtype)
         if self.calibrate:
             channels_last = jnp.moveaxis(x, x_axes, list(range(x.ndim - len(x_axes), x.ndim)))
             channels_last = channels_last.reshape(-1, int(np.prod([x.shape[a] for a in x_axes])))
-            self.stats[index] = quant.calibration_stats(channels_last, bits, signed=signed, channel_mask=mask)
-        x = quant.quantize_activations(x, bits, self.clips[index], signed=signed, mode=self.plan.act_clipping)
-        # per-channel weight bit-widths replace the layer's only for its weight: activations and statistics keep bits
-        weight = _quantize_weight(weight, self.weight_bits.get(index, bits), channel_axes, index)
+            # a relaxed input: the statistics of its highest candidate bit-width
+            stats_bits = bits if act_probs is None else jnp.max(jnp.asarray(relaxation.act_bits, jnp.float32))
+            self.stats[index] = quant.calibration_stats(channels_last, stats_bits, signed=signed, channel_mask=hard)
+        if act_probs is None:
+            x = quant.quantize_activations(x, bits, self.clips[index], signed=signed, mode=self.plan.act_clipping)
+        else:
+            x = quant.mixed_activations(x, relaxation.act_bits, act_probs, self.clips[index], signed=signed,
+                                        mode=self.plan.act_clipping)
+        if weight_probs is not None:
+            weight = _quantize_weight(weight, weight_probs, channel_axes, index, options=relaxation.weight_bits)
+        else:
+            # per-channel weight bit-widths replace the layer's only for its weight: activations and statistics keep
+            # bits
+            weight = _quantize_weight(weight, self.weight_bits.get(index, bits), channel_axes, index)
         quantized = [None, None]
         quantized[weight_position], quantized[1 - weight_position] = weight, x
         if self.operand_dtype is None:
@@ -181,6 +250,21 @@ class _Context:
         # mixed precision: the quantised operands in the narrower dtype, the products accumulated as before
         narrow = [operand.astype(self.operand_dtype) for operand in quantized]
         return _bind(eqn, narrow, preferred_element_type=eqn.outvars[0].aval.dtype)
+
+
+def _check_relaxation(relaxation: Relaxation, count: int) -> None:
+    """The structure of an index-keyed relaxation (shapes are static: checked under jit too)."""
+    if not isinstance(relaxation, Relaxation):
+        raise ValueError(f"relaxation must be a Relaxation, got {type(relaxation).__name__}")
+    if (relaxation.act_bits is None) != (relaxation.act_probs is None):
+        raise ValueError("relaxation: act_bits and act_probs go together (both or neither)")
+    if relaxation.act_probs is not None:
+        options = jnp.shape(relaxation.act_bits)
+        if len(options) != 1 or jnp.shape(relaxation.act_probs) != (count, options[0]):
+            raise ValueError(f"relaxation: act_probs has shape {tuple(jnp.shape(relaxation.act_probs))}, expected "
+                             f"{(count, *options[:1])} ({count} layers by the act_bits options)")
+    if relaxation.weight_probs and relaxation.weight_bits is None:
+        raise ValueError("relaxation: weight_probs needs weight_bits (the candidate bit-widths)")
 
 
 def _mask_size(description) -> int:
@@ -237,7 +321,7 @@ def _evaluate(jaxpr, consts, args, infos, context: _Context):
 
 def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_leaves: int, plan: Plan,
                    main_leaf: dict, bits, widths, clips, ranks=None, weight_bits=None, calibrate: bool = False,
-                   precision: str = "float32"):
+                   precision: str = "float32", relaxation: Relaxation | None = None):
     """Evaluate a traced ``forward(params, state, x)`` with its layers quantised and masked.
 
     Args:
@@ -251,20 +335,27 @@ def quantized_call(closed_jaxpr, flat_args, *, num_param_leaves: int, num_state_
             keeps its first channels.
         weight_bits: ``{layer index: float32 [output channels]}``: per-channel bit-widths of the layer's weight (its
             output-channel axes flattened in order); a layer without an entry quantises its weight at ``bits``.
-        calibrate: also return each layer's input statistics (`mpqjax.nn.quant.calibration_stats`).
+        calibrate: also return each layer's input statistics (`mpqjax.nn.quant.calibration_stats`); a layer whose
+            input is a mixture computes them at the highest of ``relaxation.act_bits``.
         precision: the dtype of the layers' quantised operands (`mpqjax.nn.quant.PRECISIONS`; the products
             accumulate in the layer's own output dtype).
+        relaxation: expected quantisation (`Relaxation`), its ``weight_probs`` keyed by layer index and its ``keep``
+            by the index of a width group's first layer (as ``ranks``); ``bits`` and ``weight_bits`` serve where it
+            says nothing, and ``widths`` still give the hard masks that ``keep`` multiplies.
 
     Returns:
         ``(outputs, stats)``: the jaxpr's outputs and ``{layer index: stats}`` (empty unless ``calibrate``).
     """
     jaxpr = closed_jaxpr.jaxpr
     ranks = dict(ranks or {})
-    masks = [mask_of(description, widths, plan.base_channels, ranks) for description in plan.in_masks]
+    if relaxation is not None:
+        _check_relaxation(relaxation, len(plan.in_masks))
+    keep = None if relaxation is None else relaxation.keep
+    masks = [mask_of(description, widths, plan.base_channels, ranks, keep) for description in plan.in_masks]
     if precision not in quant.PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(quant.PRECISIONS)}, got {precision!r}")
     context = _Context(plan, bits, masks, clips, calibrate, main_leaf, widths, ranks, dict(weight_bits or {}),
-                       None if precision == "float32" else jnp.dtype(precision))
+                       None if precision == "float32" else jnp.dtype(precision), relaxation)
     kinds = input_kinds(len(jaxpr.invars), num_param_leaves, num_state_leaves)
     infos = [(frozenset({position}) if kind == "param" else frozenset(), kind == "input")
              for position, kind in enumerate(kinds)]

@@ -19,6 +19,10 @@ gives max, percentile and MSE-optimal candidates) or learned by gradient descent
 clipped values, Choi et al. 2018) or ``"lsq"`` (the rounding residual also reaches the clip, as LSQ's step-size
 gradient, Esser et al. 2020). `experiments/bench_quant.py` compares them at 2-3 bits: measured in docs/results.md
 (section "Quantisation-aware training").
+
+A gradient-based precision search runs the model on *expected* quantisation instead: `mixed_weights` and
+`mixed_activations` are the probability-weighted sums of the quantisers at a few candidate bit-widths (an option of 0
+bits is a pruned tensor or channel: its term is zero).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ __all__ = [
     "PRECISIONS",
     "calibration_stats",
     "is_pass_through",
+    "mixed_activations",
+    "mixed_weights",
     "quantize_activations",
     "quantize_weights",
     "round_ste",
@@ -162,6 +168,99 @@ def quantize_activations(x, bits, clip, *, signed: bool, mode: str = "calibrated
     if mode == "lsq":
         quantized = quantized + jax.lax.stop_gradient(codes - units) * (step - jax.lax.stop_gradient(step))
     return jnp.where(is_pass_through(bits), x, quantized.astype(x.dtype))
+
+
+def _options_array(options):
+    """The candidate bit-widths as a float32 ``[P]`` array (a traced array stays traced)."""
+    options = _bits_array(options)
+    if options.ndim != 1:
+        raise ValueError(f"options must be a 1-D array of candidate bit-widths, got shape {options.shape}")
+    return options
+
+
+def _mixture(quantize, options, probs, value):
+    """``sum_p probs[..., p] * quantize(value, options[p])`` (``probs[..., p]`` broadcast along the last axis of
+    ``value``), a term of an option <= 0 bits being zero: one term per option, accumulated in option order."""
+    mixed = None
+    for position in range(options.shape[0]):
+        option = options[position]
+        pruned = option <= 0
+        # a pruned option quantises at a harmless bit-width (no division by zero levels) and its term is zeroed
+        quantized = quantize(value, jnp.where(pruned, float(PASS_THROUGH_BITS), option))
+        term = probs[..., position].astype(value.dtype) * jnp.where(pruned, jnp.zeros_like(quantized), quantized)
+        mixed = term if mixed is None else mixed + term
+    return mixed
+
+
+def mixed_weights(kernel, options, probs):
+    """The expected fake-quantised kernel of a mixture of bit-widths: ``sum_p probs[..., p] * Q_{options[p]}(kernel)``.
+
+    Each term is `quantize_weights` at one option (one scale per output channel, the last axis). The gradient
+    reaches ``probs`` (each probability's gradient is its term's quantised kernel against the cotangent) and the
+    kernel through the straight-through estimator (``sum_p probs[..., p]`` times the cotangent). A one-hot ``probs``
+    is exactly that option's quantised kernel.
+
+    Args:
+        kernel: weights, any shape ``(..., out_channels)``.
+        options: ``[P]`` candidate bit-widths (traced or concrete, any numeric dtype); 0 is a pruned option whose
+            quantised kernel is zero, >= 16 leaves the kernel unchanged.
+        probs: ``[P]`` (one mixture for the whole kernel) or ``[out_channels, P]`` (one per output channel).
+
+    Returns:
+        The mixed kernel, same shape and dtype as ``kernel``.
+
+    Example:
+        >>> kernel = jnp.array([[1.0], [0.5], [-0.75]])  # at 2 bits: [1, 0, -1]
+        >>> mixed_weights(kernel, jnp.array([2, 16]), jnp.array([0.5, 0.5])).ravel().tolist()
+        [1.0, 0.25, -0.875]
+        >>> mixed_weights(kernel, jnp.array([0, 2]), jnp.array([[0.25, 0.75]])).ravel().tolist()  # per channel
+        [0.75, 0.0, -0.75]
+    """
+    options = _options_array(options)
+    probs = jnp.asarray(probs)
+    if probs.shape[-1:] != options.shape or probs.ndim not in (1, 2):
+        raise ValueError(f"weight probabilities must have shape ({options.shape[0]},) or (out_channels, "
+                         f"{options.shape[0]}) for {options.shape[0]} options, got {probs.shape}")
+    if probs.ndim == 2:
+        channels = kernel.shape[-1]
+        if probs.shape[0] != channels:
+            raise ValueError(f"weight probabilities have {probs.shape[0]} rows but the kernel has {channels} output "
+                             f"channels")
+        # the bit-width as a per-channel vector: the same program as per-channel weight bit-widths
+        return _mixture(lambda w, b: quantize_weights(w, jnp.broadcast_to(b, (channels,))), options, probs, kernel)
+    return _mixture(quantize_weights, options, probs, kernel)
+
+
+def mixed_activations(x, options, probs, clip, *, signed: bool, mode: str = "calibrated"):
+    """The expected fake-quantised activations of a mixture of bit-widths:
+    ``sum_a probs[a] * Q_{options[a]}(x, clip)``, every term `quantize_activations` with the one ``clip``.
+
+    The gradient reaches ``probs``, ``x`` (straight-through, inside the clipping range) and, in the ``"pact"`` and
+    ``"lsq"`` modes, ``clip`` (each term's gradient weighted by its probability). A one-hot ``probs`` is exactly that
+    option's quantised activations.
+
+    Args:
+        x: activations.
+        options: ``[A]`` candidate bit-widths (traced or concrete); >= 16 leaves ``x`` unchanged, 0 gives zeros.
+        probs: ``[A]`` probabilities.
+        clip: scalar clipping value (> 0).
+        signed, mode: as for `quantize_activations`.
+
+    Returns:
+        The mixed activations, same shape and dtype as ``x``.
+
+    Example:
+        >>> x = jnp.array([0.25, 0.5, 2.0])  # at 2 bits on [0, 1.5]: [0, 0.5, 1.5]
+        >>> mixed_activations(x, jnp.array([2, 16]), jnp.array([0.5, 0.5]), 1.5, signed=False).tolist()
+        [0.125, 0.5, 1.75]
+    """
+    options = _options_array(options)
+    probs = jnp.asarray(probs)
+    if probs.shape != options.shape:
+        raise ValueError(f"activation probabilities must have shape {options.shape} (one per option), got "
+                         f"{probs.shape}")
+    return _mixture(lambda value, bits: quantize_activations(value, bits, clip, signed=signed, mode=mode),
+                    options, probs, x)
 
 
 def calibration_stats(x, bits, *, signed: bool, channel_mask=None, percentile: float = 99.99,

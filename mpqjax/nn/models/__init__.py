@@ -12,6 +12,7 @@ Example:
     (20, 40.6)
 """
 
+from mpqjax.nn.intercept import Relaxation
 from mpqjax.nn.models.core import (
     DEFAULT_MAX_WIDTH,
     available,
@@ -35,6 +36,7 @@ __all__ = [
     "LayerTable",
     "Model",
     "RNG",
+    "Relaxation",
     "Rules",
     "WidthFactory",
     "as_variables",

@@ -16,6 +16,10 @@ A layer's bit-width ``bits[l]`` quantises its input activations and its weight (
 may also carry one weight bit-width per output channel (``variables["quant"][layer]["weight_bits"]``, set by
 `Model.with_weight_bits`): its weight is then quantised channel by channel at those, its input still at ``bits[l]``.
 
+A gradient-based precision search runs the model on expected quantisation: ``apply(..., relaxation=Relaxation(...))``
+mixes each layer's input and weight over candidate bit-widths with traced probabilities and keeps a width group's
+channels with traced probabilities (`mpqjax.nn.intercept.Relaxation`, keyed by layer names here).
+
 Rules select layers by their names (regular expressions matched against the whole name with `re.fullmatch`):
 ``include`` keeps only matching layers, ``exclude`` leaves matching layers in float, ``bits`` pins a bit-width
 (e.g. ``{"Conv_0|Dense_.*": 8}`` keeps the first and last layer at 8 bits). A rule that matches no layer is an
@@ -44,7 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from mpqjax.nn import intercept, quant
-from mpqjax.nn.config import check_channel_bits, check_config
+from mpqjax.nn.config import MAX_BITS, MIN_BITS, check_channel_bits, check_config
 from mpqjax.nn.models.analysis import Analysis, analyse
 from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths
 from mpqjax.nn.models.rules import Rules
@@ -298,7 +302,8 @@ class Model:
         del bits, widths
         return self.init_variables(key, tuple(x.shape[1:]))
 
-    def apply(self, variables, x, bits=None, widths=None, *, train: bool = False, mutable=False, rngs=None):
+    def apply(self, variables, x, bits=None, widths=None, *, train: bool = False, mutable=False, rngs=None,
+              relaxation: intercept.Relaxation | None = None):
         """Run the model at a configuration, as a zoo model's ``apply``.
 
         Args:
@@ -307,15 +312,37 @@ class Model:
             bits, widths: ``[L]`` per-layer arrays (None: float, width 1).
             train: batch statistics are used and updated.
             mutable: collections to return updated: ``"batch_stats"``, ``"calibration"`` (each layer's input
-                statistics, `mpqjax.nn.quant.calibration_stats`).
+                statistics, `mpqjax.nn.quant.calibration_stats`; at the highest ``act_bits`` for a relaxed input).
             rngs: ``{"dropout": key}`` for a linen model's dropout in training (default: a fixed key).
+            relaxation: expected ("mixture") quantisation for a gradient-based search (`intercept.Relaxation`),
+                keyed by layer names: ``weight_probs`` by quantised layer (``[P]``, or ``[channels, P]`` with the
+                channels of `weight_channels`), ``keep`` by a width group's first layer (the key `RANKS` uses; as
+                many probabilities as the group's channels in the running module). Its probabilities are traced:
+                new values run the same compiled program (new layer names or shapes compile another). ``bits`` must
+                still be given: a layer uses ``bits[l]`` for its input when ``act_probs`` is None and for its
+                weight when absent from ``weight_probs`` (its per-channel weight bit-widths, when it has them, take
+                precedence over ``bits[l]``, and ``weight_probs`` over both); ``widths`` still give the hard masks
+                that ``keep`` multiplies.
 
         Returns:
             The output, or ``(output, updated collections)`` when ``mutable``.
+
+        Raises:
+            ValueError: a configuration that does not fit the model; a relaxation on a float model or without
+                ``bits``, with an unknown layer, of the wrong shape, or with candidate bit-widths that are not whole
+                numbers in [2, 16] (0 too for ``weight_bits``: a pruned option), naming the layer.
+
+        Example:
+            >>> relaxation = Relaxation(act_bits=jnp.array([2.0, 4, 8]), act_probs=jax.nn.softmax(logits, -1),
+            ...                         weight_bits=jnp.array([0.0, 2, 4, 8]), weight_probs={"conv2": probs},
+            ...                         keep={"conv1": keep})
+            >>> out = model.apply(variables, x, bits, widths, relaxation=relaxation)
         """
         mutable = tuple([mutable] if isinstance(mutable, str) else list(mutable or []))
         count = len(self.analysis(tuple(x.shape[1:])).table)
         calibrate = "calibration" in mutable
+        if relaxation is not None:
+            relaxation = self._check_relaxation(relaxation, bits, tuple(x.shape[1:]))
         quantized = self.quantize and (bits is not None or widths is not None or calibrate)
         if quantized:
             for label, values in (("bits", bits), ("widths", widths)):
@@ -330,8 +357,60 @@ class Model:
         else:
             bits = widths = None
         rng = (rngs or {}).get("dropout", jax.random.key(0)) if train and self.function.kind == "linen" else None
-        out, updates = _forward(self, variables, x, bits, widths, rng, train=train, mutable=mutable)
+        out, updates = _forward(self, variables, x, bits, widths, rng, relaxation, train=train, mutable=mutable)
         return (out, updates) if mutable else out
+
+    def _check_relaxation(self, relaxation, bits, input_shape: tuple[int, ...]) -> intercept.Relaxation:
+        """``relaxation`` checked against the model (names and shapes always: they are static; the candidate
+        bit-widths when concrete), its arrays float32."""
+        if not isinstance(relaxation, intercept.Relaxation):
+            raise ValueError(f"relaxation must be an mpqjax.nn.Relaxation, got {type(relaxation).__name__}")
+        if not self.quantize:
+            raise ValueError(f"model {self.name!r} is not quantised: it takes no relaxation")
+        if bits is None:
+            raise ValueError("a relaxation needs bits too: they quantise what the relaxation leaves out")
+        names = self.table(input_shape).names
+        relaxation = jax.tree.map(_float32, relaxation)
+        act_bits, act_probs, weight_bits = relaxation.act_bits, relaxation.act_probs, relaxation.weight_bits
+        if (act_bits is None) != (act_probs is None):
+            raise ValueError("relaxation: act_bits and act_probs go together (both or neither)")
+        if act_bits is not None:
+            _check_options("act_bits", act_bits, pruned=False)
+            expected = (len(names), np.shape(act_bits)[0])
+            if np.shape(act_probs) != expected:
+                raise ValueError(f"relaxation: act_probs has shape {np.shape(act_probs)}, expected {expected} (one row "
+                                 f"per quantised layer, in table order: {', '.join(names)}; one column per act_bits)")
+        weight_probs = dict(relaxation.weight_probs or {})
+        if weight_probs:
+            if weight_bits is None:
+                raise ValueError("relaxation: weight_probs needs weight_bits (the candidate bit-widths)")
+            _check_options("weight_bits", weight_bits, pruned=True)
+            options = np.shape(weight_bits)[0]
+            channels = self.weight_channels(input_shape)
+            for name, probs in weight_probs.items():
+                if name not in channels:
+                    raise ValueError(f"relaxation: weight_probs: unknown layer {name!r}; the quantised layers are: "
+                                     f"{', '.join(channels)}")
+                if np.shape(probs) not in ((options,), (channels[name], options)):
+                    raise ValueError(f"relaxation: weight_probs: layer {name!r} has shape {np.shape(probs)}, "
+                                     f"expected ({options},) or ({channels[name]}, {options}) ({channels[name]} "
+                                     f"output channels, {options} weight_bits options)")
+        elif weight_bits is not None:
+            _check_options("weight_bits", weight_bits, pruned=True)
+        keep = dict(relaxation.keep or {})
+        if keep:
+            held = self._held_channels(input_shape)
+            for name, probs in keep.items():
+                if name not in held:
+                    why = "is not the first layer of a width group that can narrow" if name in names else \
+                        "is an unknown layer"
+                    raise ValueError(f"relaxation: keep: {name!r} {why}; the width groups' first layers are: "
+                                     f"{', '.join(held) or 'none'}")
+                if np.shape(probs) != (held[name],):
+                    raise ValueError(f"relaxation: keep: layer {name!r} has shape {np.shape(probs)}, expected "
+                                     f"({held[name]},) (the channels its width group holds)")
+        return relaxation._replace(weight_probs=relaxation.weight_probs if weight_probs else None,
+                                   keep=relaxation.keep if keep else None)
 
 
 def _per_layer(values, count: int):
@@ -341,19 +420,48 @@ def _per_layer(values, count: int):
     return jnp.broadcast_to(jnp.asarray(values, jnp.float32), (count,))
 
 
+def _float32(values):
+    """An array of a relaxation as float32: a host value on the host (no program compiled), a traced one traced."""
+    if not isinstance(values, jax.Array) and _is_concrete(values):
+        return np.asarray(values, np.float32)
+    return jnp.asarray(values, jnp.float32)
+
+
+def _check_options(label: str, options, *, pruned: bool) -> None:
+    """Candidate bit-widths: a 1-D array, its concrete values whole numbers in [MIN_BITS, MAX_BITS] (or 0)."""
+    if np.ndim(options) != 1 or np.shape(options)[0] < 1:
+        raise ValueError(f"relaxation: {label} must be a non-empty 1-D array of bit-widths, got shape "
+                         f"{np.shape(options)}")
+    if not _is_concrete(options):
+        return
+    values = np.asarray(options, np.float64)
+    valid = np.isfinite(values) & (values == np.round(values)) & (values >= MIN_BITS) & (values <= MAX_BITS)
+    if pruned:
+        valid |= values == 0
+    if not valid.all():
+        allowed = f"0 (pruned) or an integer in [{MIN_BITS}, {MAX_BITS}]" if pruned else \
+            f"an integer in [{MIN_BITS}, {MAX_BITS}]"
+        raise ValueError(f"relaxation: {label}[{int(np.argmin(valid))}] must be {allowed}, got "
+                         f"{values[np.argmin(valid)]:g}")
+
+
 def _is_concrete(values) -> bool:
     """Not None and free of tracers (a configuration given eagerly, not traced)."""
     return values is not None and not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("train", "mutable"))
-def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, mutable: tuple):
+def _forward(model: Model, variables, x, bits, widths, rng, relaxation=None, *, train: bool, mutable: tuple):
     """`Model.apply` once its arguments are arrays (jitted: an eager call runs one program, not each op)."""
     analysis = model.analysis(tuple(x.shape[1:]))
     names = analysis.table.names
     params, state, clips, ranks = model._split(variables, names)
     # empty (nothing changes) unless a layer has them
     weight_bits = {names.index(name): value for name, value in model.weight_bits(variables).items() if name in names}
+    if relaxation is not None:  # keyed by layer index, as the interceptor takes it
+        relaxation = relaxation._replace(
+            weight_probs={names.index(name): value for name, value in (relaxation.weight_probs or {}).items()},
+            keep={names.index(name): value for name, value in (relaxation.keep or {}).items()})
     if rng is not None:
         state[RNG] = rng
     stats = {}
@@ -367,7 +475,7 @@ def _forward(model: Model, variables, x, bits, widths, rng, *, train: bool, muta
             closed, [*flat_params, *flat_state, x], num_param_leaves=len(flat_params),
             num_state_leaves=len(flat_state), plan=analysis.plan, main_leaf=analysis.main_leaf, bits=bits,
             widths=widths, clips=clips, ranks=ranks, weight_bits=weight_bits, calibrate="calibration" in mutable,
-            precision=model.precision)
+            precision=model.precision, relaxation=relaxation)
         out, new_state = jax.tree.unflatten(out_tree, outputs)
     updates = {name: new_state[name] for name in mutable if name in new_state and name != RNG}
     if "calibration" in mutable:
