@@ -29,6 +29,7 @@ from mpqjax.training import feed
 __all__ = [
     "CALIBRATION_COLUMNS",
     "TrainState",
+    "apply_gradients",
     "as_float32",
     "calibrate",
     "calibrate_with",
@@ -153,14 +154,20 @@ def step_function(model: Model):
             return loss, updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        opt_state = state.opt_state
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-        opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
-        param_updates, opt_state = optimizer().update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, param_updates)
-        return TrainState(params, {**state.model_state, **updates}, opt_state, state.step + 1), loss
+        return apply_gradients(state, grads, updates, learning_rate, weight_decay), loss
 
     return step
+
+
+def apply_gradients(state: TrainState, grads, updates, learning_rate, weight_decay) -> TrainState:
+    """``state`` after one optimiser step: the parameters moved by ``grads`` (`optimizer` at ``learning_rate`` and
+    ``weight_decay``), the other collections updated by ``updates`` (batch statistics), the step counted."""
+    opt_state = state.opt_state
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    opt_state.hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
+    param_updates, opt_state = optimizer().update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    return TrainState(params, {**state.model_state, **updates}, opt_state, state.step + 1)
 
 
 @functools.lru_cache(maxsize=64)
