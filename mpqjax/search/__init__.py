@@ -9,6 +9,8 @@ Modules:
 - `steps`: the float model, the sensitivity analysis, the final training and export (shared with the command line);
 - `methods`: the search methods of the harness, k-means TPE and its peers (`METHODS`);
 - `peers`: the one-shot methods' configurations (HAWQ-V3's ILP, rate-distortion, uniform precision);
+- `relaxed` and `supernet`: the gradient-based methods (joint pruning with channel-wise precision, DNAS): their
+  relaxed choices, and the supernet that trains them;
 - `channels`: channel-wise configurations (a weight bit-width per output channel, 0 to prune);
 - `trials` and `loop`: `run`, the trials, resume, the population choice and the baseline.
 
@@ -23,7 +25,8 @@ from mpqjax._lazy import attach
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
-    submodules=["channels", "config", "inputs", "loop", "methods", "objective", "peers", "problem", "steps", "trials"],
+    submodules=["channels", "config", "inputs", "loop", "methods", "objective", "peers", "problem", "relaxed",
+                 "steps", "supernet", "trials"],
     names={
         **{name: "config" for name in (
             "DEFAULT_SIZE_REDUCTION", "GROUPS", "LIMIT_SETTINGS", "MAX_SEED", "SearchConfig", "TWO_WAYS", "UNUSED")},
@@ -41,6 +44,10 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "peers" for name in (
             "Proposal", "calibration_inputs", "channel_distortions", "layer_distortions", "layer_sensitivities",
             "propose", "prunable_layers", "pruning_distortions", "resource_tables", "uniform_proposals")},
+        **{name: "relaxed" for name in (
+            "RELAXED_METHODS", "Choice", "Configuration", "Relaxer", "Space", "fit", "relaxed_space", "relaxer")},
+        **{name: "supernet" for name in (
+            "TOTAL_TEMPERATURE_DECAY", "cost_ratios", "propose_relaxed", "train_supernet")},
         **{name: "steps" for name in (
             "FloatModel", "SearchKeys", "Trained", "analyze_sensitivity", "default_cache_dir",
             "enable_compilation_cache", "export_trained", "final_training", "finetune_configuration",

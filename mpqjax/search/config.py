@@ -22,7 +22,7 @@ import numpy as np
 
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
-from mpqjax.nn.config import check_bits
+from mpqjax.nn.config import MAX_CHANNEL_BITS, check_bits
 from mpqjax.nn.quant import CALIBRATION_METHODS, PRECISIONS
 from mpqjax.search import inputs, methods, objective
 from mpqjax.training.feed import LEARNING_RATE_SCALINGS
@@ -172,7 +172,7 @@ class SearchConfig:
     penalty: float = _setting(objective.DEFAULT_MULTIPLIER, "Lagrangian multiplier per relative violation of a "
                               "limit (objective = accuracy - penalty * violation)", _LIMITS, _POSITIVE)
     method: str = _setting("kmeans_tpe", "search method: kmeans_tpe (the paper's), random, uniform, hawq_ilp, "
-                           "rd_layers, rd_channels (mpqjax.search.methods)", _SEARCH, _known_method)
+                           "rd_layers, rd_channels, mixprec, dnas (mpqjax.search.methods)", _SEARCH, _known_method)
     trials: int = _setting(60, "configurations to evaluate (the paper's n)", _SEARCH, _POSITIVE_INT)
     n_initial: int = _setting(20, "random configurations first (the paper's n0); when not set, at most trials (a "
                               "shorter search is then all random); set above trials, refused", _SEARCH,
@@ -218,6 +218,13 @@ class SearchConfig:
                                 _CALIBRATION)
     rd_examples: int = _setting(256, "training examples whose outputs measure the distortion curves of rd_layers and "
                                 "rd_channels", _SENSITIVITY, _POSITIVE_INT)
+    supernet_epochs: int = _setting(10, "training epochs of the supernet of mixprec and dnas (its weights and its "
+                                    "relaxed choices)", _SEARCH, _POSITIVE_INT)
+    arch_learning_rate: float = _setting(5e-2, "Adam learning rate of the relaxed choices' logits (mixprec, dnas)",
+                                         _SEARCH, _POSITIVE, option="--arch-lr")
+    cost_strength: float = _setting(1.0, "initial multiplier of each limit's expected cost ratio in the supernet's "
+                                    "loss (mixprec, dnas); dual ascent then tunes it to the limit", _SEARCH,
+                                    _NON_NEGATIVE)
     hessian_batch_size: int = _setting(256, "training examples per Hessian batch", _SENSITIVITY, _POSITIVE_INT)
     hessian_batches: int = _setting(2, "training batches the Hessian traces average", _SENSITIVITY, _POSITIVE_INT)
     hessian_max_probes: int = _setting(256, "Hutchinson probe budget", _SENSITIVITY, _POSITIVE_INT)
@@ -285,6 +292,12 @@ class SearchConfig:
         if self.method == "rd_layers" and len(limits) > 1:
             raise ValueError(f"{name('method')} rd_layers allocates under one limit, got {' and '.join(limits)}; "
                              f"give one, or use hawq_ilp")
+        if method.relaxed and not limits:
+            raise ValueError(f"{name('method')} {self.method} trades accuracy against a limit: give one")
+        wide = sorted({bits for bits in (*self.bits, *(b for _, b in self.fixed_bits)) if bits > MAX_CHANNEL_BITS})
+        if self.method == "mixprec" and wide:
+            raise ValueError(f"{name('method')} mixprec quantises weights channel by channel at 2 to "
+                             f"{MAX_CHANNEL_BITS} bits: leave {wide} out of {name('bits')} and {name('fixed_bits')}")
         if self.method == "rd_channels" and limits != ["the size limit"]:
             raise ValueError(f"{name('method')} rd_channels allocates under the size limit alone, got "
                              f"{' and '.join(limits) or 'no limit'}")
@@ -326,13 +339,15 @@ UNUSED: tuple[tuple[tuple[str, ...], Callable[[SearchConfig], bool], str], ...] 
      "with {float_checkpoint}: the float model is read from it, not trained"),
     (("trials", "n_initial", "population", "strategy", "prune", "bit_sets", "log_scale"),
      lambda config: not _method(config).iterative, "with a one-shot {method} (uniform, hawq_ilp, rd_layers, "
-     "rd_channels): it fine-tunes the configurations it computes, from every bit-width of {bits}"),
+     "rd_channels, mixprec, dnas): it fine-tunes the configurations it computes, from every bit-width of {bits}"),
     (("n_initial",), lambda config: config.method == "random", "with {method} random: every trial is random"),
     (("rd_examples",), lambda config: config.method not in ("rd_layers", "rd_channels"),
      "without {method} rd_layers or rd_channels"),
+    (("supernet_epochs", "arch_learning_rate", "cost_strength"), lambda config: not _method(config).relaxed,
+     "without {method} mixprec or dnas"),
     (("hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
      lambda config: not _method(config).iterative and not _method(config).uses_hessian,
-     "with {method} uniform, rd_layers or rd_channels: it reads no Hessian"),
+     "with {method} uniform, rd_layers, rd_channels, mixprec or dnas: it reads no Hessian"),
     (("bit_sets", "log_scale", "hessian_batch_size", "hessian_batches", "hessian_max_probes", "hessian_tol"),
      lambda config: not methods.runs_hessian(config), "with {prune}: there is no Hessian and no pruning"),
     (("baseline_bits",), lambda config: not config.baseline, "without {baseline}"),

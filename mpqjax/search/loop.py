@@ -33,7 +33,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import inputs, methods, objective, peers, steps, trials
+from mpqjax.search import inputs, methods, objective, peers, steps, supernet, trials
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config_limits, full_space
 from mpqjax.search.trials import choose_population
@@ -216,8 +216,8 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
     else:
         _phase(notify, "method", f"{config.method}: {methods.METHODS[config.method].summary}")
         with clock("method"):
-            proposals = _proposals(problem, summary)
-        folder.update(method={"name": config.method, "proposals": len(proposals)})
+            proposals, details = _proposals(problem, summary)
+        folder.update(method={"name": config.method, "proposals": len(proposals), **details})
         records = trials.run_proposals(problem, folder, proposals, clock, notify)
     folder.update(search_cost=trials.search_cost(config, clock, records))
     best_config = _final_phase(problem, folder, float_net, records, clock, notify)
@@ -228,14 +228,18 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
     return best_config
 
 
-def _proposals(problem: Problem, summary: dict | None) -> list[peers.Proposal]:
-    """A one-shot method's configurations (``summary``: the Hessian analysis, for the methods that read it)."""
+def _proposals(problem: Problem, summary: dict | None) -> tuple[list[peers.Proposal], dict]:
+    """A one-shot method's configurations and what its computation recorded (``summary``: the Hessian analysis,
+    for the methods that read it)."""
+    key = steps.search_keys(problem.config.seed).trial
+    if methods.METHODS[problem.config.method].relaxed:
+        proposal, details = supernet.propose_relaxed(problem.config.method, problem, key)
+        return [proposal], {"supernet": details}
     traces = None
     if summary is not None:
         by_name = {row["name"]: row["trace_per_weight"] for row in summary["layers"]}
         traces = [by_name[name] for name in problem.table.names]
-    return peers.propose(problem.config.method, problem, steps.search_keys(problem.config.seed).trial,
-                         traces_per_weight=traces)
+    return peers.propose(problem.config.method, problem, key, traces_per_weight=traces), {}
 
 
 # -- before anything is written --------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ the best, final training, report and export. Two kinds:
 - *iterative* methods ask an optimiser for configurations and tell it the results, trial after trial:
   ``kmeans_tpe`` (the paper's k-means TPE, the default) and ``random`` (uniform draws from the same space);
 - *one-shot* methods compute their configurations once from the float model, then fine-tune each (their trials):
-  ``uniform``, ``hawq_ilp``, ``rd_layers`` and ``rd_channels`` (`mpqjax.search.peers`).
+  ``uniform``, ``hawq_ilp``, ``rd_layers`` and ``rd_channels`` (`mpqjax.search.peers`), and the gradient-based
+  ``mixprec`` and ``dnas``, which train a supernet of relaxed choices first (`mpqjax.search.relaxed`).
 
-This module is the registry only (plain data, imported by the settings' validation); `mpqjax.search.peers`
-computes the one-shot methods' configurations.
+This module is the registry only (plain data, imported by the settings' validation); `mpqjax.search.peers` and
+`mpqjax.search.relaxed` compute the one-shot methods' configurations.
 
 Example:
     >>> METHODS["hawq_ilp"].iterative, METHODS["hawq_ilp"].uses_hessian
@@ -37,6 +38,7 @@ class Method:
             configurations once and fine-tunes each.
         searches_widths: it chooses width multipliers (else every width is 1).
         uses_hessian: it reads the Hessian traces (else the Hessian runs only to prune an iterative method's space).
+        relaxed: it trains a supernet whose choices are relaxed into probabilities (`mpqjax.search.relaxed`).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Method:
     iterative: bool
     searches_widths: bool
     uses_hessian: bool
+    relaxed: bool = False
 
 
 METHODS = {method.name: method for method in (
@@ -59,6 +62,12 @@ METHODS = {method.name: method for method in (
            iterative=False, searches_widths=False, uses_hessian=False),
     Method("rd_channels", "rate-distortion per output channel: a weight bit-width per channel, or pruned, under "
            "the size limit", iterative=False, searches_widths=False, uses_hessian=False),
+    Method("mixprec", "joint pruning and channel-wise precision (PLiNIO): per-channel weight bit-widths or pruned, "
+           "per-layer activation bit-widths, trained as softmax-relaxed choices under the expected cost",
+           iterative=False, searches_widths=False, uses_hessian=False, relaxed=True),
+    Method("dnas", "differentiable architecture search (DARTS-style) over per-layer bit-widths and width "
+           "multipliers under the expected cost, weight and architecture steps alternating", iterative=False,
+           searches_widths=True, uses_hessian=False, relaxed=True),
 )}
 
 

@@ -77,9 +77,10 @@ def propose(name: str, problem: Problem, key, *, traces_per_weight: Sequence[flo
     Raises:
         ValueError: an unknown or iterative method, or no configuration meets the limits.
     """
-    if name not in METHODS or METHODS[name].iterative:
-        raise ValueError(f"{name!r} is not a one-shot method; one-shot methods: "
-                         f"{', '.join(m for m, method in METHODS.items() if not method.iterative)}")
+    if name not in METHODS or METHODS[name].iterative or METHODS[name].relaxed:
+        raise ValueError(f"{name!r} is not a one-shot method computed here; they are: "
+                         f"{', '.join(m for m, method in METHODS.items() if not (method.iterative or method.relaxed))}"
+                         f" (mixprec and dnas: mpqjax.search.relaxed)")
     if name == "uniform":
         return uniform_proposals(problem.config, problem.table, problem.target, problem.limits, problem.layer_space)
     options, allowed = _options(problem.layer_space)

@@ -98,6 +98,7 @@ def test_the_command_line_refuses_what_it_was_given_two_ways_or_in_vain():
              "float_checkpoint": "--params", "float_epochs": "--float-epochs", "prune": "--no-prune",
              "hessian_tol": "--hessian-tol", "bit_sets": "--bit-sets", "baseline": "--baseline",
              "baseline_bits": "--baseline-bits", "strategy": "--strategy", "population": "--population",
+             "cost_strength": "--cost-strength",
              "method": "--method", "trials": "--trials", "rd_examples": "--rd-examples",
              "hessian_max_probes": "--hessian-max-probes"}
     cases = [
@@ -113,11 +114,16 @@ def test_the_command_line_refuses_what_it_was_given_two_ways_or_in_vain():
         (dict(strategy="vmap"), {"strategy"}, "--strategy has no effect with a population of 1"),
         # what a search method does not use
         (dict(method="hawq_ilp", trials=10), {"method", "trials"},
-         "--trials has no effect with a one-shot --method (uniform, hawq_ilp, rd_layers, rd_channels)"),
+         "--trials has no effect with a one-shot --method (uniform, hawq_ilp, rd_layers, rd_channels, mixprec, dnas)"),
         (dict(method="random", n_initial=5), {"method", "n_initial"},
          "--n-initial has no effect with --method random: every trial is random"),
         (dict(method="rd_layers", hessian_max_probes=8), {"method", "hessian_max_probes"},
-         "--hessian-max-probes has no effect with --method uniform, rd_layers or rd_channels: it reads no Hessian"),
+         "--hessian-max-probes has no effect with --method uniform, rd_layers, rd_channels, mixprec or dnas: it reads "
+         "no Hessian"),
+        (dict(method="hawq_ilp", cost_strength=2.0), {"method", "cost_strength"},
+         "--cost-strength has no effect without --method mixprec or dnas"),
+        (dict(method="dnas", supernet_epochs=3, trials=5), {"method", "supernet_epochs", "trials"},
+         "--trials has no effect with a one-shot --method"),
         (dict(rd_examples=64), {"rd_examples"}, "--rd-examples has no effect without --method rd_layers or "
                                                 "rd_channels"),
     ]

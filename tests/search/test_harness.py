@@ -12,7 +12,7 @@ from mpqjax.search.methods import METHODS
 
 # Tiny but real: the embedded digits, a 3-epoch float model (cached across runs), 1-epoch fine-tunes.
 SMALL = dict(trials=4, n_initial=2, float_epochs=3, batch_size=128, finetune_epochs=1, final_epochs=1,
-             hessian_batch_size=64, hessian_batches=1, hessian_max_probes=8)
+             hessian_batch_size=64, hessian_batches=1, hessian_max_probes=8, supernet_epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,44 @@ def test_the_search_cost_is_recorded_next_to_the_result(runs):
 
 
 @pytest.mark.slow
+def test_the_relaxed_methods_train_a_supernet_and_fine_tune_its_configuration_fitted_to_the_limit(runs):
+    widths = set(search.SearchConfig().widths)
+    for name in ("mixprec", "dnas"):
+        result, folder = runs[name]
+        method = json.loads((folder / "search.json").read_text())["method"]
+        assert method["name"] == name and method["proposals"] == 1
+        supernet = method["supernet"]
+        assert supernet["steps"] > 0 and set(supernet["multipliers"]) == {"size_bytes"}
+        assert set(supernet["fitted"]) == {"lowered", "raised"}
+        (trial,) = result.trials
+        assert trial["phase"] == name and trial["feasible"] and result.search_cost["method_seconds"] > 0
+    mixprec, dnas = runs["mixprec"][0].trials[0], runs["dnas"][0].trials[0]
+    assert list(mixprec["channel_bits"]) == ["conv1", "conv2", "conv3", "head"]
+    assert 0 not in mixprec["channel_bits"]["head"]  # a class is never pruned
+    assert "channel_bits" not in dnas and set(dnas["widths"][:3]) <= widths and dnas["widths"][3] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mixprec", "dnas"])
+def test_a_relaxed_search_is_the_same_for_a_seed(runs, tmp_path, method):
+    settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
+    result, _ = runs[method]
+    again = search.run(search.SearchConfig(**settings, method=method), str(tmp_path / "again"))
+    assert again.best == result.best
+    assert [{k: v for k, v in t.items() if k not in search.TIME_FIELDS} for t in again.trials] == [
+        {k: v for k, v in t.items() if k not in search.TIME_FIELDS} for t in result.trials]
+
+
+def test_a_diverging_supernet_fails_the_search_with_its_reason_and_writes_nothing(tmp_path):
+    settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
+    out = tmp_path / "run"
+    config = search.SearchConfig(**settings, method="mixprec", finetune_learning_rate=1e30)
+    with pytest.raises(ValueError, match="mixprec: the supernet's training diverged at step"):
+        search.run(config, str(out))
+    assert not out.exists()
+
+
+@pytest.mark.slow
 def test_a_finished_one_shot_search_resumes_to_the_same_result(runs):
     result, folder = runs["hawq_ilp"]
     settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
@@ -137,7 +175,13 @@ def test_a_finished_one_shot_search_resumes_to_the_same_result(runs):
 
 @pytest.mark.parametrize("settings, message", [
     (dict(method="bayes"), "method must be one of kmeans_tpe, random, uniform, hawq_ilp, rd_layers, rd_channels, "
-                           "got 'bayes'"),
+                           "mixprec, dnas, got 'bayes'"),
+    (dict(method="mixprec", min_size_reduction=None), "method mixprec trades accuracy against a limit: give one"),
+    (dict(method="dnas", min_size_reduction=None), "method dnas trades accuracy against a limit: give one"),
+    (dict(method="mixprec", bits=(16, 8, 4)), r"method mixprec quantises weights channel by channel at 2 to 8 bits: "
+                                              r"leave \[16\] out of bits and fixed_bits"),
+    (dict(method="mixprec", fixed_bits=(("conv1", 16),)), r"leave \[16\] out"),
+    (dict(method="mixprec", widths=(0.5, 1.0)), "method mixprec chooses bit-widths only .*widths cannot apply"),
     (dict(method="hawq_ilp", widths=(0.5, 1.0)), "method hawq_ilp chooses bit-widths only .*widths cannot apply"),
     (dict(method="rd_layers", max_latency_seconds=1e-3),
      "method rd_layers allocates under one limit, got the size limit and the latency limit"),
