@@ -4,14 +4,17 @@ Every method runs `mpqjax.search.run` with the same settings (model, data, seed,
 except ``method``: the float model (trained once, then cached), the layer table, the splits, the cost model and the
 limits are the same for all. Per size limit (a reduction against FiP16) and method it records the test accuracy
 after the final training, the size, the FPGA latency, the validation accuracy of the chosen trial and the search
-cost (seconds of Hessian, the method's own analysis, fine-tunes and optimiser; the number of fine-tunes), with the
-float model and uniform precision (the ``uniform`` method) as references.
+cost (seconds of Hessian, the method's own analysis (the supernet's training for mixprec and dnas), fine-tunes and
+optimiser; the number of fine-tunes), with the float model and uniform precision (the ``uniform`` method) as
+references. Every search runs for each seed of ``--seeds`` (the seed of everything: data split, float model, search,
+final training), and ``summary`` gives each method's mean, standard deviation and range of test accuracy over them.
 
-Prints one JSON object, writes it to ``experiments/results/peers_<model>.json`` and plots test accuracy against size
-(``peers_<model>.png``).
+Prints one JSON line per search, writes everything to ``experiments/results/peers_<model>.json`` and plots test
+accuracy against size, every method's mean with its range over the seeds (``peers_<model>.png``).
 
 Usage:
-    python experiments/peers.py                       # digits_cnn on digits, 6x and 8x, every method
+    python experiments/peers.py                       # digits_cnn on digits, 6x and 8x, every method, seed 0
+    python experiments/peers.py --reductions 6,7 --trials 60 --seeds 0,1,2          # the results page's table
     python experiments/peers.py --quick               # 6 trials, 1-epoch fine-tunes: checks the script
     python experiments/peers.py --methods hawq_ilp,rd_layers --reductions 8
     python experiments/peers.py --model resnet20 --cifar-shaped --reductions 6 --trials 16 --final-epochs 8 \
@@ -49,16 +52,20 @@ def cifar_shaped_digits(seed: int = 0) -> data.Dataset:
 
 def run_method(base: search.SearchConfig, method: str, reduction: float, root: str,
                dataset: data.Dataset | None = None) -> dict:
-    """One search: ``base`` with ``method`` and the size limit ``FiP16 / reduction``; its result's figures."""
+    """One search: ``base`` with ``method`` and the size limit ``FiP16 / reduction``; its result's figures (or the
+    reason it failed)."""
     config = dataclasses.replace(base, method=method, min_size_reduction=reduction)
     if not METHODS[method].searches_widths:
         config = dataclasses.replace(config, widths=(1.0,))
-    out_dir = os.path.join(root, f"{method}-{reduction:g}")
+    out_dir = os.path.join(root, f"{method}-{reduction:g}-{base.seed}")
     start = time.perf_counter()
-    result = search.run(config, out_dir, dataset=dataset)
+    try:
+        result = search.run(config, out_dir, dataset=dataset)
+    except ValueError as error:
+        return {"method": method, "min_size_reduction": reduction, "seed": base.seed, "error": str(error)}
     best = result.best
     return {
-        "method": method, "min_size_reduction": reduction, "test_accuracy": best["test_accuracy"],
+        "method": method, "min_size_reduction": reduction, "seed": base.seed, "test_accuracy": best["test_accuracy"],
         "validation_accuracy": best["validation_accuracy"], "size_bytes": best["size_bytes"],
         "size_reduction_vs_fip16": best["size_reduction_vs_fip16"], "latency_seconds": best["latency_seconds"],
         "speedup_vs_fip16": best["speedup_vs_fip16"], "bits": [row["bits"] for row in best["layers"]],
@@ -67,19 +74,47 @@ def run_method(base: search.SearchConfig, method: str, reduction: float, root: s
     }
 
 
-def plot(rows: list[dict], path: str, title: str) -> None:
-    """Test accuracy against size, one marker per method, one panel per limit."""
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per limit and method, over the seeds that finished: test accuracy (mean, standard deviation, min, max), mean
+    size, latency and search cost, and the seeds that failed."""
+    summary = []
+    for reduction in sorted({row["min_size_reduction"] for row in rows}):
+        for method in dict.fromkeys(row["method"] for row in rows):
+            runs = [row for row in rows if row["min_size_reduction"] == reduction and row["method"] == method]
+            done = [row for row in runs if "error" not in row]
+            entry = {"min_size_reduction": reduction, "method": method, "seeds": len(done),
+                     "failed": [row["seed"] for row in runs if "error" in row]}
+            if done:
+                accuracy = np.asarray([row["test_accuracy"] for row in done])
+                mean = lambda field, done=done: float(np.mean([row[field] for row in done]))  # noqa: E731
+                entry.update(test_accuracy_mean=float(accuracy.mean()), test_accuracy_std=float(accuracy.std()),
+                             test_accuracy_min=float(accuracy.min()), test_accuracy_max=float(accuracy.max()),
+                             size_bytes_mean=mean("size_bytes"), latency_seconds_mean=mean("latency_seconds"),
+                             search_seconds_mean=float(np.mean([row["search_cost"]["seconds"] for row in done])),
+                             float_test_accuracy_mean=mean("float_test_accuracy"))
+            summary.append(entry)
+    return summary
+
+
+def plot(summary: list[dict], path: str, title: str) -> None:
+    """Test accuracy against size: each method's mean over the seeds, its bar the seeds' range; one panel per
+    limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reductions = sorted({row["min_size_reduction"] for row in rows})
-    figure, axes = plt.subplots(1, len(reductions), figsize=(5 * len(reductions), 4), squeeze=False)
+    done = [entry for entry in summary if entry["seeds"]]
+    reductions = sorted({entry["min_size_reduction"] for entry in done})
+    figure, axes = plt.subplots(1, len(reductions), figsize=(5.5 * len(reductions), 4.5), squeeze=False)
     for axis, reduction in zip(axes[0], reductions, strict=True):
-        for row in (r for r in rows if r["min_size_reduction"] == reduction):
-            axis.scatter(row["size_bytes"] / 1e3, row["test_accuracy"], label=row["method"], s=40)
-        axis.axhline(rows[0]["float_test_accuracy"], color="grey", linestyle="--", label="float")
+        entries = [entry for entry in done if entry["min_size_reduction"] == reduction]
+        for entry in entries:
+            mean = entry["test_accuracy_mean"]
+            spread = [[mean - entry["test_accuracy_min"]], [entry["test_accuracy_max"] - mean]]
+            axis.errorbar(entry["size_bytes_mean"] / 1e3, mean, yerr=spread, fmt="o", capsize=3,
+                          label=entry["method"])
+        axis.axhline(entries[0]["float_test_accuracy_mean"], color="grey", linestyle="--", label="float")
         axis.set(title=f"{title}: size limit FiP16 / {reduction:g}", xlabel="size (kB)", ylabel="test accuracy")
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -96,30 +131,36 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=30)
     parser.add_argument("--hessian-max-probes", type=int, default=search.SearchConfig.hessian_max_probes)
     parser.add_argument("--rd-examples", type=int, default=search.SearchConfig.rd_examples)
+    parser.add_argument("--seeds", default="0", help="seeds to run every search with (comma-separated)")
+    parser.add_argument("--supernet-epochs", type=int, default=search.SearchConfig.supernet_epochs)
     parser.add_argument("--cifar-shaped", action="store_true", help="digits enlarged to 32x32x3 (see above)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     base = search.SearchConfig(model=args.model, dataset=args.dataset, trials=args.trials,
                                n_initial=min(10, args.trials), final_epochs=args.final_epochs,
-                               hessian_max_probes=args.hessian_max_probes, rd_examples=args.rd_examples)
+                               hessian_max_probes=args.hessian_max_probes, rd_examples=args.rd_examples,
+                               supernet_epochs=args.supernet_epochs)
     if args.quick:
         base = dataclasses.replace(base, trials=6, n_initial=3, finetune_epochs=1, final_epochs=2, float_epochs=3,
-                                   hessian_max_probes=16)
-    dataset = cifar_shaped_digits(base.seed) if args.cifar_shaped else None
+                                   hessian_max_probes=16, supernet_epochs=2)
     rows = []
     with tempfile.TemporaryDirectory() as root:
-        for reduction in (float(value) for value in args.reductions.split(",")):
-            for method in args.methods.split(","):
-                rows.append(run_method(base, method, reduction, root, dataset))
-                print(json.dumps(rows[-1]), flush=True)
+        for seed in (int(value) for value in args.seeds.split(",")):
+            seeded = dataclasses.replace(base, seed=seed)
+            dataset = cifar_shaped_digits(seed) if args.cifar_shaped else None
+            for reduction in (float(value) for value in args.reductions.split(",")):
+                for method in args.methods.split(","):
+                    rows.append(run_method(seeded, method, reduction, root, dataset))
+                    print(json.dumps(rows[-1]), flush=True)
+    table = summarise(rows)
     name = f"peers_{args.model}{'_cifar_shaped' if args.cifar_shaped else ''}{'_quick' if args.quick else ''}"
     out = args.out or os.path.join(RESULTS, f"{name}.json")
     summary = {"model": args.model, "dataset": "digits enlarged to 32x32x3" if args.cifar_shaped else args.dataset,
-               "settings": dataclasses.asdict(base), "rows": rows}
+               "settings": dataclasses.asdict(base), "seeds": args.seeds, "summary": table, "rows": rows}
     with open(out, "w") as file:
         json.dump(summary, file, indent=1)
-    plot(rows, out.removesuffix(".json") + ".png", args.model)
+    plot(table, out.removesuffix(".json") + ".png", args.model)
     print(json.dumps({"written": out}))
 
 
