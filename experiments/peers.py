@@ -17,8 +17,9 @@ Usage:
     python experiments/peers.py --reductions 6,7 --trials 60 --seeds 0,1,2          # the results page's table
     python experiments/peers.py --quick               # 6 trials, 1-epoch fine-tunes: checks the script
     python experiments/peers.py --methods hawq_ilp,rd_layers --reductions 8
-    python experiments/peers.py --model resnet20 --cifar-shaped --reductions 6 --trials 16 --final-epochs 8 \
-        --hessian-max-probes 16 --rd-examples 32                                                # ResNet-20
+    python experiments/peers.py --model resnet20 --cifar-shaped --reductions 6 --trials 12 --n-initial 6 \
+        --finetune-epochs 2 --final-epochs 4 --supernet-epochs 4 --hessian-max-probes 16 --rd-examples 32 \
+        --seeds 0,1,2                                                          # ResNet-20, the results page's table
 
 ``--cifar-shaped`` runs on digits made CIFAR-shaped (each 8x8 image enlarged 4x to 32x32, nearest neighbour, and
 repeated over 3 channels; the same splits): for machines without a local CIFAR-10 copy (`mpqjax.data.load_cifar10`
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--reductions", default="6,8", help="size limits as reductions against FiP16")
     parser.add_argument("--trials", type=int, default=30, help="trials of the iterative methods")
+    parser.add_argument("--n-initial", type=int, default=None, help="their random trials (default min(10, trials))")
+    parser.add_argument("--finetune-epochs", type=int, default=search.SearchConfig.finetune_epochs)
     parser.add_argument("--final-epochs", type=int, default=30)
     parser.add_argument("--hessian-max-probes", type=int, default=search.SearchConfig.hessian_max_probes)
     parser.add_argument("--rd-examples", type=int, default=search.SearchConfig.rd_examples)
@@ -138,12 +141,15 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     base = search.SearchConfig(model=args.model, dataset=args.dataset, trials=args.trials,
-                               n_initial=min(10, args.trials), final_epochs=args.final_epochs,
+                               n_initial=args.n_initial or min(10, args.trials), final_epochs=args.final_epochs,
+                               finetune_epochs=args.finetune_epochs,
                                hessian_max_probes=args.hessian_max_probes, rd_examples=args.rd_examples,
                                supernet_epochs=args.supernet_epochs)
     if args.quick:
         base = dataclasses.replace(base, trials=6, n_initial=3, finetune_epochs=1, final_epochs=2, float_epochs=3,
                                    hessian_max_probes=16, supernet_epochs=2)
+    name = f"peers_{args.model}{'_cifar_shaped' if args.cifar_shaped else ''}{'_quick' if args.quick else ''}"
+    out = args.out or os.path.join(RESULTS, f"{name}.json")
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for seed in (int(value) for value in args.seeds.split(",")):
@@ -153,15 +159,18 @@ def main() -> None:
                 for method in args.methods.split(","):
                     rows.append(run_method(seeded, method, reduction, root, dataset))
                     print(json.dumps(rows[-1]), flush=True)
-    table = summarise(rows)
-    name = f"peers_{args.model}{'_cifar_shaped' if args.cifar_shaped else ''}{'_quick' if args.quick else ''}"
-    out = args.out or os.path.join(RESULTS, f"{name}.json")
-    summary = {"model": args.model, "dataset": "digits enlarged to 32x32x3" if args.cifar_shaped else args.dataset,
-               "settings": dataclasses.asdict(base), "seeds": args.seeds, "summary": table, "rows": rows}
-    with open(out, "w") as file:
-        json.dump(summary, file, indent=1)
-    plot(table, out.removesuffix(".json") + ".png", args.model)
+                    write(out, args, base, rows)  # after every search: a stopped run keeps what it measured
+    plot(summarise(rows), out.removesuffix(".json") + ".png", args.model)
     print(json.dumps({"written": out}))
+
+
+def write(out: str, args, base: search.SearchConfig, rows: list[dict]) -> None:
+    """The results so far, replacing ``out`` whole."""
+    summary = {"model": args.model, "dataset": "digits enlarged to 32x32x3" if args.cifar_shaped else args.dataset,
+               "settings": dataclasses.asdict(base), "seeds": args.seeds, "summary": summarise(rows), "rows": rows}
+    with open(out + ".part", "w") as file:
+        json.dump(summary, file, indent=1)
+    os.replace(out + ".part", out)
 
 
 if __name__ == "__main__":
