@@ -65,8 +65,8 @@ from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import MAX_BITS, MIN_BITS
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["Cost", "array_cycles", "baselines", "cost", "cost_of_layers", "fip16_size_bytes", "layer_counts",
-           "products_per_dsp", "table_arrays"]
+__all__ = ["Cost", "array_cycles", "baselines", "cost", "cost_of_layers", "exact_ceil_div", "fip16_size_bytes",
+           "layer_counts", "products_per_dsp", "table_arrays"]
 
 
 class Cost(NamedTuple):
@@ -167,6 +167,21 @@ def products_per_dsp(target: FPGATarget, bits, xp=jnp, dtype=jnp.float32):
     return packing[bits.astype(np.int32) - 1]
 
 
+def exact_ceil_div(numerator, denominator, xp=jnp):
+    """``ceil(numerator / denominator)`` of whole numbers, exact below 2**24 in float32.
+
+    A compiled program may divide by a broadcast divisor as a multiplication by its reciprocal, and that product can
+    land just above a whole quotient (``2940 * fl(1/15)`` is 196.00002, whose ceil is 197): the result steps back
+    where one divisor fewer already covers the numerator. Divisors that are powers of two are exact either way.
+
+    Example:
+        >>> int(exact_ceil_div(jnp.float32(2940.0), jnp.float32(15.0)))
+        196
+    """
+    rounded = xp.ceil(numerator / denominator)
+    return xp.where((rounded - 1.0) * denominator >= numerator, rounded - 1.0, rounded)
+
+
 def array_cycles(target: FPGATarget, pixels, patch, channels, products, xp=jnp, *, ceil_div=None):
     """Cycles of the systolic array computing ``channels`` output channels at ``products`` multiplications per DSP.
 
@@ -179,12 +194,10 @@ def array_cycles(target: FPGATarget, pixels, patch, channels, products, xp=jnp, 
             broadcast together).
         products: multiplications per DSP (`products_per_dsp`).
         xp: the array module.
-        ceil_div: ``ceil_div(numerator, denominator)``, the quotient rounded up; ``xp.ceil(numerator / denominator)``
-            when None.
+        ceil_div: ``ceil_div(numerator, denominator)``, the quotient rounded up; `exact_ceil_div` when None.
     """
     if ceil_div is None:
-        def ceil_div(numerator, denominator):
-            return xp.ceil(numerator / denominator)
+        ceil_div = functools.partial(exact_ceil_div, xp=xp)
     invocations = ceil_div(channels, target.rows)
     row_passes = pixels * ceil_div(patch, target.cols)
     return ceil_div(row_passes, products) * invocations + target.overhead_cycles * invocations

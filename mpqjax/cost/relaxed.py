@@ -45,6 +45,7 @@ from mpqjax.cost.model import (
     array_cycles,
     baselines,
     cost_of_layers,
+    exact_ceil_div,
     layer_counts,
     products_per_dsp,
     table_arrays,
@@ -59,12 +60,8 @@ __all__ = ["channel_probs_groups", "layer_choice_groups", "relaxed_cost"]
 def _straight_through_ceil_div(numerator, denominator):
     """``ceil(numerator / denominator)`` in value, ``numerator / denominator`` in gradient."""
     quotient = numerator / denominator
-    rounded = jnp.ceil(quotient)
-    # XLA may divide by a broadcast divisor as a multiplication by its reciprocal, and 2940 * fl(1/15) rounds above
-    # 196: step back where one divisor fewer already covers the numerator (exact for integer counts below 2**24).
-    rounded = jnp.where((rounded - 1.0) * denominator >= numerator, rounded - 1.0, rounded)
     # quotient - stop_gradient(quotient) is exactly 0, so the value is the rounded count, not a rounded sum.
-    return rounded + (quotient - jax.lax.stop_gradient(quotient))
+    return exact_ceil_div(numerator, denominator) + (quotient - jax.lax.stop_gradient(quotient))
 
 
 def _options(bits):

@@ -108,6 +108,27 @@ def test_overhead_cycles_are_paid_per_invocation(two_layer_table):
     assert float(result.latency_cycles) == float(plain.latency_cycles) + 5 * (2 + 3)
 
 
+@pytest.mark.parametrize("model", ["resnet20", "mobilenet_v2"])
+def test_cycles_are_whole_quotients_rounded_up_on_an_array_of_any_shape(model):
+    # a compiled division by a broadcast 7 or 15 may run as a multiplication by its reciprocal, which lands above a
+    # whole quotient (2940 * fl(1/15) is 196.00002): the counts must still be the exact ceilings, as NumPy's float64
+    from mpqjax.nn import models
+
+    table = models.layer_table(model)
+    target = cost_model.FPGATarget(rows=7, cols=15)
+    rng = np.random.default_rng(0)
+    bits = rng.choice([2, 3, 4, 6, 8], size=(64, len(table))).astype(np.float32)
+    widths = np.ones((64, len(table)), np.float32)
+    for group in table.width_groups():
+        if table[group[0]].scalable:
+            widths[:, group] = rng.choice([0.75, 0.875, 1.0, 1.125, 1.25], size=(64, 1))
+    cycles = jax.jit(jax.vmap(lambda b, w: cost_model.cost(table, b, w, target).layer_cycles))(bits, widths)
+    exact = [cost_model.channel_cost(table, b, w, [None] * len(table), target).layer_cycles
+             for b, w in zip(bits, widths, strict=True)]
+    np.testing.assert_array_equal(np.asarray(cycles), np.asarray(exact))
+    assert int(cost_model.exact_ceil_div(jnp.float32(2940.0), jnp.float32(15.0))) == 196
+
+
 def test_bits_are_rounded_and_clipped_to_the_valid_range_inside_jit(two_layer_table):
     # jitted code cannot raise: out-of-range bit-widths cost as the nearest valid one (check_config refuses them).
     costed = jax.jit(lambda bits: cost_model.cost(two_layer_table, bits, 1.0, SMALL_FPGA).size_bytes)
