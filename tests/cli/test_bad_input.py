@@ -47,6 +47,12 @@ SEARCH = [
     (["--model", "nope"], "unknown model 'nope'"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--trials", "0"], "--trials must be a positive integer, got 0"),
+    (["--method", "mixprec", "--bits", "16,8,4"], "--method mixprec quantises weights channel by channel at 2 to 8 "
+                                                  "bits: leave [16] out of --bits and --fix-bits"),
+    (["--method", "dnas", "--no-size-limit"], "--method dnas trades accuracy against a limit: give one"),
+    (["--method", "mixprec", "--cost-strength", "-1"], "--cost-strength must be a non-negative number, got -1"),
+    (["--method", "dnas", "--supernet-epochs", "0"], "--supernet-epochs must be a positive integer, got 0"),
+    (["--method", "hawq_ilp", "--arch-lr", "0.1"], "--arch-lr has no effect without --method mixprec or dnas"),
 ]
 RESUME = [  # a search resumed with bad settings: refused before the folder is read
     (["--resume", "--trials", "5", "--n-initial", "100"], "--n-initial 100 exceeds --trials=5"),
