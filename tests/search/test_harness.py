@@ -147,6 +147,24 @@ def test_the_relaxed_methods_train_a_supernet_and_fine_tune_its_configuration_fi
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mixprec", "dnas"])
+def test_a_relaxed_method_s_configuration_exports_as_an_integer_model_that_predicts_as_the_trained_one(
+        runs, tmp_path, method):
+    import numpy as np
+
+    from mpqjax import cli, data, export
+
+    result, folder = runs[method]
+    assert cli.main(["export", str(folder), "--format", "integer", "--out", str(tmp_path / "int.npz")]) == 0
+    trained, integer = export.load_program(folder / "model.npz"), export.load_program(tmp_path / "int.npz")
+    assert trained.metadata.get("channel_bits") == result.best.get("channel_bits")
+    digits = data.load_digits_splits(0)
+    pixels = np.clip(np.round(digits.test.x * digits.std + digits.mean), 0, 255).astype(np.uint8)  # what it reads
+    agree = np.mean(np.argmax(integer(pixels), -1) == np.argmax(trained(digits.test.x), -1))
+    assert agree >= 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mixprec", "dnas"])
 def test_a_relaxed_search_is_the_same_for_a_seed(runs, tmp_path, method):
     settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
     result, _ = runs[method]

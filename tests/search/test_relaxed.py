@@ -1,6 +1,6 @@
-"""Specification of mpqjax.search.relaxed: the gradient-based methods' supernet (mixprec: per-channel bit-widths or
-pruned, per-layer activations; dnas: per-layer bit-widths and per-group widths), its expected cost exact at one-hot
-choices, its argmax valid for the cost model, its repair to the limits, and its refusals."""
+"""Specification of mpqjax.search.relaxed: the gradient-based methods' relaxed choices (mixprec: per-channel bit-widths
+or pruned, per-layer activations; dnas: per-layer bit-widths and per-group widths), their model and expected cost
+exact at one-hot choices, their argmax valid for the cost model, its fit to the limits, and the refusals."""
 
 import dataclasses
 
@@ -9,37 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mpqjax import cost as cost_model
-from mpqjax.search import channels, objective, relaxed, supernet
-from mpqjax.search.config import SearchConfig
-from mpqjax.search.problem import Problem, config_limits, full_space
+from mpqjax.search import channels, objective, relaxed
 from mpqjax.training import train
 
 # the MLP's layers: fc1 (32 channels) and fc2 (16) own their channels; the head (10 classes) cannot prune
 CHANNELS = {"dense1": 32, "dense2": 16, "head": 10}
 
 
-def make_problem(digits, float_net, masked_mlp, **settings) -> Problem:
-    config = SearchConfig(**{**dict(model="mlp", bits=(8, 4, 2), prune=False, min_size_reduction=6.0,
-                                    calibration="max", batch_size=128, supernet_epochs=1), **settings})
-    table = masked_mlp.table(digits.input_shape)
-    target = cost_model.load_target("fpga")
-    limits = config_limits(config, table, target)
-    float_model, float_variables, _ = float_net
-    return Problem(config, digits, table, target, limits, float_model, float_variables, masked_mlp,
-                   full_space(config, table))
-
-
 @pytest.fixture(scope="module")
-def mixprec_problem(digits, trained_float_mlp, masked_mlp):
+def mixprec_problem(relaxed_problem):
     """The MLP on digits, 6x below FiP16, bit-widths 8, 4, 2, widths 1: mixprec's problem."""
-    return make_problem(digits, trained_float_mlp(2), masked_mlp, widths=(1.0,), method="mixprec")
+    return relaxed_problem(widths=(1.0,), method="mixprec")
 
 
 @pytest.fixture(scope="module")
-def dnas_problem(digits, trained_float_mlp, masked_mlp):
+def dnas_problem(relaxed_problem):
     """The same with widths 0.75, 1, 1.25: dnas's problem."""
-    return make_problem(digits, trained_float_mlp(2), masked_mlp, widths=(0.75, 1.0, 1.25), method="dnas")
+    return relaxed_problem(widths=(0.75, 1.0, 1.25), method="dnas")
 
 
 def peaked(logits, choose):
@@ -182,50 +168,12 @@ def test_fit_refuses_limits_no_lowering_meets(mixprec_problem):
         relaxed.fit(problem, relaxation, logits, relaxation.argmax(logits))
 
 
-@pytest.mark.parametrize("method", ["mixprec", "dnas"])
-def test_a_proposal_is_valid_within_the_limits_and_the_same_for_a_seed(method, mixprec_problem, dnas_problem):
-    problem = mixprec_problem if method == "mixprec" else dnas_problem
-    proposal, details = supernet.propose_relaxed(method, problem, jax.random.key(0))
-    again, _ = supernet.propose_relaxed(method, problem, jax.random.key(0))
-    assert proposal == again
-    cost = problem.cost(proposal.bits, proposal.widths, proposal.channel_bits)
-    assert bool(objective.is_feasible(cost, problem.limits))
-    assert details["steps"] == len(problem.dataset.train) // (2 if method == "dnas" else 1) // 128
-    assert set(details["multipliers"]) == {"size_bytes"} and details["multipliers"]["size_bytes"] >= 0
-    assert set(details["fitted"]) == {"lowered", "raised"}
-    assert np.isfinite(details["final_cross_entropy"])
-    if method == "mixprec":
-        layout = channels.channel_layout(problem.table, proposal.channel_bits)  # valid: checked there
-        np.testing.assert_array_equal(layout.widths, proposal.widths)
-        assert set(proposal.channel_bits) == set(CHANNELS)
-        assert 0 not in proposal.channel_bits["head"]
-    else:
-        assert proposal.channel_bits is None
-        assert set(proposal.widths.tolist()) <= {0.75, 1.0, 1.25}
-
-
-def test_a_diverging_supernet_fails_with_the_reason(digits, trained_float_mlp, masked_mlp):
-    problem = make_problem(digits, trained_float_mlp(2), masked_mlp, widths=(1.0,), method="mixprec",
-                           finetune_learning_rate=1e30)
-    with pytest.raises(ValueError, match=r"mixprec: the supernet's training diverged at step \d+ of \d+"):
-        supernet.propose_relaxed("mixprec", problem, jax.random.key(0))
-
-
-def test_cost_ratios_weigh_only_the_set_limits():
-    limits = objective.make_limits(size_bytes=100.0, throughput_per_second=1e3)
-    cost = cost_model.Cost(*([jnp.asarray(2.0)] * len(cost_model.Cost._fields)))
-    ratios = supernet.cost_ratios(cost._replace(size_bytes=jnp.asarray(50.0), latency_seconds=jnp.asarray(2e-3)),
-                                 limits)
-    np.testing.assert_allclose(ratios, [0.5, 0.0, 0.0, 2.0, 0.0])
-
-
-def test_relaxed_methods_refuse_what_they_cannot_relax(digits, trained_float_mlp, masked_mlp, mixprec_problem):
+def test_relaxed_methods_refuse_what_they_cannot_relax(relaxed_problem, mixprec_problem):
     with pytest.raises(ValueError, match="mixprec quantises weights channel by channel at 2 to 8 bits, but layer "
                                          "'dense1' may take"):
-        relaxed.relaxed_space("mixprec", make_problem(digits, trained_float_mlp(2), masked_mlp, widths=(1.0,),
-                                                      bits=(16, 4), min_size_reduction=3.0))
-    fixed = make_problem(digits, trained_float_mlp(2), masked_mlp, widths=(1.0,),
-                         fixed_bits=(("dense1", 8), ("dense2", 8), ("head", 8)), min_size_reduction=1.5)
+        relaxed.relaxed_space("mixprec", relaxed_problem(widths=(1.0,), bits=(16, 4), min_size_reduction=3.0))
+    fixed = relaxed_problem(widths=(1.0,), fixed_bits=(("dense1", 8), ("dense2", 8), ("head", 8)),
+                            min_size_reduction=1.5)
     with pytest.raises(ValueError, match="mixprec has nothing to relax"):
         relaxed.relaxed_space("mixprec", fixed)
     with pytest.raises(ValueError, match="dnas has nothing to relax"):
