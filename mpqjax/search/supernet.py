@@ -56,9 +56,16 @@ def cost_ratios(cost, limits: objective.Limits) -> jax.Array:
                       for name, ratio in zip(objective.LIMIT_NAMES, ratios, strict=True)])
 
 
+def _set_limits(limits: objective.Limits) -> np.ndarray:
+    """1.0 for each limit the search sets, 0.0 for the others (`mpqjax.search.objective.LIMIT_NAMES` order)."""
+    is_set = limits.is_set()
+    return np.asarray([is_set[name] for name in objective.LIMIT_NAMES], np.float32)
 
 
 class _State(NamedTuple):
+    """The supernet's training state: its weights' (a `mpqjax.training.train.TrainState`), the architecture logits
+    and their optimiser's state, and each limit's multiplier."""
+
     weights: train.TrainState
     logits: dict
     arch_opt: optax.OptState
@@ -77,7 +84,7 @@ def _step_function(problem: Problem, relaxation: Relaxer, bits, widths, ranks, *
     cross-entropy, cost ratios))``: one joint step (weights and logits on the same batch), or a weight step on the
     weight feed's batch then an architecture step on the arch feed's."""
     model, limits, augmentation = problem.quant_model, problem.limits, problem.dataset.augmentation
-    is_set = jnp.asarray([problem.limits.is_set()[name] for name in objective.LIMIT_NAMES], jnp.float32)
+    is_set = jnp.asarray(_set_limits(limits))
 
     def loss_of(params, model_state, logits, x, y, multipliers, step):
         temperature = jnp.exp(-TOTAL_TEMPERATURE_DECAY * step / total_steps) if annealed else 1.0
@@ -166,7 +173,7 @@ def train_supernet(name: str, problem: Problem, space: Space, key) -> tuple[Rela
                                   alternating=alternating, annealed=name == "mixprec",
                                   steps_per_epoch=steps_per_epoch, total_steps=weight_feed.steps), donate_argnums=0)
     logits = relaxation.init()
-    is_set = np.asarray([problem.limits.is_set()[limit] for limit in objective.LIMIT_NAMES], np.float32)
+    is_set = _set_limits(problem.limits)
     state = _State(train.init_state(variables), logits, _arch_optimizer().init(logits),
                    jnp.asarray(is_set * config.cost_strength))
     arch_rate, decay = jnp.asarray(config.arch_learning_rate, jnp.float32), jnp.asarray(config.weight_decay,
