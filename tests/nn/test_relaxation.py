@@ -145,7 +145,7 @@ def test_half_and_half_weight_probabilities_of_the_head_average_its_two_quantise
 # ------------------------------------------------------------------------------------------ soft channel keep
 def test_keep_one_is_the_hard_mask_and_keep_zero_is_the_channel_pruned(digits, residual):
     for case, group, members, channel in ((digits, "conv2", [1], 3), (residual, "Conv_0", [0, 2], 5)):
-        held = case.model._held_channels(case.shape)[group]
+        held = case.model.held_channels(case.shape)[group]
         keep = np.ones(held, np.float32)
         unchanged = case.apply(case.variables, case.x, case.bits, case.ones, relaxation=Relaxation(keep={group: keep}))
         np.testing.assert_array_equal(unchanged, case.apply(case.variables, case.x, case.bits, case.ones))

@@ -48,9 +48,10 @@ import numpy as np
 from flax import traverse_util
 
 from mpqjax.nn import intercept, quant
-from mpqjax.nn.config import MAX_BITS, MIN_BITS, check_channel_bits, check_config
+from mpqjax.nn.config import check_channel_bits, check_config
 from mpqjax.nn.models.analysis import Analysis, analyse
 from mpqjax.nn.models.flax_function import RNG, FlaxFunction, WidthFactory, leaf_paths
+from mpqjax.nn.models.relaxation import check_relaxation, is_concrete
 from mpqjax.nn.models.rules import Rules
 from mpqjax.nn.table import LayerTable
 
@@ -198,7 +199,7 @@ class Model:
             flat.setdefault((name, "act_clip"), jnp.asarray(quant.DEFAULT_ACT_CLIP, jnp.float32))
         variables = {**variables, collection: traverse_util.unflatten_dict(flat)}
         flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
-        for name, held in self._held_channels(shape).items():
+        for name, held in self.held_channels(shape).items():
             rank = np.asarray((ranks or {}).get(name, np.zeros(0)), np.int32)
             if len(rank) or (name, RANKS) not in flat:
                 rank = np.concatenate([rank, np.arange(len(rank), held, dtype=np.int32)])
@@ -264,8 +265,10 @@ class Model:
                           tuple(input_shape), self.max_width).table
         return {layer.name: layer.out_channels for layer in running}
 
-    def _held_channels(self, input_shape: tuple[int, ...]) -> dict[str, int]:
-        """``{first layer of each width group: the channels the running module holds for the group}``."""
+    def held_channels(self, input_shape: Sequence[int] | None = None) -> dict[str, int]:
+        """``{first layer of each width group that can narrow: the channels the running module holds for the group}``:
+        the length of its channel ranks (`RANKS`) and of a relaxation's keep probabilities."""
+        input_shape = tuple(input_shape) if input_shape is not None else self.input_shape()
         analysis = self.analysis(input_shape)
         table = analysis.table
         params = self.model_function.abstract_variables(tuple(input_shape))["params"]
@@ -342,14 +345,14 @@ class Model:
         count = len(self.analysis(tuple(x.shape[1:])).table)
         calibrate = "calibration" in mutable
         if relaxation is not None:
-            relaxation = self._check_relaxation(relaxation, bits, tuple(x.shape[1:]))
+            relaxation = check_relaxation(self, relaxation, bits, tuple(x.shape[1:]))
         quantized = self.quantize and (bits is not None or widths is not None or calibrate)
         if quantized:
             for label, values in (("bits", bits), ("widths", widths)):
                 if values is not None and np.ndim(values) > 0 and np.shape(values)[-1] != count:
                     raise ValueError(f"{label} has {np.shape(values)[-1]} entries but model {self.name!r} has "
                                      f"{count} layers")
-            concrete = [values if _is_concrete(values) else None for values in (bits, widths)]
+            concrete = [values if is_concrete(values) else None for values in (bits, widths)]
             if any(values is not None for values in concrete):  # an eager call: checked here, naming the layer
                 check_config(self.analysis(tuple(x.shape[1:])).table, *concrete, max_width=self.max_width)
             bits = _per_layer(quant.FLOAT_BITS if bits is None else bits, count)
@@ -360,94 +363,12 @@ class Model:
         out, updates = _forward(self, variables, x, bits, widths, rng, relaxation, train=train, mutable=mutable)
         return (out, updates) if mutable else out
 
-    def _check_relaxation(self, relaxation, bits, input_shape: tuple[int, ...]) -> intercept.Relaxation:
-        """``relaxation`` checked against the model (names and shapes always: they are static; the candidate
-        bit-widths when concrete), its arrays float32."""
-        if not isinstance(relaxation, intercept.Relaxation):
-            raise ValueError(f"relaxation must be an mpqjax.nn.Relaxation, got {type(relaxation).__name__}")
-        if not self.quantize:
-            raise ValueError(f"model {self.name!r} is not quantised: it takes no relaxation")
-        if bits is None:
-            raise ValueError("a relaxation needs bits too: they quantise what the relaxation leaves out")
-        names = self.table(input_shape).names
-        relaxation = jax.tree.map(_float32, relaxation)
-        act_bits, act_probs, weight_bits = relaxation.act_bits, relaxation.act_probs, relaxation.weight_bits
-        if (act_bits is None) != (act_probs is None):
-            raise ValueError("relaxation: act_bits and act_probs go together (both or neither)")
-        if act_bits is not None:
-            _check_options("act_bits", act_bits, pruned=False)
-            expected = (len(names), np.shape(act_bits)[0])
-            if np.shape(act_probs) != expected:
-                raise ValueError(f"relaxation: act_probs has shape {np.shape(act_probs)}, expected {expected} (one row "
-                                 f"per quantised layer, in table order: {', '.join(names)}; one column per act_bits)")
-        weight_probs = dict(relaxation.weight_probs or {})
-        if weight_probs:
-            if weight_bits is None:
-                raise ValueError("relaxation: weight_probs needs weight_bits (the candidate bit-widths)")
-            _check_options("weight_bits", weight_bits, pruned=True)
-            options = np.shape(weight_bits)[0]
-            channels = self.weight_channels(input_shape)
-            for name, probs in weight_probs.items():
-                if name not in channels:
-                    raise ValueError(f"relaxation: weight_probs: unknown layer {name!r}; the quantised layers are: "
-                                     f"{', '.join(channels)}")
-                if np.shape(probs) not in ((options,), (channels[name], options)):
-                    raise ValueError(f"relaxation: weight_probs: layer {name!r} has shape {np.shape(probs)}, "
-                                     f"expected ({options},) or ({channels[name]}, {options}) ({channels[name]} "
-                                     f"output channels, {options} weight_bits options)")
-        elif weight_bits is not None:
-            _check_options("weight_bits", weight_bits, pruned=True)
-        keep = dict(relaxation.keep or {})
-        if keep:
-            held = self._held_channels(input_shape)
-            for name, probs in keep.items():
-                if name not in held:
-                    why = "is not the first layer of a width group that can narrow" if name in names else \
-                        "is an unknown layer"
-                    raise ValueError(f"relaxation: keep: {name!r} {why}; the width groups' first layers are: "
-                                     f"{', '.join(held) or 'none'}")
-                if np.shape(probs) != (held[name],):
-                    raise ValueError(f"relaxation: keep: layer {name!r} has shape {np.shape(probs)}, expected "
-                                     f"({held[name]},) (the channels its width group holds)")
-        return relaxation._replace(weight_probs=relaxation.weight_probs if weight_probs else None,
-                                   keep=relaxation.keep if keep else None)
-
 
 def _per_layer(values, count: int):
     """``values`` as ``[count]`` float32, converted on the host when they are host values (no program compiled)."""
-    if not isinstance(values, jax.Array) and _is_concrete(values):
+    if not isinstance(values, jax.Array) and is_concrete(values):
         return np.broadcast_to(np.asarray(values, np.float32), (count,))
     return jnp.broadcast_to(jnp.asarray(values, jnp.float32), (count,))
-
-
-def _float32(values):
-    """An array of a relaxation as float32: a host value on the host (no program compiled), a traced one traced."""
-    if not isinstance(values, jax.Array) and _is_concrete(values):
-        return np.asarray(values, np.float32)
-    return jnp.asarray(values, jnp.float32)
-
-
-def _check_options(label: str, options, *, pruned: bool) -> None:
-    """Candidate bit-widths: a 1-D array, its concrete values whole numbers in [MIN_BITS, MAX_BITS] (or 0)."""
-    if np.ndim(options) != 1 or np.shape(options)[0] < 1:
-        raise ValueError(f"relaxation: {label} must be a non-empty 1-D array of bit-widths, got shape "
-                         f"{np.shape(options)}")
-    if not _is_concrete(options):
-        return
-    values = np.asarray(options, np.float64)
-    valid = np.isfinite(values) & (values == np.round(values)) & (values >= MIN_BITS) & (values <= MAX_BITS)
-    if pruned:
-        valid |= values == 0
-    if not valid.all():
-        allowed = f"0 (pruned) or an integer in [{MIN_BITS}, {MAX_BITS}]" if pruned else \
-            f"an integer in [{MIN_BITS}, {MAX_BITS}]"
-        raise ValueError(f"relaxation: {label}[{int(np.argmin(valid))}] must be {allowed}, got "
-                         f"{values[np.argmin(valid)]:g}")
-
-
-def _is_concrete(values) -> bool:
-    """Not None and free of tracers (a configuration given eagerly, not traced)."""
-    return values is not None and not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("train", "mutable"))
