@@ -46,3 +46,14 @@ def test_cost_ratios_weigh_only_the_set_limits():
     ratios = supernet.cost_ratios(cost._replace(size_bytes=jnp.asarray(50.0), latency_seconds=jnp.asarray(2e-3)),
                                  limits)
     np.testing.assert_allclose(ratios, [0.5, 0.0, 0.0, 2.0, 0.0])
+
+
+@pytest.mark.parametrize("method", ["mixprec", "dnas"])
+def test_a_latency_limit_is_the_cost_the_supernet_weighs_and_its_configuration_meets(method, relaxed_problem):
+    problem = relaxed_problem(widths=(1.0,) if method == "mixprec" else (0.75, 1.0, 1.25), method=method,
+                              min_size_reduction=None, min_speedup=1.5)
+    proposal, details = supernet.propose_relaxed(method, problem, jax.random.key(0))
+    assert set(details["multipliers"]) == set(details["expected_cost_ratio"]) == {"latency_seconds"}
+    cost = problem.cost(proposal.bits, proposal.widths, proposal.channel_bits)
+    assert float(cost.latency_seconds) <= problem.limits.latency_seconds
+    assert bool(objective.is_feasible(cost, problem.limits))
