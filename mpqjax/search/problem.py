@@ -29,7 +29,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import channels, objective, steps
+from mpqjax.search import channels, methods, objective, steps
 from mpqjax.search.config import SearchConfig
 from mpqjax.training import feed, population, train
 
@@ -207,7 +207,8 @@ def check_limits(config: SearchConfig, table: models.LayerTable, target, limits:
     """Raise ValueError when no configuration the search could reach meets the limits, before any training.
 
     Checked against the cheapest configuration of the unpruned space (`full_space`: every layer at its smallest
-    bit-width, or its fixed one, and the narrowest width), then, with pruning, against the cheapest configuration
+    bit-width, or its fixed one, and the narrowest width), then, when the search prunes its space (an iterative
+    method with ``prune``, `mpqjax.search.methods.prunes`), against the cheapest configuration
     of the most favourable pruning (`cheapest_pruning`): when even that breaks a limit, every pruning will. The
     pruning the traces actually give is checked again after the Hessian (`check_attainable`).
 
@@ -215,7 +216,7 @@ def check_limits(config: SearchConfig, table: models.LayerTable, target, limits:
         ValueError: naming the limit, the smallest value possible, the layers that keep it up and what to change.
     """
     check_attainable(full_space(config, table), target, limits)
-    if not config.prune:
+    if not methods.prunes(config):  # no pruning, or a one-shot method, whose space is never pruned
         return
     set_limits = [name for name, value in limits.to_dict().items() if value is not None]
     for name in set_limits:

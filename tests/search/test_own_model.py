@@ -422,3 +422,25 @@ def test_a_checkpoint_of_an_nnx_state_is_the_float_model(digits, tmp_path, saved
     assert set(float_net.variables) == {"params", "batch_stats"}
     expected = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
     jax.tree.map(np.testing.assert_array_equal, float_net.variables["params"], expected)
+
+
+# -- the gradient-based methods on a user's model ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mixprec", "dnas"])
+def test_a_relaxed_method_searches_a_users_model_through_its_own_layers(digits, tmp_path, method):
+    out = tmp_path / "run"
+    config = mpqjax.SearchConfig(method=method, supernet_epochs=1, float_epochs=3, float_learning_rate=3e-2,
+                                 batch_size=32, finetune_epochs=1, final_epochs=1)
+    result = mpqjax.run(config, out, model=CNN(), dataset=digits)
+    (trial,) = result.trials
+    assert trial["status"] == "ok" and trial["feasible"] and result.best["size_reduction_vs_fip16"] >= 6.0
+    halves = 2 if method == "dnas" else 1  # dnas trains its weights on one half of the training split
+    assert read_json(out, "search.json")["method"]["supernet"]["steps"] == len(digits.train) // halves // 32
+    if method == "mixprec":
+        assert list(trial["channel_bits"]) == LAYERS
+        # the residual stream (Conv_0, Conv_2) and the classes (Dense_0) keep every channel
+        assert all(0 not in trial["channel_bits"][name] for name in ("Conv_0", "Conv_2", "Dense_0"))
+    else:
+        assert set(trial["widths"]) <= {0.75, 0.875, 1.0}  # a plain module only narrows

@@ -105,6 +105,8 @@ def test_a_limit_every_pruning_breaks_is_refused_before_training_and_names_what_
     config_limits(SearchConfig(max_size_bytes=8.5e3, min_size_reduction=None, bit_sets=((2, 3), (2,))), table,
                   target)
     config_limits(SearchConfig(max_size_bytes=8.7e3, min_size_reduction=None), table, target)
+    # a one-shot method does not prune its space (dnas searches widths too: 2 bits at width 0.75 meets it)
+    config_limits(SearchConfig(max_size_bytes=8.5e3, min_size_reduction=None, method="dnas"), table, target)
 
 
 @pytest.mark.parametrize("name", ["size_bytes", "latency_seconds", "energy_joules"])
