@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mpqjax import cost as cost_model
-from mpqjax.search import channels, objective, supernet
+from mpqjax.search import channels, objective, relaxed, supernet
 
 CHANNELS = {"dense1": 32, "dense2": 16, "head": 10}
 
@@ -57,3 +57,15 @@ def test_a_latency_limit_is_the_cost_the_supernet_weighs_and_its_configuration_m
     cost = problem.cost(proposal.bits, proposal.widths, proposal.channel_bits)
     assert float(cost.latency_seconds) <= problem.limits.latency_seconds
     assert bool(objective.is_feasible(cost, problem.limits))
+
+
+
+def test_with_soft_limits_the_most_probable_configuration_is_proposed_as_it_is(relaxed_problem):
+    problem = relaxed_problem(widths=(0.75, 1.0, 1.25), method="dnas", soft_limits=True)
+    proposal, details = supernet.propose_relaxed("dnas", problem, jax.random.key(0))
+    space = relaxed.relaxed_space("dnas", problem)
+    relaxation, logits, _ = supernet.train_supernet("dnas", problem, space, jax.random.key(0))
+    most_probable = relaxation.argmax(logits)
+    assert details["fitted"] == {"lowered": 0, "raised": 0}
+    np.testing.assert_array_equal(proposal.bits, most_probable.bits)
+    np.testing.assert_array_equal(proposal.widths, most_probable.widths)
