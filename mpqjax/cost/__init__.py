@@ -30,7 +30,7 @@ __getattr__, __dir__, __all__ = attach(
         "FPGATarget": "targets", "GenericTarget": "targets", "Target": "targets", "load_target": "targets",
         "target_from_dict": "targets", "target_to_dict": "targets",
         "Cost": "model", "array_cycles": "model", "baselines": "model", "cost": "model", "cost_of_layers": "model",
-        "exact_ceil_div": "model",
+        "cycles_and_energy": "model", "exact_ceil_div": "model",
         "fip16_size_bytes": "model", "layer_counts": "model", "products_per_dsp": "model", "table_arrays": "model",
         "channel_cost": "channels", "channel_groups": "channels",
         "channel_probs_groups": "relaxed", "layer_choice_groups": "relaxed", "relaxed_cost": "relaxed",

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mpqjax.cost.model import Cost, array_cycles, cost_of_layers, layer_counts, products_per_dsp
+from mpqjax.cost.model import Cost, array_cycles, cost_of_layers, cycles_and_energy, layer_counts, products_per_dsp
 from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import check_channel_bits, check_config
 from mpqjax.nn.table import LayerTable
@@ -89,17 +89,14 @@ def _layer_costs(counts, bits, group_bits, group_channels, target: Target, bias_
     size_bits = weight_bits + counts["aux"] * bias_bits
     bops = counts["pixels"] * weight_bits * bits
     bytes_moved = (weight_bits + counts["activations"] * bits) / 8.0
-    if isinstance(target, FPGATarget):
+
+    def on_fpga():
         products = products_per_dsp(target, np.maximum(group_bits, bits[:, None]), np, np.float64)
         pixels, patch = counts["pixels"][:, None], counts["patch"][:, None]
         cycles = array_cycles(target, pixels, patch, group_channels, products, np).sum(-1)
-        dsp_ops = (pixels * patch * group_channels / products).sum(-1)
-        energy_pj = dsp_ops * target.energy_per_dsp_op_pj + bytes_moved * target.energy_per_byte_pj
-    elif isinstance(target, GenericTarget):
-        cycles = bops / target.bops_per_cycle
-        energy_pj = bops * target.energy_per_bop_pj + bytes_moved * target.energy_per_byte_pj
-    else:
-        raise TypeError(f"unsupported target type {type(target).__name__}")
+        return cycles, (pixels * patch * group_channels / products).sum(-1)
+
+    cycles, energy_pj = cycles_and_energy(target, bops, bytes_moved, on_fpga)
     return size_bits, cycles, counts["macs"], bops, energy_pj
 
 

@@ -65,8 +65,8 @@ from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
 from mpqjax.nn.config import MAX_BITS, MIN_BITS
 from mpqjax.nn.table import LayerTable
 
-__all__ = ["Cost", "array_cycles", "baselines", "cost", "cost_of_layers", "exact_ceil_div", "fip16_size_bytes",
-           "layer_counts", "products_per_dsp", "table_arrays"]
+__all__ = ["Cost", "array_cycles", "baselines", "cost", "cost_of_layers", "cycles_and_energy", "exact_ceil_div",
+           "fip16_size_bytes", "layer_counts", "products_per_dsp", "table_arrays"]
 
 
 class Cost(NamedTuple):
@@ -209,18 +209,33 @@ def _layer_cost(table: LayerTable, bits, widths, target: Target, bias_bits):
     size_bits = quantities["weights"] * bits + quantities["aux"] * bias_bits
     bops = quantities["macs"] * bits * bits
     bytes_moved = (quantities["weights"] + quantities["activations"]) * bits / 8.0
-    if isinstance(target, FPGATarget):
+
+    def on_fpga():
         products = products_per_dsp(target, bits)
         cycles = array_cycles(target, quantities["pixels"], quantities["patch"], quantities["produced"], products)
-        energy_pj = (
-            quantities["macs"] / products * target.energy_per_dsp_op_pj + bytes_moved * target.energy_per_byte_pj
-        )
-    elif isinstance(target, GenericTarget):
-        cycles = bops / target.bops_per_cycle
-        energy_pj = bops * target.energy_per_bop_pj + bytes_moved * target.energy_per_byte_pj
-    else:
-        raise TypeError(f"unsupported target type {type(target).__name__}")
+        return cycles, quantities["macs"] / products
+
+    cycles, energy_pj = cycles_and_energy(target, bops, bytes_moved, on_fpga)
     return size_bits, cycles, quantities["macs"], bops, energy_pj
+
+
+def cycles_and_energy(target: Target, bops, bytes_moved, on_fpga):
+    """Per-layer cycles and energy in picojoules on ``target``, the one place each target's rule is written.
+
+    On an `FPGATarget`, ``on_fpga() -> (cycles, DSP operations)`` gives the array's cycles and operations (called for
+    an FPGA only: the counts differ between per-layer, channel-wise and relaxed costs); the energy is the operations'
+    plus the bytes moved. On a `GenericTarget`, both follow the bit-operations: ``bops / bops_per_cycle`` cycles,
+    ``bops * energy_per_bop_pj`` plus the bytes moved.
+
+    Raises:
+        TypeError: another kind of target.
+    """
+    if isinstance(target, FPGATarget):
+        cycles, dsp_ops = on_fpga()
+        return cycles, dsp_ops * target.energy_per_dsp_op_pj + bytes_moved * target.energy_per_byte_pj
+    if isinstance(target, GenericTarget):
+        return bops / target.bops_per_cycle, bops * target.energy_per_bop_pj + bytes_moved * target.energy_per_byte_pj
+    raise TypeError(f"unsupported target type {type(target).__name__}")
 
 
 def cost(table: LayerTable, bits, widths, target: Target | None = None) -> Cost:

@@ -45,12 +45,13 @@ from mpqjax.cost.model import (
     array_cycles,
     baselines,
     cost_of_layers,
+    cycles_and_energy,
     exact_ceil_div,
     layer_counts,
     products_per_dsp,
     table_arrays,
 )
-from mpqjax.cost.targets import FPGATarget, GenericTarget, Target
+from mpqjax.cost.targets import FPGATarget, Target
 from mpqjax.nn.config import MAX_BITS, MIN_BITS
 from mpqjax.nn.table import LayerTable
 
@@ -127,19 +128,15 @@ def relaxed_cost(table: LayerTable, act_probs, act_bits, group_channels, weight_
     bops = pixels * average(act_bits * weight_bits_given)
     activations = (in_pixels * consumed)[..., None] + pixels[:, None] * produced_given
     bytes_moved = average(weight_bits_given + activations * act_bits) / 8.0
-    if isinstance(target, FPGATarget):
+
+    def on_fpga():
         # Group p of choice a runs as a sub-layer packed at the wider of its weights and the activations.
         products = products_per_dsp(target, jnp.maximum(weight_bits, act_bits[:, None]))
         pixels_, patch_ = pixels[:, None, None], patch[..., None, None]
         cycles_given = array_cycles(target, pixels_, patch_, groups, products, ceil_div=_straight_through_ceil_div)
-        cycles = average(cycles_given.sum(-1))
-        dsp_ops = average((pixels_ * patch_ * groups / products).sum(-1))
-        energy_pj = dsp_ops * target.energy_per_dsp_op_pj + bytes_moved * target.energy_per_byte_pj
-    elif isinstance(target, GenericTarget):
-        cycles = bops / target.bops_per_cycle
-        energy_pj = bops * target.energy_per_bop_pj + bytes_moved * target.energy_per_byte_pj
-    else:
-        raise TypeError(f"unsupported target type {type(target).__name__}")
+        return average(cycles_given.sum(-1)), average((pixels_ * patch_ * groups / products).sum(-1))
+
+    cycles, energy_pj = cycles_and_energy(target, bops, bytes_moved, on_fpga)
     return cost_of_layers(size_bits, cycles, weights * pixels, bops, energy_pj, weights, baselines(table, target),
                           target.clock_hz)
 

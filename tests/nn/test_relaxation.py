@@ -114,7 +114,7 @@ def test_one_hot_probabilities_are_the_discrete_model(case):
     relaxed = case.apply(case.variables, case.x, np.full_like(case.bits, 16.0), case.ones, relaxation=relaxation)
     assert_same(relaxed, expected)
     # the weights only: the inputs at bits
-    weights_only = relaxation._replace(act_bits=None, act_probs=None)
+    weights_only = Relaxation(weight_bits=WEIGHT_BITS, weight_probs=weight_probs)
     assert_same(case.apply(case.variables, case.x, case.bits, case.ones, relaxation=weights_only), expected)
 
 
@@ -183,8 +183,9 @@ def test_a_channel_kept_with_probability_zero_contributes_nothing(residual):
     before = case.apply(case.variables, case.x, case.bits, case.ones, relaxation=relaxation)
     np.testing.assert_array_equal(case.apply(changed, case.x, case.bits, case.ones, relaxation=relaxation), before)
     keep[channel] = 0.5  # kept at all: the change shows
-    assert not np.allclose(case.apply(changed, case.x, case.bits, case.ones, relaxation=relaxation._replace(
-        keep={"Conv_0": keep})), before, atol=1e-4)
+    half_kept = Relaxation(act_bits=ACT_BITS, act_probs=relaxation.act_probs, keep={"Conv_0": keep})
+    assert not np.allclose(case.apply(changed, case.x, case.bits, case.ones, relaxation=half_kept), before,
+                           atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ training a supernet
