@@ -95,9 +95,13 @@ def test_precomputed_order_gives_the_same_result():
 
 def test_vmap_over_datasets():
     batch = np.random.default_rng(4).normal(size=(3, 40)).astype(np.float32)
-    vmapped = jax.vmap(lambda v: kmeans_1d(v, 3).labels)(batch)
-    for row, labels in zip(batch, np.asarray(vmapped), strict=True):
-        np.testing.assert_array_equal(labels, np.asarray(kmeans_1d(row, 3).labels))
+    def labels(values):
+        return kmeans_1d(values, 3).labels
+
+    vmapped = jax.vmap(labels)(batch)
+    one_at_a_time = jax.jit(labels)
+    for row, row_labels in zip(batch, np.asarray(vmapped), strict=True):
+        np.testing.assert_array_equal(row_labels, np.asarray(one_at_a_time(row)))
 
 
 def test_nd_kmeans_recovers_blobs_like_scikit_learn():

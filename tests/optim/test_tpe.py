@@ -55,9 +55,9 @@ def test_same_seed_gives_the_same_search(opt, searched):
 
 def test_jit_and_eager_proposals_agree(opt, searched):
     key = jax.random.key(5)
-    jitted, _ = opt.ask(key, searched, n=3)
+    jitted, _ = opt.ask(key, searched, n=2)
     with jax.disable_jit():  # op by op
-        eager, _ = opt.ask(key, searched, n=3)
+        eager, _ = opt.ask(key, searched, n=2)
     np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
 
 
