@@ -213,6 +213,8 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
                       float_net.variables, quant_model, layer_space)
     if methods.METHODS[config.method].iterative:
         records = trials.run_trials(problem, folder, clock, notify)
+    elif _all_proposals_logged(folder):  # a resumed one-shot search: its method's work is done and recorded
+        records = folder.trials()
     else:
         _phase(notify, "method", f"{config.method}: {methods.METHODS[config.method].summary}")
         with clock("method"):
@@ -226,6 +228,14 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
         with clock("baseline"):
             _uniform_baseline(problem, folder.baseline_log())
     return best_config
+
+
+def _all_proposals_logged(folder: run_folder.RunFolder) -> bool:
+    """Whether the folder records a one-shot method's proposals (``search.json`` ``method``, written with the first
+    trial) and logs a trial for each: then a resumed search neither computes them again (a supernet trained anew,
+    an ILP solved anew) nor fine-tunes any."""
+    recorded = folder.meta.get("method")
+    return isinstance(recorded, dict) and 0 < recorded.get("proposals", 0) <= len(folder.trials())
 
 
 def _proposals(problem: Problem, summary: dict | None) -> tuple[list[peers.Proposal], dict]:

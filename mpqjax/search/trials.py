@@ -137,7 +137,7 @@ def run_trials(problem: Problem, folder: run_folder.RunFolder, clock: Clock, not
 def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: list, clock: Clock,
                   notify: Progress) -> list[dict]:
     """Fine-tune a one-shot method's configurations in turn (the trials), logging each; a resumed search skips the
-    logged ones (the proposals are computed again, deterministically).
+    logged ones (its proposals computed again, deterministically, unless all were logged: `mpqjax.search.loop`).
 
     Args:
         problem: the search's problem.

@@ -4,6 +4,7 @@ refuses what it cannot honour before any training."""
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -189,6 +190,31 @@ def test_a_finished_one_shot_search_resumes_to_the_same_result(runs):
     settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
     again = search.run(search.SearchConfig(**settings, method="hawq_ilp"), str(folder), resume=True)
     assert again.best == result.best
+
+
+@pytest.mark.slow
+def test_a_one_shot_search_killed_after_its_trials_resumes_without_computing_its_proposals_again(runs, tmp_path,
+                                                                                                 monkeypatch):
+    from mpqjax.search import supernet
+
+    result, finished = runs["mixprec"]
+    folder = tmp_path / "killed"
+    shutil.copytree(finished, folder)
+    # as a kill during the final training leaves it: the trial logged, no best configuration, status running
+    (folder / "best_config.json").unlink()
+    meta = json.loads((folder / "search.json").read_text())
+    (folder / "search.json").write_text(json.dumps({**meta, "status": "running"}))
+
+    def no_supernet(*args, **kwargs):
+        raise AssertionError("the supernet was trained again")
+
+    monkeypatch.setattr(supernet, "train_supernet", no_supernet)
+    settings = {key: value for key, value in SMALL.items() if key not in ("trials", "n_initial")}
+    again = search.run(search.SearchConfig(**settings, method="mixprec"), str(folder), resume=True)
+    assert again.best == result.best and again.trials == result.trials
+    resumed = json.loads((folder / "search.json").read_text())
+    assert resumed["method"] == meta["method"]  # the supernet's record, as the first session wrote it
+    assert resumed["search_cost"]["method_seconds"] == meta["search_cost"]["method_seconds"]
 
 
 @pytest.mark.parametrize("settings, message", [
