@@ -144,8 +144,8 @@ class RunModel:
 def run_model(out_dir: str | os.PathLike, *, model=None, dataset=None) -> RunModel:
     """The model, trained variables, configuration and dataset of a search folder's ``model.npz``."""
     out_dir = os.fspath(out_dir)
+    from mpqjax import data
     from mpqjax.nn import models
-    from mpqjax.search import inputs
 
     path = os.path.join(out_dir, "model.npz")
     if not os.path.isfile(path):
@@ -166,10 +166,16 @@ def run_model(out_dir: str | os.PathLike, *, model=None, dataset=None) -> RunMod
         model = models.wrap(model, input_shape=fake.input_shape)
     max_width = settings.get("max_width") or max(models.DEFAULT_MAX_WIDTH, *settings.get("widths", ()),
                                                  *metadata["widths"])
-    with inputs.given(model=model, dataset=dataset):
-        built = inputs.model_named(metadata["model"], num_classes=metadata.get("num_classes"), max_width=max_width)
+    # a name the search was given as an object ("python:...") is the object passed here; other names are rebuilt
+    if str(metadata["model"]).startswith("python:"):
+        built = model.clone(max_width=max_width)
+    else:
+        built = models.get(metadata["model"], num_classes=metadata.get("num_classes"), max_width=max_width)
+    if str(metadata["dataset"]).startswith("python:"):
+        loaded = dataset
+    else:
         data_options = {"data_dir": settings["data_dir"]} if settings.get("data_dir") else {}
-        loaded = inputs.dataset_named(metadata["dataset"], seed=settings.get("seed", 0), **data_options)
+        loaded = data.load(metadata["dataset"], seed=settings.get("seed", 0), **data_options)
     _check_fits(built, fake)
     return RunModel(built, fake.variables, metadata["bits"], metadata["widths"], metadata, loaded, fake)
 
