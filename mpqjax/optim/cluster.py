@@ -14,6 +14,7 @@ restarts. The k-means TPE only needs a stable ranking of clusters, which this gi
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -86,6 +87,14 @@ def kmeans_1d(values, num_clusters, *, mask=None, max_clusters: int | None = Non
     if initial_thresholds is not None and jnp.shape(initial_thresholds) != (max_clusters - 1,):
         raise ValueError(f"initial_thresholds must have shape ({max_clusters - 1},), got "
                          f"{jnp.shape(initial_thresholds)}")
+    return _kmeans_1d(values, num_clusters, mask, order, initial_thresholds, max_clusters=max_clusters,
+                      iterations=iterations, num_starts=num_starts)
+
+
+# One program per static setting: called eagerly, the clustering would otherwise run op by op (seconds the first time).
+@functools.partial(jax.jit, static_argnames=("max_clusters", "iterations", "num_starts"))
+def _kmeans_1d(values, num_clusters, mask, order, initial_thresholds, *, max_clusters: int, iterations: int,
+               num_starts: int) -> KMeansResult:
     mask = jnp.isfinite(values) if mask is None else jnp.asarray(mask, bool) & jnp.isfinite(values)
     data = _sort(values, mask, num_clusters, max_clusters, order)
     bounds = _best_partition(data, iterations, num_starts, initial_thresholds)
@@ -210,6 +219,11 @@ def kmeans(points, num_clusters: int, *, mask=None, iterations: int = 100) -> KM
         raise ValueError(f"kmeans expects points of shape [n, features], got {points.shape}")
     if num_clusters < 1:
         raise ValueError(f"the number of clusters must be >= 1, got {num_clusters}")
+    return _kmeans(points, mask, num_clusters=num_clusters, iterations=iterations)
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "iterations"))
+def _kmeans(points, mask, *, num_clusters: int, iterations: int) -> KMeansResult:
     valid = jnp.all(jnp.isfinite(points), axis=1)
     mask = valid if mask is None else jnp.asarray(mask, bool) & valid
     clean = jnp.where(mask[:, None], points, 0.0)

@@ -25,7 +25,6 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,10 +48,6 @@ __all__ = [
 ALL_BITS = (8, 6, 4, 3, 2)
 DEFAULT_BIT_SETS = ((8, 6), (6, 4, 3), (4, 3, 2), (3, 2))  # from the most to the least sensitive cluster
 DEFAULT_WIDTHS = (0.75, 0.875, 1.0, 1.125, 1.25)
-
-# Compiled once per (layer count, k): called eagerly, the k-means loop would be traced and compiled on every call.
-_kmeans_1d = jax.jit(kmeans_1d, static_argnames=("num_clusters",))
-
 
 def bits_dimension(layer_name: str) -> str:
     """Name of the bit-width dimension of a layer: ``"bits/<layer name>"``."""
@@ -316,7 +311,7 @@ def prune_space(
     cluster = np.full(len(table), -1)
     centroids = np.zeros(0)
     if np.any(free):
-        result = _kmeans_1d(jnp.asarray(points, jnp.float32), num_clusters=k, mask=jnp.asarray(free))
+        result = kmeans_1d(jnp.asarray(points, jnp.float32), k, mask=jnp.asarray(free))
         used = int(result.num_clusters)
         labels = np.asarray(result.labels)
         cluster = np.where(free, used - 1 - labels, -1)  # rank 0 = largest centroid

@@ -53,14 +53,6 @@ def test_same_seed_gives_the_same_search(opt, searched):
     assert not np.array_equal(np.asarray(other.x), np.asarray(searched.x))
 
 
-def test_jit_and_eager_proposals_agree(opt, searched):
-    key = jax.random.key(5)
-    jitted, _ = opt.ask(key, searched, n=2)
-    with jax.disable_jit():  # op by op
-        eager, _ = opt.ask(key, searched, n=2)
-    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
-
-
 def test_no_recompilation_across_asks_tells_and_new_params(space, compilations):
     opt = KMeansTPE(space, capacity=32, n_initial=4)
     keys = [jax.random.key(i) for i in range(12)]
