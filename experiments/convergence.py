@@ -11,6 +11,8 @@ Optimisers, each on the same seeds and the same search space:
   and an ablation of the defaults, each with one setting back at the paper's: ``kmeans_tpe_bad_worst`` (g(x) from
   the worst cluster), ``kmeans_tpe_n0_20`` (20 random trials), ``kmeans_tpe_alpha_098`` (alpha = 0.98, no
   bandwidth floor), ``kmeans_tpe_cluster_values`` (k-means on the raw values);
+- ``--variant NAME=SETTINGS``: ``kmeans_tpe_NAME``, the sampler with other settings (a JSON object of
+  `mpqjax.optim.tpe.KMeansTPE` settings), for trying settings on the tasks;
 - ``optuna_tpe``: optuna's ``TPESampler`` with its defaults (multivariate, 10 startup trials in optuna 5);
 - ``hyperopt_tpe``: hyperopt's ``tpe.suggest`` with its defaults (20 startup trials);
 - ``random``: optuna's ``RandomSampler``.
@@ -95,6 +97,12 @@ ABLATIONS = {"kmeans_tpe_bad_worst": {"bad": "worst"}, "kmeans_tpe_n0_20": {"n_i
              "kmeans_tpe_alpha_098": {"bandwidth_decay": 0.98, "min_bandwidth": 0.001},
              "kmeans_tpe_cluster_values": {"cluster_on": "values"}}
 OURS = ("kmeans_tpe", "kmeans_tpe_paper") + EXTRA_OPTIMISERS
+VARIANTS: dict[str, dict] = {}  # --variant NAME=SETTINGS: KMeansTPESampler(**SETTINGS), named kmeans_tpe_NAME
+
+
+def is_ours(name: str) -> bool:
+    """Whether an optimiser is k-means TPE (the defaults, a preset, an ablation or a --variant)."""
+    return name in OURS or name in VARIANTS
 
 
 @dataclasses.dataclass
@@ -408,12 +416,12 @@ def run_hyperopt(task_: Task, trials: int, seed: int) -> tuple[np.ndarray, float
 
 def run_one(name: str, task_: Task, trials: int, seed: int) -> tuple[np.ndarray, float]:
     optuna = _quiet()
-    if name in OURS:
+    if is_ours(name):
         from mpqjax.integrations.optuna import KMeansTPESampler
         from mpqjax.optim.tpe import PAPER_SETTINGS
 
         settings = {"kmeans_tpe": {}, "kmeans_tpe_paper": PAPER_SETTINGS, "kmeans_tpe_joint": {"joint": True},
-                    "kmeans_tpe_independent": {"joint": False}, **ABLATIONS}[name]
+                    "kmeans_tpe_independent": {"joint": False}, **ABLATIONS, **VARIANTS}[name]
         return run_optuna(KMeansTPESampler(seed=seed, **settings), task_, trials)
     if name == "optuna_tpe":
         return run_optuna(optuna.samplers.TPESampler(seed=seed), task_, trials)
@@ -455,7 +463,7 @@ def summarise(curves: dict[str, np.ndarray], optimiser_seconds: dict[str, list[f
             entry["median_curve_evals_to_optuna_median_final"] = evaluations_to_reach(np.median(best, axis=0),
                                                                                      target)
         summary[name] = entry
-    for name in OURS:
+    for name in filter(is_ours, list(curves)):
         if target is not None and name in summary:
             # > 1: the median k-means TPE run needs fewer evaluations than the median optuna run to reach optuna's
             # median final best (the paper's "two to three times fewer"); None: not reached within the budget
@@ -534,10 +542,10 @@ def plot(results: dict, curves: dict, path: str) -> None:
             shown = best - optimum if optimum is not None else best
             evaluations = np.arange(1, best.shape[1] + 1)
             # the paper preset and the explicit kernel modes dashed
-            axis.plot(evaluations, np.median(shown, axis=0), color=colours[name], label=name,
+            axis.plot(evaluations, np.median(shown, axis=0), color=colours.get(name), label=name,
                       linestyle="--" if name.startswith("kmeans_tpe_") else "-")
             axis.fill_between(evaluations, np.percentile(shown, 25, axis=0), np.percentile(shown, 75, axis=0),
-                              color=colours[name], alpha=0.15)
+                              color=axis.lines[-1].get_color(), alpha=0.15)
         if all(np.all(best - (optimum or 0.0) > 0) for best in curves[task_name].values()):
             axis.set_yscale("log")
         # zoom past the first few (random) evaluations, where every optimiser is alike
@@ -565,6 +573,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--optimisers", default=",".join(OPTIMISERS))
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=SETTINGS",
+                        help="also run KMeansTPESampler(**SETTINGS) (a JSON object) as kmeans_tpe_NAME, e.g. "
+                             "--variant prior05='{\"prior_weight\": 0.5}'")
     parser.add_argument("--workers", type=int, default=1,
                         help="trials in flight at once, as parallel workers sharing the study (optuna samplers)")
     parser.add_argument("--out", default=None, help="JSON path (default experiments/results/convergence*.json)")
@@ -580,7 +591,14 @@ def main(argv=None):
     task_names = args.tasks.split(",") if args.tasks else synthetic + ([] if args.quick else real_tasks)
     unknown = sorted(set(task_names) - set(TASKS))
     optimisers = args.optimisers.split(",")
-    unknown_optimisers = sorted(set(optimisers) - set(OPTIMISERS) - set(EXTRA_OPTIMISERS))
+    for variant in args.variant:
+        name, _, settings = variant.partition("=")
+        try:
+            VARIANTS[f"kmeans_tpe_{name}"] = dict(json.loads(settings))
+        except (ValueError, TypeError):
+            parser.error(f"--variant {variant!r}: expected NAME={{JSON settings}}")
+        optimisers.append(f"kmeans_tpe_{name}")
+    unknown_optimisers = sorted(set(optimisers) - set(OPTIMISERS) - set(EXTRA_OPTIMISERS) - set(VARIANTS))
     if unknown or unknown_optimisers:
         parser.error(f"unknown tasks {unknown} or optimisers {unknown_optimisers}")
     out_path = args.out or os.path.join(RESULTS, "convergence_quick.json" if args.quick else "convergence.json")
@@ -594,7 +612,7 @@ def main(argv=None):
     results = {"trials": trials, "seeds": seeds, "optimisers": optimisers, "workers": args.workers,
                "kmeans_tpe": "mpqjax.integrations.optuna.KMeansTPESampler() (the defaults); kmeans_tpe_paper: "
                              f"KMeansTPESampler(**{PAPER_SETTINGS}); kmeans_tpe_joint adds joint=True, "
-                             "kmeans_tpe_independent joint=False", "tasks": {}}
+                             "kmeans_tpe_independent joint=False", "variants": VARIANTS, "tasks": {}}
     curves = {}
     for task_name in task_names:
         task_ = TASKS[task_name]()
@@ -642,8 +660,10 @@ def merge(paths: list[str], out_path: str) -> None:
                                                                    merged["optimisers"]):
             raise SystemExit(f"{path}: different trials, seeds or optimisers than {paths[0]}")
         merged["tasks"].update(part["tasks"])
+        merged.setdefault("variants", {}).update(part.get("variants", {}))
         if part.get("ask_overhead_cpu_ms_at_100_trials", {}).get("task") == "discrete40":
             merged["ask_overhead_cpu_ms_at_100_trials"] = part["ask_overhead_cpu_ms_at_100_trials"]
+    VARIANTS.update(merged.get("variants", {}))  # so that the summaries count them as k-means TPE
     curves = {task_name: {name: np.asarray(best) for name, best in entry["best_so_far"].items()}
               for task_name, entry in merged["tasks"].items()}
     for task_name, entry in merged["tasks"].items():  # recomputed, so that a merge also refreshes the summaries
