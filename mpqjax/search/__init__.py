@@ -39,7 +39,7 @@ __getattr__, __dir__, __all__ = attach(
         **{name: "problem" for name in (
             "COST_FIELDS", "TIME_FIELDS", "Problem", "cheapest_pruning", "check_attainable", "check_limits",
             "config_limits", "full_space")},
-        "Clock": "trials", "run_proposals": "trials", "run_trials": "trials", "search_cost": "trials",
+        **{name: "trials" for name in ("Clock", "run_one_shot", "run_proposals", "run_trials", "search_cost")},
         **{name: "methods" for name in ("DEFAULT_METHOD", "METHODS", "Method", "prunes", "runs_hessian")},
         **{name: "peers" for name in (
             "Proposal", "calibration_inputs", "channel_distortions", "layer_distortions", "layer_sensitivities",

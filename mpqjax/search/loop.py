@@ -33,7 +33,7 @@ from mpqjax import cost as cost_model
 from mpqjax import data, sensitivity, store
 from mpqjax.nn import models
 from mpqjax.nn.config import MAX_BITS
-from mpqjax.search import inputs, methods, objective, peers, steps, supernet, trials
+from mpqjax.search import inputs, methods, objective, peers, steps, trials
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import COST_FIELDS, Problem, check_attainable, config_limits, full_space
 from mpqjax.search.trials import choose_population
@@ -213,14 +213,8 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
                       float_net.variables, quant_model, layer_space)
     if methods.METHODS[config.method].iterative:
         records = trials.run_trials(problem, folder, clock, notify)
-    elif _all_proposals_logged(folder):  # a resumed one-shot search: its method's work is done and recorded
-        records = folder.trials()
     else:
-        _phase(notify, "method", f"{config.method}: {methods.METHODS[config.method].summary}")
-        with clock("method"):
-            proposals, details = _proposals(problem, summary)
-        folder.update(method={"name": config.method, "proposals": len(proposals), **details})
-        records = trials.run_proposals(problem, folder, proposals, clock, notify)
+        records = trials.run_one_shot(problem, folder, summary, clock, notify)
     folder.update(search_cost=trials.search_cost(config, clock, records))
     best_config = _final_phase(problem, folder, float_net, records, clock, notify)
     if config.baseline:
@@ -228,28 +222,6 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
         with clock("baseline"):
             _uniform_baseline(problem, folder.baseline_log())
     return best_config
-
-
-def _all_proposals_logged(folder: run_folder.RunFolder) -> bool:
-    """Whether the folder records a one-shot method's proposals (``search.json`` ``method``, written with the first
-    trial) and logs a trial for each: then a resumed search neither computes them again (a supernet trained anew,
-    an ILP solved anew) nor fine-tunes any."""
-    recorded = folder.meta.get("method")
-    return isinstance(recorded, dict) and 0 < recorded.get("proposals", 0) <= len(folder.trials())
-
-
-def _proposals(problem: Problem, summary: dict | None) -> tuple[list[peers.Proposal], dict]:
-    """A one-shot method's configurations and what its computation recorded (``summary``: the Hessian analysis,
-    for the methods that read it)."""
-    key = steps.search_keys(problem.config.seed).trial
-    if methods.METHODS[problem.config.method].relaxed:
-        proposal, details = supernet.propose_relaxed(problem.config.method, problem, key)
-        return [proposal], {"supernet": details}
-    traces = None
-    if summary is not None:
-        by_name = {row["name"]: row["trace_per_weight"] for row in summary["layers"]}
-        traces = [by_name[name] for name in problem.table.names]
-    return peers.propose(problem.config.method, problem, key, traces_per_weight=traces), {}
 
 
 # -- before anything is written --------------------------------------------------------------------------------

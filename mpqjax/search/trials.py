@@ -1,5 +1,6 @@
 """The trials of a search: the population choice, the optimiser restored from the run folder, and the loop that
-asks a population, evaluates it, tells it and logs it, with its progress events and the time left.
+asks a population, evaluates it, tells it and logs it, with its progress events and the time left; for a one-shot
+method, its configurations computed once and fine-tuned in turn.
 
 Every draw is keyed by the index of the population's first trial (``fold_in(key, trial)``) and every population is
 logged before the optimiser state is saved (`mpqjax.store.run_folder.RunFolder.append_trials`), so a resumed
@@ -24,13 +25,13 @@ import numpy as np
 from mpqjax import data, store
 from mpqjax.nn import models
 from mpqjax.optim import tpe
-from mpqjax.search import steps
+from mpqjax.search import methods, peers, steps, supernet
 from mpqjax.search.config import SearchConfig
 from mpqjax.search.problem import Problem
 from mpqjax.store import run_folder
 from mpqjax.training import devices, population, strategy
 
-__all__ = ["Clock", "choose_population", "run_proposals", "run_trials", "search_cost"]
+__all__ = ["Clock", "choose_population", "run_one_shot", "run_proposals", "run_trials", "search_cost"]
 
 Progress = Callable[[dict], None]
 
@@ -134,10 +135,52 @@ def run_trials(problem: Problem, folder: run_folder.RunFolder, clock: Clock, not
     return records
 
 
+def run_one_shot(problem: Problem, folder: run_folder.RunFolder, summary: dict | None, clock: Clock,
+                 notify: Progress) -> list[dict]:
+    """A one-shot method's phases: its configurations computed once (the ``method`` phase, recorded as
+    ``search.json``'s ``method``), then fine-tuned in turn (`run_proposals`).
+
+    A resumed search whose configurations were all fine-tuned computes nothing again (no supernet trained anew, no
+    ILP solved anew): ``method.proposals``, written with the first trial, says how many there are.
+
+    Args:
+        problem: the search's problem.
+        folder: the run's folder.
+        summary: the Hessian analysis (``hessian.json``), for the methods that read it; None otherwise.
+        clock: the run's phase timer.
+        notify: the progress callback.
+
+    Returns:
+        Every trial record, the logged ones first.
+    """
+    recorded = folder.meta.get("method")
+    if isinstance(recorded, dict) and 0 < recorded.get("proposals", 0) <= len(folder.trials()):
+        return folder.trials()
+    method = problem.config.method
+    notify({"event": "phase", "phase": "method", "message": f"{method}: {methods.METHODS[method].summary}"})
+    with clock("method"):
+        proposals, details = _proposals(problem, summary)
+    folder.update(method={"name": method, "proposals": len(proposals), **details})
+    return run_proposals(problem, folder, proposals, clock, notify)
+
+
+def _proposals(problem: Problem, summary: dict | None) -> tuple[list[peers.Proposal], dict]:
+    """A one-shot method's configurations and what its computation recorded."""
+    key = steps.search_keys(problem.config.seed).trial
+    if methods.METHODS[problem.config.method].relaxed:
+        proposal, details = supernet.propose_relaxed(problem.config.method, problem, key)
+        return [proposal], {"supernet": details}
+    traces = None
+    if summary is not None:
+        by_name = {row["name"]: row["trace_per_weight"] for row in summary["layers"]}
+        traces = [by_name[name] for name in problem.table.names]
+    return peers.propose(problem.config.method, problem, key, traces_per_weight=traces), {}
+
+
 def run_proposals(problem: Problem, folder: run_folder.RunFolder, proposals: list, clock: Clock,
                   notify: Progress) -> list[dict]:
     """Fine-tune a one-shot method's configurations in turn (the trials), logging each; a resumed search skips the
-    logged ones (its proposals computed again, deterministically, unless all were logged: `mpqjax.search.loop`).
+    logged ones (`run_one_shot` computes the proposals again, deterministically, when some are left).
 
     Args:
         problem: the search's problem.

@@ -148,12 +148,12 @@ def test_the_first_m_proposals_of_a_batch_of_n_are_the_batch_of_m(opt, neutral, 
     assert len({tuple(row) for row in np.asarray(five).tolist()}) == 5
 
 
-def test_neutral_liar_pending_trials_join_neither_l_nor_g(opt, neutral, searched):
+def test_neutral_liar_pending_trials_join_neither_l_nor_g(opt, neutral, space):
     # with the schedule held fixed (no decay of c, no growth of k), a pending trial that joins neither l(x) nor g(x)
     # changes nothing: proposal i of a neutral batch is the single ask with key fold_in(key, i), unless that repeats
     # an earlier proposal. The worst-value liar's pending trials join g(x) and move the later proposals.
-    fixed = searched._replace(params=searched.params._replace(bandwidth_decay=jnp.float32(1.0),
-                                                              k_interval=jnp.int32(1000)))
+    held = KMeansTPE(space, capacity=64, n_initial=8, bandwidth_decay=1.0, k_interval=1000)  # opt's program
+    fixed = run(held, jax.random.key(0), quadratic, 30)  # a history whose state holds the fixed schedule
     key = jax.random.key(3)
     singles = np.concatenate([np.asarray(neutral.ask(jax.random.fold_in(key, i), fixed, n=1)[0]) for i in range(3)])
     assert len({tuple(row) for row in singles.tolist()}) == 3  # no repeat, so no proposal had to be skipped
