@@ -209,8 +209,9 @@ def _search(config: SearchConfig, folder: run_folder.RunFolder, setup: _Setup, f
     float_net = _float_phase(config, folder, setup.dataset, float_net, clock, notify, cache_dir)
     layer_space, summary = _space_phase(config, folder, setup, float_net, clock, notify, recorded)
     quant_model = steps.quantized_model(config, setup.dataset.num_classes)
+    # the dataset and the float weights go to the device once: every trial reads them there
     problem = Problem(config, setup.dataset.on_device(), setup.table, setup.target, setup.limits, float_net.model,
-                      float_net.variables, quant_model, layer_space)
+                      jax.device_put(float_net.variables), quant_model, layer_space)
     if methods.METHODS[config.method].iterative:
         records = trials.run_trials(problem, folder, clock, notify)
     else:

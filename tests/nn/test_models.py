@@ -372,6 +372,22 @@ def test_narrowed_groups_keep_their_most_important_channels(trained_like_digits)
                                float_model.apply({**float_variables, "params": params}, x), atol=1e-4)
 
 
+def test_a_transfer_is_one_compiled_program_whose_weights_stay_on_the_device(trained_like_digits, compilations):
+    float_model, float_variables, _, _ = trained_like_digits
+    wide = models.get("digits_cnn", channels=(8, 16, 16), max_width=1.25)
+    on_device = jax.device_put(float_variables)
+    first = models.transfer_variables(jax.random.key(18), wide, float_model, on_device)
+    other = jax.device_put(jax.tree.map(lambda leaf: 2.0 * np.asarray(leaf), float_variables))
+    key = jax.random.key(19)
+    with compilations() as compiled:  # other weights of the same shapes: nothing new to compile
+        second = models.transfer_variables(key, wide, float_model, other)
+    assert compiled == []
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(second))  # nothing comes back to the host
+    np.testing.assert_array_equal(second["params"]["conv1"]["kernel"][..., :8],
+                                  2.0 * np.asarray(float_variables["params"]["conv1"]["kernel"]))
+    np.testing.assert_array_equal(second["quant"]["conv1"][models.RANKS], first["quant"]["conv1"][models.RANKS])
+
+
 @pytest.mark.slow
 def test_transfer_across_zero_padding_shortcuts_preserves_the_function(resnet20_setup):
     model, table, x, apply = resnet20_setup

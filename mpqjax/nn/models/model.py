@@ -156,8 +156,13 @@ class Model:
         variables = self.model_function.initial_variables(key, shape)
         return self.with_quant_variables(variables, shape) if self.quantize else variables
 
-    def check_variables(self, variables, input_shape: Sequence[int] | None = None) -> dict:
-        """``variables`` (their ``params`` and ``batch_stats``) as NumPy arrays, checked against the model's own.
+    def check_variables(self, variables, input_shape: Sequence[int] | None = None, *, as_numpy: bool = True) -> dict:
+        """``variables`` (their ``params`` and ``batch_stats``), checked against the model's own.
+
+        Args:
+            variables: the width-1 model's variables.
+            input_shape: one example's shape; the model's default when None.
+            as_numpy: return NumPy arrays (else the arrays as given, wherever they lie).
 
         Raises:
             ValueError: a missing or unexpected leaf, or a leaf of another shape, named by its path.
@@ -176,7 +181,7 @@ class Model:
         extra = sorted(set(flat_given) - set(flat_expected))
         if extra:
             raise ValueError(f"variables do not fit model {self.name!r}: {extra[0]!r} is not one of its variables")
-        return jax.tree.map(np.asarray, given)
+        return jax.tree.map(np.asarray, given) if as_numpy else given
 
     def with_quant_variables(self, variables, input_shape: Sequence[int] | None = None, *, ranks=None) -> dict:
         """``variables`` (the float model's) with the quantiser's own where they are missing: an activation clip
@@ -200,10 +205,11 @@ class Model:
         variables = {**variables, collection: traverse_util.unflatten_dict(flat)}
         flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
         for name, held in self.held_channels(shape).items():
-            rank = np.asarray((ranks or {}).get(name, np.zeros(0)), np.int32)
-            if len(rank) or (name, RANKS) not in flat:
-                rank = np.concatenate([rank, np.arange(len(rank), held, dtype=np.int32)])
-                flat[(name, RANKS)] = jnp.asarray(rank)
+            rank = (ranks or {}).get(name)
+            rank = None if rank is None or np.shape(rank)[0] == 0 else rank
+            if rank is not None or (name, RANKS) not in flat:  # given ranks stay where they lie (traceable)
+                rank = jnp.zeros(0, jnp.int32) if rank is None else jnp.asarray(rank, jnp.int32)
+                flat[(name, RANKS)] = jnp.concatenate([rank, jnp.arange(rank.shape[0], held, dtype=jnp.int32)])
         return {**variables, "quant": traverse_util.unflatten_dict(flat)} if flat else variables
 
     def with_weight_bits(self, variables, weight_bits: Mapping[str, Sequence[int] | None],

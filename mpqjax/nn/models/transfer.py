@@ -10,6 +10,7 @@ training moves them, and the new channels train (their consumers' weights get gr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -47,14 +48,26 @@ def transfer_variables(key, model: Model, float_model: Model, float_variables, *
 
 
 def _transfer(model: Model, key, float_variables, input_shape: Sequence[int] | None) -> dict:
-    """`transfer_variables` once the layers are checked."""
-    shape = tuple(input_shape) if input_shape is not None else model.input_shape()
-    base = model.check_variables(float_variables, shape)
-    ranks = channel_ranks(model, base, shape)
+    """`transfer_variables` once the layers are checked: the checks on the host, the transfer in one compiled
+    program on the device (the float weights are read where they lie; nothing comes back to the host)."""
+    shape = tuple(int(size) for size in input_shape) if input_shape is not None else model.input_shape()
+    base = model.check_variables(float_variables, shape, as_numpy=False)
     if model.model_function is model.function:
-        return model.with_quant_variables(base, shape, ranks=ranks)
-    wide = jax.tree.map(np.array, model.model_function.initial_variables(key, shape))
+        return _transfer_program(model, shape)(None, base)
+    wide = model.model_function.initial_variables(key, shape)
     flat_base = dict(zip(leaf_paths(base), jax.tree.leaves(base), strict=True))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(wide)[0]:
+        name, old = path_text(path), flat_base.get(path_text(path))
+        if old is None or np.ndim(old) != np.ndim(leaf) or any(
+                a > b for a, b in zip(np.shape(old), np.shape(leaf), strict=True)):
+            raise ValueError(f"the width factory builds {name!r} as {np.shape(leaf)} at width {model.max_width:g}, "
+                             f"which does not hold its {None if old is None else np.shape(old)} at width 1")
+    return _transfer_program(model, shape)(wide, base)
+
+
+@functools.lru_cache(maxsize=32)
+def _transfer_program(model: Model, shape: tuple[int, ...]):
+    """The jitted ``(wide initial variables or None, width-1 variables) -> transferred variables`` of a model."""
     analysis = model.analysis(shape)
     ones = np.ones(len(analysis.table), np.float32)
     reads = {}  # weight path -> (input-channel axes, which input channels exist at width 1)
@@ -63,27 +76,32 @@ def _transfer(model: Model, key, float_variables, input_shape: Sequence[int] | N
         if mask is not None and layer.kind != "depthwise":
             reads[f"params/{layer.weight_path}"] = (analysis.in_axes[index], np.asarray(mask))
 
-    def paste(path, leaf):
-        name = path_text(path)
-        old = flat_base.get(name)
-        if old is None or old.ndim != leaf.ndim or any(a > b for a, b in zip(old.shape, leaf.shape, strict=True)):
-            raise ValueError(f"the width factory builds {name!r} as {leaf.shape} at width {model.max_width:g}, "
-                             f"which does not hold its {None if old is None else old.shape} at width 1")
-        leaf[tuple(slice(0, size) for size in old.shape)] = old
-        if name in reads:
-            axes, mask = reads[name]
-            leaf *= np.asarray(intercept.along(jnp.asarray(mask), leaf.ndim, axes, leaf.shape), leaf.dtype)
-        return leaf
+    def transfer(wide, base):
+        ranks = _ranks(model, base, shape)
+        if wide is None:
+            return model.with_quant_variables(base, shape, ranks=ranks)
+        flat_base = dict(zip(leaf_paths(base), jax.tree.leaves(base), strict=True))
 
-    return model.with_quant_variables(jax.tree_util.tree_map_with_path(paste, wide), shape, ranks=ranks)
+        def paste(path, leaf):
+            name = path_text(path)
+            old = flat_base[name]
+            leaf = leaf.at[tuple(slice(0, size) for size in old.shape)].set(old.astype(leaf.dtype))
+            if name in reads:
+                axes, mask = reads[name]
+                leaf = leaf * intercept.along(jnp.asarray(mask), leaf.ndim, axes, leaf.shape).astype(leaf.dtype)
+            return leaf
+
+        return model.with_quant_variables(jax.tree_util.tree_map_with_path(paste, wide), shape, ranks=ranks)
+
+    return jax.jit(transfer)
 
 
-def channel_ranks(model: Model, variables, input_shape: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+def channel_ranks(model: Model, variables, input_shape: Sequence[int] | None = None) -> dict[str, jax.Array]:
     """Each width group's channels ranked by importance (0: the most important), keyed by its first layer.
 
     A channel's importance is the L1 norm of its weights (the slice of each layer's weight that writes it),
     divided by the layer's mean and summed over the group's layers, which share the channel positions. Ties
-    (an untrained model) keep their order.
+    (an untrained model) keep their order. Computed where the weights lie (one compiled program per model).
 
     Args:
         variables: the width-1 model's variables (``params``).
@@ -92,7 +110,18 @@ def channel_ranks(model: Model, variables, input_shape: Sequence[int] | None = N
     Returns:
         ``{first layer of each group whose channels can change: int32 ranks [channels]}``.
     """
-    analysis = model.analysis(input_shape)
+    shape = tuple(int(size) for size in input_shape) if input_shape is not None else model.input_shape()
+    return _ranks_program(model, shape)({"params": variables["params"]})
+
+
+@functools.lru_cache(maxsize=32)
+def _ranks_program(model: Model, shape: tuple[int, ...]):
+    return jax.jit(functools.partial(_ranks, model, shape=shape))
+
+
+def _ranks(model: Model, variables, shape: tuple[int, ...]) -> dict[str, jax.Array]:
+    """`channel_ranks`, traceable."""
+    analysis = model.analysis(shape)
     table = analysis.table
     flat = dict(zip(leaf_paths(variables["params"]), jax.tree.leaves(variables["params"]), strict=True))
     ranks = {}
@@ -100,14 +129,15 @@ def channel_ranks(model: Model, variables, input_shape: Sequence[int] | None = N
         first = table[group[0]]
         if not first.scalable:
             continue
-        importance = np.zeros(first.out_channels)
+        importance = jnp.zeros(first.out_channels, jnp.float32)
         for index in group:
             weight, axis = flat.get(table[index].weight_path), analysis.out_axes[index]
             if weight is None or axis is None or np.shape(weight)[axis] != first.out_channels:
                 continue  # a weight computed from several leaves: no ranking of its own
-            l1 = np.abs(np.asarray(weight)).sum(axis=tuple(a for a in range(np.ndim(weight)) if a != axis))
-            importance += l1 / max(float(l1.mean()), 1e-12)
-        rank = np.empty(first.out_channels, np.int32)
-        rank[np.argsort(-importance, kind="stable")] = np.arange(first.out_channels, dtype=np.int32)
-        ranks[first.name] = rank
+            l1 = jnp.abs(jnp.asarray(weight, jnp.float32)).sum(
+                axis=tuple(a for a in range(np.ndim(weight)) if a != axis))
+            importance = importance + l1 / jnp.maximum(l1.mean(), 1e-12)
+        order = jnp.argsort(-importance, stable=True)
+        ranks[first.name] = jnp.zeros(first.out_channels, jnp.int32).at[order].set(
+            jnp.arange(first.out_channels, dtype=jnp.int32))
     return ranks
