@@ -2,6 +2,8 @@
 model), layer tables found in their traces, traced configurations, narrowed == smaller models, and weight transfer
 from a float model."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -143,6 +145,26 @@ def test_zoo_models_are_plain_flax_modules():
     variables = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     assert variables["params"]["conv2"]["kernel"].shape == (3, 3, 4, 8)
     assert set(variables["batch_stats"]) == {"conv1_bn", "conv2_bn", "conv3_bn"}
+
+
+def test_the_zoo_initialises_kernels_from_a_truncated_normal_of_he_or_lecun_variance_drawn_from_the_key():
+    model = models.get("resnet20", max_width=1.0)
+    draw = functools.partial(model.model_function.initial_variables, input_shape=(32, 32, 3))
+    variables, again, other = draw(jax.random.key(3)), draw(jax.random.key(3)), draw(jax.random.key(4))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(again), strict=True))
+    params = traverse_util.flatten_dict(variables["params"])
+    for path, leaf in params.items():
+        if path[-1] != "kernel":
+            continue
+        kernel = np.asarray(leaf)
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        target = np.sqrt((2.0 if kernel.ndim == 4 else 1.0) / fan_in)  # He for convolutions, LeCun for dense
+        assert np.max(np.abs(kernel)) <= 2 * target / 0.87962566103423978 * (1 + 1e-6)  # cut at 2 deviations
+        if kernel.size > 30_000:
+            assert abs(np.std(kernel) / target - 1) < 0.03  # the cut's lost variance restored
+        assert not np.array_equal(kernel, traverse_util.flatten_dict(other["params"])[path])
+    assert all(np.all(np.asarray(leaf) == 1) for leaf in jax.tree.leaves(
+        {path: leaf for path, leaf in traverse_util.flatten_dict(variables).items() if path[-1] in ("scale", "var")}))
 
 
 def test_the_same_request_gives_the_same_model():

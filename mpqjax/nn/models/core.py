@@ -70,11 +70,13 @@ def host_initializer(key, abstract_variables) -> dict:
             gain = 2.0 if len(leaf.shape) == 4 else 1.0
             # Truncated at 2 standard deviations; 0.8796 restores the target variance (as jax's variance_scaling).
             std = np.sqrt(gain / fan_in) / 0.87962566103423978
-            values = rng.standard_normal(leaf.shape)
-            while np.any(np.abs(values) > 2):
-                outside = np.abs(values) > 2
-                values[outside] = rng.standard_normal(int(outside.sum()))
-            return jnp.asarray(values * std, leaf.dtype)
+            values = rng.standard_normal(int(np.prod(leaf.shape)))
+            # redraw the values outside, in order, until none is; only they are looked at again
+            outside = np.flatnonzero(np.abs(values) > 2)
+            while outside.size:
+                values[outside] = rng.standard_normal(outside.size)
+                outside = outside[np.abs(values[outside]) > 2]
+            return jnp.asarray(np.multiply(values, std, out=values).reshape(leaf.shape), leaf.dtype)
         if leaf_name in ("scale", "var"):
             return jnp.ones(leaf.shape, leaf.dtype)
         return jnp.zeros(leaf.shape, leaf.dtype)
