@@ -205,11 +205,14 @@ class Model:
         variables = {**variables, collection: traverse_util.unflatten_dict(flat)}
         flat = traverse_util.flatten_dict(dict(variables.get("quant", {})))
         for name, held in self.held_channels(shape).items():
-            rank = (ranks or {}).get(name)
-            rank = None if rank is None or np.shape(rank)[0] == 0 else rank
-            if rank is not None or (name, RANKS) not in flat:  # given ranks stay where they lie (traceable)
-                rank = jnp.zeros(0, jnp.int32) if rank is None else jnp.asarray(rank, jnp.int32)
-                flat[(name, RANKS)] = jnp.concatenate([rank, jnp.arange(rank.shape[0], held, dtype=jnp.int32)])
+            given = (ranks or {}).get(name)
+            if given is not None and np.shape(given)[0]:
+                rank = jnp.asarray(given, jnp.int32)  # where it lies (traceable)
+            elif (name, RANKS) in flat:
+                continue  # kept
+            else:
+                rank = jnp.zeros(0, jnp.int32)
+            flat[(name, RANKS)] = jnp.concatenate([rank, jnp.arange(rank.shape[0], held, dtype=jnp.int32)])
         return {**variables, "quant": traverse_util.unflatten_dict(flat)} if flat else variables
 
     def with_weight_bits(self, variables, weight_bits: Mapping[str, Sequence[int] | None],

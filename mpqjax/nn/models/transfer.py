@@ -57,7 +57,8 @@ def _transfer(model: Model, key, float_variables, input_shape: Sequence[int] | N
     wide = model.model_function.initial_variables(key, shape)
     flat_base = dict(zip(leaf_paths(base), jax.tree.leaves(base), strict=True))
     for path, leaf in jax.tree_util.tree_flatten_with_path(wide)[0]:
-        name, old = path_text(path), flat_base.get(path_text(path))
+        name = path_text(path)
+        old = flat_base.get(name)
         if old is None or np.ndim(old) != np.ndim(leaf) or any(
                 a > b for a, b in zip(np.shape(old), np.shape(leaf), strict=True)):
             raise ValueError(f"the width factory builds {name!r} as {np.shape(leaf)} at width {model.max_width:g}, "
